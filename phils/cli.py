@@ -1,0 +1,201 @@
+"""The ``phils`` command: argument parsing, logging set-up, and starting things.
+
+Under stdio the protocol owns stdout, so logs go to stderr or a file, always.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .config import Settings, as_dict, load_toml, merge, parse_assignment, profile_names, profile_path
+
+log = logging.getLogger("phils")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help(sys.stderr)
+        return 2
+    return args.run(args)
+
+
+# --- subcommands ------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings, warnings = resolve_settings(args)
+    _setup_logging(settings)
+    for warning in warnings:
+        log.warning(warning)
+    from .server import create_server
+
+    server = create_server(settings, warnings)
+    if args.tcp:
+        log.info("phils %s listening on %s:%d", __version__, args.host, args.port)
+        server.start_tcp(args.host, args.port)
+    else:
+        log.info("phils %s serving over stdio", __version__)
+        server.start_io()
+    return 0
+
+
+def _complete(args: argparse.Namespace) -> int:
+    settings, warnings = resolve_settings(args)
+    _setup_logging(settings)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    import threading
+
+    from pygls.workspace import TextDocument
+
+    from .completion import kv_budget, run_pipeline
+    from .documents import cursor_context
+    from .engine import Engine, ModelLoadError, load_model
+
+    path = Path(args.file)
+    try:
+        source = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"error: cannot read {path}: {exc}", file=sys.stderr)
+        return 1
+    doc = TextDocument(path.resolve().as_uri(), source)
+    ctx = cursor_context(doc, args.line, args.col)
+    if ctx is None:
+        print(f"error: line {args.line}, column {args.col} is not in {path}", file=sys.stderr)
+        return 1
+    started = time.monotonic()
+    try:
+        loaded = load_model(settings.engine)
+    except ModelLoadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    engine = Engine(loaded, settings.engine.context_tokens, kv_budget(False, 0, loaded.device), settings.engine.ignore_stops)
+    load_seconds = time.monotonic() - started
+    suggestion = run_pipeline(engine, ctx, settings, threading.Event())
+    here = {"line": args.line, "character": args.col}
+    print(json.dumps({"text": suggestion.text if suggestion else "", "range": {"start": here, "end": here}}))
+    if suggestion:
+        print(
+            f"load {load_seconds:.1f} s, completion {suggestion.total_ms:.0f} ms "
+            f"({suggestion.prompt_tokens} prompt tokens, {suggestion.new_tokens} new, ended by {suggestion.reason})",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _make_test_model(args: argparse.Namespace) -> int:
+    from .testmodel import make_test_model
+
+    started = time.monotonic()
+    directory = make_test_model(args.directory, shape=args.shape, seed=args.seed)
+    print(f"wrote a random {args.shape} Phi model to {directory} in {time.monotonic() - started:.1f} s", file=sys.stderr)
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    settings, warnings = resolve_settings(args)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(json.dumps(as_dict(settings), indent=2))
+    return 0
+
+
+# --- settings from the command line -----------------------------------------
+
+
+def resolve_settings(args: argparse.Namespace) -> tuple[Settings, list[str]]:
+    """Defaults → profile → --config file → flags → --set, with every problem as a warning."""
+    settings, warnings = Settings(), []
+
+    def layer(values: dict, source: str) -> None:
+        nonlocal settings
+        settings, problems = merge(settings, values, source)
+        warnings.extend(problems)
+
+    if args.profile:
+        path = profile_path(args.profile)
+        if path is None:
+            warnings.append(f"--profile {args.profile}: no such profile (have: {', '.join(profile_names())})")
+        else:
+            values, problem = load_toml(path)
+            warnings.extend([problem] if problem else [])
+            layer(values, f"profile {args.profile}")
+    if args.config:
+        values, problem = load_toml(args.config)
+        warnings.extend([problem] if problem else [])
+        layer(values, str(args.config))
+    flags = {
+        "engine": {k: v for k, v in (("model", args.model), ("device", args.device)) if v is not None},
+        "log": {k: v for k, v in (("file", args.log_file), ("level", args.log_level)) if v is not None},
+    }
+    layer({k: v for k, v in flags.items() if v}, "command line")
+    for assignment in args.set or []:
+        values, problem = parse_assignment(assignment)
+        warnings.extend([problem] if problem else [])
+        layer(values, "--set")
+    return settings, warnings
+
+
+def _setup_logging(settings: Settings) -> None:
+    handler: logging.Handler
+    if settings.log.file:
+        try:
+            handler = logging.FileHandler(settings.log.file, encoding="utf-8")
+        except OSError as exc:
+            handler = logging.StreamHandler(sys.stderr)
+            print(f"phils: cannot open log file {settings.log.file}: {exc}; logging to stderr", file=sys.stderr)
+    else:
+        handler = logging.StreamHandler(sys.stderr)  # never stdout: that is the protocol stream
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log.level.upper())
+    # pygls logs whole messages (document text included) at debug level.
+    if not settings.log.buffer_text:
+        logging.getLogger("pygls").setLevel(max(logging.WARNING, root.level))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="phils", description="Inline code completions from Phi-2 over LSP.")
+    parser.add_argument("--version", action="version", version=f"phils {__version__}")
+    commands = parser.add_subparsers(dest="command")
+
+    def with_settings(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", metavar="FILE", help="a TOML settings file")
+        p.add_argument("--profile", metavar="NAME", help=f"a profile from configs/ ({', '.join(profile_names())})")
+        p.add_argument("--model", metavar="ID_OR_DIR", help="hub id, local dir, .gguf file or package:NAME")
+        p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+        p.add_argument("--log-file", metavar="FILE")
+        p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="e.g. engine.max_new_tokens=8 (repeatable)")
+        return p
+
+    serve = with_settings(commands.add_parser("serve", help="run the language server (stdio by default)"))
+    serve.add_argument("--tcp", action="store_true", help="listen on TCP instead of stdio")
+    serve.add_argument("--host", default="127.0.0.1", help="TCP address (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=2087)
+    serve.set_defaults(run=_serve)
+
+    complete = with_settings(commands.add_parser("complete", help="print the suggestion at a position as JSON"))
+    complete.add_argument("file")
+    complete.add_argument("--line", type=int, required=True, help="0-based line, as in LSP")
+    complete.add_argument("--col", type=int, required=True, help="0-based column in UTF-16 units, as in LSP")
+    complete.set_defaults(run=_complete)
+
+    make = commands.add_parser("make-test-model", help="build a random Phi model with an offline tokenizer")
+    make.add_argument("directory")
+    make.add_argument("--shape", choices=["tiny", "small", "phi-2"], default="tiny")
+    make.add_argument("--seed", type=int, default=0)
+    make.set_defaults(run=_make_test_model)
+
+    config = with_settings(commands.add_parser("config", help="print the resolved settings"))
+    config.set_defaults(run=_config)
+    return parser

@@ -1,0 +1,200 @@
+"""The completion pipeline: cursor context → prompt → engine → filters.
+
+This is the one module that knows all the others. It also owns the model's
+life cycle (load in the background, report status, reload on new settings)
+and the rule that a newer request for a document cancels the older one.
+It knows nothing of LSP types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import Any, Callable
+
+from . import postprocess, prompt
+from .config import Settings
+from .documents import CursorContext, cursor_context
+from .engine import Engine, GenerationRequest, ModelLoadError, ModelWorker, load_model
+
+log = logging.getLogger(__name__)
+
+StatusCallback = Callable[[str, str], None]  # (state, message), called from any thread
+ProgressCallback = Callable[[str, int], None]  # (message, percent)
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    text: str
+    line: int  # where it is inserted (the cursor), in the client's units
+    character: int
+    reason: str = ""  # why generation ended
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+    new_tokens: int = 0
+    total_ms: float = 0.0
+
+
+class CompletionService:
+    def __init__(self, settings: Settings, on_status: StatusCallback = lambda state, message: None):
+        self.settings = settings
+        self.on_status = on_status
+        self.state = "idle"  # idle | loading | ready | error
+        self.message = ""
+        self._engine: Engine | None = None
+        self._worker = ModelWorker()
+        self._in_flight: dict[str, threading.Event] = {}
+
+    # --- model life cycle ---------------------------------------------------
+
+    def load(self, progress: ProgressCallback = lambda message, percent: None):
+        """Load (or reload) the model on the worker; returns a concurrent Future."""
+        self.cancel_all()
+        self._set_state("loading", f"loading {self.settings.engine.model}")
+        return self._worker.submit(self._load, self.settings, progress)
+
+    def _load(self, settings: Settings, progress: ProgressCallback) -> None:
+        self._engine = None
+        gc.collect()
+        try:
+            loaded = load_model(settings.engine, progress)
+            self._engine = Engine(
+                loaded,
+                context_tokens=settings.engine.context_tokens,
+                cache_bytes=kv_budget(settings.engine.kv_cache, settings.engine.kv_cache_mb, loaded.device),
+                ignore_stops=settings.engine.ignore_stops,
+            )
+        except ModelLoadError as exc:
+            self._set_state("error", str(exc))
+            return
+        except Exception as exc:  # never let a load failure take the server down
+            log.exception("model load failed")
+            self._set_state("error", f"cannot load {settings.engine.model}: {type(exc).__name__}: {exc}")
+            return
+        self._set_state("ready", f"{settings.engine.model} on {loaded.device} ({loaded.dtype}), loaded in {loaded.seconds:.1f} s")
+
+    def update_settings(self, settings: Settings) -> bool:
+        """Apply new settings; True when the model must be reloaded for them."""
+        reload = settings.engine != self.settings.engine
+        self.settings = settings
+        return reload
+
+    def _set_state(self, state: str, message: str) -> None:
+        self.state, self.message = state, message
+        (log.error if state == "error" else log.info)("model %s: %s", state, message)
+        self.on_status(state, message)
+
+    # --- completions -------------------------------------------------------
+
+    async def complete(self, doc: Any, line: int, character: int) -> Suggestion | None:
+        """The suggestion at (line, character) of a pygls document, or None."""
+        engine = self._engine
+        if not self.settings.completion.enabled or self.state != "ready" or engine is None:
+            return None
+        ctx = cursor_context(doc, line, character)
+        if ctx is None:
+            return None
+        cancel = threading.Event()
+        if (older := self._in_flight.get(ctx.uri)) is not None:
+            older.set()  # a newer request supersedes it
+        self._in_flight[ctx.uri] = cancel
+        future = self._worker.submit(self._run_if_current, engine, ctx, self.settings, cancel)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:  # $/cancelRequest: stop the decode loop too
+            cancel.set()
+            raise
+        except Exception:  # a fault in one request must not end the server
+            log.exception("completion failed")
+            return None
+        finally:
+            if self._in_flight.get(ctx.uri) is cancel:
+                del self._in_flight[ctx.uri]
+
+    def _run_if_current(self, engine: Engine, ctx: CursorContext, settings: Settings, cancel: threading.Event):
+        if engine is not self._engine:  # a reload happened while this request waited
+            return None
+        return run_pipeline(engine, ctx, settings, cancel)
+
+    def forget(self, uri: str) -> None:
+        """The document closed: drop its in-flight work and cached state."""
+        if (cancel := self._in_flight.pop(uri, None)) is not None:
+            cancel.set()
+        if self._engine is not None:
+            self._engine.forget(uri)
+
+    def cancel_all(self) -> None:
+        for cancel in self._in_flight.values():
+            cancel.set()
+
+    def close(self) -> None:
+        self.cancel_all()
+        self._worker.stop()
+
+
+def run_pipeline(engine: Engine, ctx: CursorContext, settings: Settings, cancel: threading.Event) -> Suggestion | None:
+    """One completion, start to end. Runs on the model worker."""
+    if cancel.is_set():
+        return None
+    started = time.monotonic()
+    budget = engine.context_tokens - settings.engine.max_new_tokens
+    built = prompt.build(ctx, engine.count_tokens, budget)
+    shape = postprocess.shape_of(ctx, settings.completion.multiline, settings.completion.max_lines)
+    # The model continues the prompt, which ends before any held-back indentation.
+    model_shape = replace(shape, line_prefix="") if built.held_back else shape
+    timeout = settings.completion.timeout_ms
+    result = engine.generate(
+        GenerationRequest(
+            key=ctx.uri,
+            prompt=built.text,
+            max_new_tokens=settings.engine.max_new_tokens,
+            stop=partial(postprocess.stop_index, shape=model_shape),
+            cancel=cancel,
+            deadline=started + timeout / 1000 if timeout else None,
+        )
+    )
+    if result.reason == "cancelled":
+        return None
+    text = postprocess.apply(prompt.heal(result.text, built.held_back), ctx, shape)
+    total_ms = (time.monotonic() - started) * 1000
+    log.info(
+        "completion %s:%d:%d prompt=%d reused=%d prefill=%d new=%d end=%s %.0f ms",
+        os.path.basename(ctx.uri), ctx.line, ctx.character, result.prompt_tokens, result.reused_tokens,
+        result.prefill_tokens, result.new_tokens, result.reason, total_ms,
+    )
+    if settings.log.buffer_text:
+        log.info("prompt tail %r → suggestion %r", built.text[-200:], text)
+    if not text:
+        return None
+    return Suggestion(
+        text=text,
+        line=ctx.line,
+        character=ctx.character,
+        reason=result.reason,
+        prompt_tokens=result.prompt_tokens,
+        reused_tokens=result.reused_tokens,
+        new_tokens=result.new_tokens,
+        total_ms=total_ms,
+    )
+
+
+def kv_budget(enabled: bool, configured_mb: int, device: str) -> int:
+    if not enabled:
+        return 0
+    if configured_mb:
+        return configured_mb * 2**20
+    if device == "cuda":
+        import torch
+
+        free, _ = torch.cuda.mem_get_info()
+        return free // 2
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    except (ValueError, OSError, AttributeError):
+        return 2 * 2**30

@@ -1,0 +1,179 @@
+"""One settings tree of defaulted dataclasses, and the layers that fill it.
+
+Layers, later ones winning: defaults → a profile from ``configs/`` → the
+user's TOML file → command-line flags and ``--set`` → the editor's
+initializationOptions / didChangeConfiguration.
+
+A bad value never crashes anything: it becomes a warning that names the key,
+and the key keeps the value it had before that layer.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def _choice(default: str, *choices: str) -> Any:
+    return field(default=default, metadata={"choices": choices})
+
+
+def _int(default: int, lo: int, hi: int) -> Any:
+    return field(default=default, metadata={"range": (lo, hi)})
+
+
+@dataclass
+class EngineSettings:
+    model: str = "microsoft/phi-2"  # hub id, local dir, .gguf file, or package:NAME[/FILE]
+    revision: str = ""  # hub branch, tag or commit ("" = default branch)
+    device: str = _choice("auto", "auto", "cpu", "cuda")
+    dtype: str = _choice("auto", "auto", "float32", "float16", "bfloat16")
+    threads: int = _int(0, 0, 256)  # torch CPU threads; 0 = physical cores
+    max_new_tokens: int = _int(64, 1, 2048)
+    context_tokens: int = _int(2048, 64, 131072)  # Phi-2's window
+    trust_remote_code: bool = False
+    allow_pickle: bool = False  # allow .bin/.pt weights (pickle can run code)
+    offline: bool = False  # never contact the model hub
+    ignore_stops: bool = False  # always decode max_new_tokens (benchmarks)
+    kv_cache: bool = True  # reuse each document's KV cache across keystrokes
+    kv_cache_mb: int = _int(0, 0, 10_000_000)  # 0 = a quarter of free RAM (half of free VRAM)
+    cache_dir: str = ""  # where converted GGUF copies go ("" = ~/.cache/phils)
+
+
+@dataclass
+class CompletionSettings:
+    enabled: bool = True
+    multiline: bool = True  # False: every suggestion ends at the line's end
+    max_lines: int = _int(24, 1, 1000)
+    timeout_ms: int = _int(0, 0, 600_000)  # longest a request may decode; 0 = no limit
+
+
+@dataclass
+class LogSettings:
+    level: str = _choice("info", "debug", "info", "warning", "error")
+    file: str = ""
+    buffer_text: bool = False  # log prompts and suggestions (private code!)
+
+
+@dataclass
+class Settings:
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    completion: CompletionSettings = field(default_factory=CompletionSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+
+
+CONFIG_DIRS = (
+    Path(__file__).resolve().parent.parent / "configs",  # source checkout
+    Path(sys.prefix) / "share" / "phils" / "configs",  # installed wheel
+)
+
+
+def profile_path(name: str) -> Path | None:
+    for directory in CONFIG_DIRS:
+        candidate = directory / f"{name}.toml"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def profile_names() -> list[str]:
+    names = {p.stem for d in CONFIG_DIRS if d.is_dir() for p in d.glob("*.toml")}
+    return sorted(names)
+
+
+def merge(settings: Settings, values: Mapping[str, Any], source: str) -> tuple[Settings, list[str]]:
+    """Return a copy of ``settings`` with ``values`` (a nested dict) applied.
+
+    Each rejected key yields one warning ``"<source>: <key>: <why>"``.
+    """
+    result = copy.deepcopy(settings)
+    warnings: list[str] = []
+    if not isinstance(values, Mapping):
+        return result, [f"{source}: expected a table of settings, got {type(values).__name__}"]
+    for section_name, section_values in values.items():
+        section = getattr(result, section_name, None) if section_name in _sections() else None
+        if section is None:
+            warnings.append(f"{source}: {section_name}: unknown section (known: {', '.join(_sections())})")
+            continue
+        if not isinstance(section_values, Mapping):
+            warnings.append(f"{source}: {section_name}: expected a table")
+            continue
+        for key, raw in section_values.items():
+            problem = _assign(section, key, raw)
+            if problem:
+                warnings.append(f"{source}: {section_name}.{key}: {problem}")
+    return result, warnings
+
+
+def parse_assignment(text: str) -> tuple[dict[str, Any], str | None]:
+    """Turn ``section.key=value`` (value in TOML syntax, or a bare string) into a nested dict."""
+    if "=" not in text:
+        return {}, f"--set {text!r}: expected section.key=value"
+    dotted, raw = (part.strip() for part in text.split("=", 1))
+    if dotted.count(".") != 1:
+        return {}, f"--set {text!r}: the key must be section.key, e.g. engine.max_new_tokens"
+    section, key = dotted.split(".")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word: treat it as a string
+    return {section: {key: value}}, None
+
+
+def load_toml(path: str | Path) -> tuple[dict[str, Any], str | None]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f), None
+    except OSError as exc:
+        return {}, f"cannot read {path}: {exc.strerror}"
+    except tomllib.TOMLDecodeError as exc:
+        return {}, f"{path}: not valid TOML: {exc}"
+
+
+def client_settings(options: Any) -> Mapping[str, Any]:
+    """Settings from an editor: either the tree itself or wrapped as {"phils": tree}."""
+    if isinstance(options, Mapping) and isinstance(options.get("phils"), Mapping):
+        return options["phils"]
+    return options if isinstance(options, Mapping) else {}
+
+
+def as_dict(settings: Settings) -> dict[str, Any]:
+    return dataclasses.asdict(settings)
+
+
+def _sections() -> list[str]:
+    return [f.name for f in dataclasses.fields(Settings)]
+
+
+def _assign(section: Any, key: str, raw: Any) -> str | None:
+    fields = {f.name: f for f in dataclasses.fields(section)}
+    if key not in fields:
+        return f"unknown setting (known: {', '.join(fields)})"
+    spec = fields[key]
+    expected = type(getattr(section, key))
+    value = raw
+    if expected is bool and not isinstance(raw, bool):
+        return f"expected true or false, got {raw!r}"
+    if expected is int and (isinstance(raw, bool) or not isinstance(raw, int)):
+        return f"expected an integer, got {raw!r}"
+    if expected is str and not isinstance(raw, str):
+        return f"expected a string, got {raw!r}"
+    if "choices" in spec.metadata:
+        value = raw.lower()
+        if value not in spec.metadata["choices"]:
+            return f"expected one of {', '.join(spec.metadata['choices'])}, got {raw!r}"
+    if "range" in spec.metadata:
+        lo, hi = spec.metadata["range"]
+        if not lo <= raw <= hi:
+            return f"expected {lo}..{hi}, got {raw}"
+    setattr(section, key, value)
+    return None

@@ -1,0 +1,190 @@
+"""The decode loop, with per-document KV prefix reuse, stop checks and cancellation.
+
+Only the model worker thread calls ``Engine.generate``. Cancellation, the
+deadline and the caller's stop rule are checked between prefill chunks and
+between tokens, which is as fine-grained as a running model can be stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .loader import LoadedModel
+from .prefix_cache import CachedPrefix, PrefixCache
+
+log = logging.getLogger(__name__)
+
+PREFILL_CHUNK = 128  # tokens per forward pass while prefilling: the cancel granularity
+
+
+@dataclass
+class GenerationRequest:
+    key: str  # the document: whose KV prefix to reuse
+    prompt: str
+    max_new_tokens: int
+    stop: Callable[[str], int | None] = lambda text: None  # where the text must end, if anywhere yet
+    cancel: threading.Event = field(default_factory=threading.Event)
+    deadline: float | None = None  # time.monotonic() after which decoding stops
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    reason: str  # stop | eos | length | cancelled | deadline
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+    prefill_tokens: int = 0
+    new_tokens: int = 0
+    prefill_ms: float = 0.0
+    decode_ms: float = 0.0
+
+
+def greedy(logits: Any) -> int:
+    return int(logits.argmax())
+
+
+class Engine:
+    def __init__(self, loaded: LoadedModel, context_tokens: int, cache_bytes: int, ignore_stops: bool = False):
+        import torch
+
+        self._torch = torch
+        self.loaded = loaded
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.context_tokens = min(context_tokens, _model_window(self.model, context_tokens))
+        self.cache = PrefixCache(cache_bytes)
+        self.ignore_stops = ignore_stops
+        self.eos_ids = _eos_ids(self.model, self.tokenizer)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.encode(text))
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+
+    def forget(self, key: str) -> None:
+        self.cache.drop(key)
+
+    def generate(self, request: GenerationRequest) -> GenerationResult:
+        torch = self._torch
+        ids = self.encode(request.prompt)
+        room = max(self.context_tokens - request.max_new_tokens, 1)
+        ids = ids[-room:]
+        max_new = min(request.max_new_tokens, self.context_tokens - len(ids))
+        result = GenerationResult(text="", reason="cancelled", prompt_tokens=len(ids))
+        if request.cancel.is_set() or not ids:
+            return result
+        with torch.inference_mode():
+            kv, reused = self._reusable_kv(request.key, ids)
+            result.reused_tokens = reused
+            started = time.monotonic()
+            logits, done = self._prefill(ids, reused, kv, request)
+            result.prefill_tokens = done - reused
+            result.prefill_ms = (time.monotonic() - started) * 1000
+            if logits is None:  # cancelled while prefilling: keep what was computed
+                self._store(request.key, ids[:done], kv)
+                return result
+            started = time.monotonic()
+            self._decode(logits, kv, request, result, max_new)
+            result.decode_ms = (time.monotonic() - started) * 1000
+            self._store(request.key, ids, kv)
+        return result
+
+    def _reusable_kv(self, key: str, ids: list[int]) -> tuple[Any, int]:
+        """The document's cache cropped to the longest prefix it shares with ``ids``."""
+        from transformers import DynamicCache
+
+        entry = self.cache.take(key)
+        if entry is not None:
+            # Keep at least one prompt token to run: its logits start the decode.
+            shared = min(_common_prefix(entry.ids, ids), len(ids) - 1)
+            if shared > 0 and _crop(entry.kv, shared):
+                return entry.kv, shared
+        return DynamicCache(config=self.model.config), 0
+
+    def _prefill(self, ids: list[int], start: int, kv: Any, request: GenerationRequest) -> tuple[Any, int]:
+        logits = None
+        done = start
+        while done < len(ids):
+            if request.cancel.is_set():
+                return None, done
+            chunk = ids[done : done + PREFILL_CHUNK]
+            logits = self._forward(chunk, kv)
+            done += len(chunk)
+        return logits, done
+
+    def _decode(self, logits: Any, kv: Any, request: GenerationRequest, result: GenerationResult, max_new: int):
+        generated: list[int] = []
+        text = ""
+        result.reason = "length"
+        for step in range(max_new):
+            token = greedy(logits)
+            if token in self.eos_ids and not self.ignore_stops:
+                result.reason = "eos"
+                break
+            generated.append(token)
+            text = self.tokenizer.decode(generated, skip_special_tokens=True)
+            cut = None if self.ignore_stops else request.stop(text)
+            if cut is not None:
+                text, result.reason = text[:cut], "stop"
+                break
+            if request.cancel.is_set():
+                result.reason = "cancelled"
+                break
+            if request.deadline is not None and time.monotonic() >= request.deadline:
+                result.reason = "deadline"
+                break
+            if step + 1 < max_new:
+                logits = self._forward([token], kv)
+        result.new_tokens = len(generated)
+        result.text = text.rstrip("\ufffd")  # an unfinished multi-byte character
+
+    def _forward(self, ids: list[int], kv: Any) -> Any:
+        torch = self._torch
+        input_ids = torch.tensor([ids], dtype=torch.long, device=self.model.device)
+        out = self.model(input_ids=input_ids, past_key_values=kv, use_cache=True, logits_to_keep=1)
+        return out.logits[0, -1]
+
+    def _store(self, key: str, ids: list[int], kv: Any) -> None:
+        if ids and _crop(kv, len(ids)):
+            self.cache.put(key, CachedPrefix(list(ids), kv))
+
+
+def _crop(kv: Any, length: int) -> bool:
+    """Crop ``kv`` to ``length`` tokens; False when this cache type cannot be cropped there."""
+    excess = kv.get_seq_length() - length
+    if excess < 0:
+        return False
+    try:
+        kv.crop(-excess)  # transformers 5: a negative count of tokens to drop
+    except (RuntimeError, ValueError) as exc:  # sliding-window layers past their window
+        log.debug("KV cache not reusable: %s", exc)
+        return False
+    return kv.get_seq_length() == length
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def _model_window(model: Any, fallback: int) -> int:
+    window = getattr(model.config, "max_position_embeddings", None)
+    return int(window) if isinstance(window, int) and window > 0 else fallback
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    ids: set[int] = set()
+    for value in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(v for v in value if isinstance(v, int))
+    return ids

@@ -1,0 +1,164 @@
+"""Load a model and its tokenizer once, choosing every variant here and nowhere else.
+
+CPU runs fp32 (this class of CPU does fp16/bf16 matmul at under 1 GFLOP/s, and
+transformers 5 would load Phi-2 in its config's fp16); CUDA runs fp16 unless
+bfloat16 is asked for. Remote code and pickle weights are off unless allowed.
+A GGUF file is dequantised once and kept as safetensors in the cache, so the
+next start takes seconds instead of a minute.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ..config import EngineSettings
+from .errors import ModelLoadError
+from .sources import ModelSource, cache_root, resolve
+
+log = logging.getLogger(__name__)
+
+Report = Callable[[str, int], None]  # (message, percent)
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    device: str
+    dtype: str
+    source: ModelSource
+    seconds: float
+
+
+def load_model(settings: EngineSettings, report: Report = lambda message, percent: None) -> LoadedModel:
+    started = time.monotonic()
+    report("importing torch and transformers", 5)
+    import torch
+
+    _configure_threads(torch, settings.threads)
+    device = _choose_device(torch, settings.device)
+    dtype = _choose_dtype(torch, device, settings.dtype)
+    if settings.offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    cache = cache_root(settings.cache_dir)
+    report("finding the model", 15)
+    source = resolve(settings.model, cache)
+    if source.gguf_file:
+        report(f"converting {source.gguf_file} (first start only)", 25)
+        source = _converted_gguf(source, cache, transformers, torch)
+    common = _hub_options(settings, source)
+    report("loading the tokenizer", 35)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source.location, **common)
+        report(f"loading weights ({str(dtype).removeprefix('torch.')} on {device})", 50)
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            source.location,
+            dtype=dtype,
+            use_safetensors=None if settings.allow_pickle else True,
+            **common,
+        )
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # transformers raises many kinds; all become one clear message
+        raise ModelLoadError(_explain(exc, settings)) from exc
+    report(f"moving the model to {device}", 85)
+    model.to(device).eval()
+    seconds = time.monotonic() - started
+    log.info("loaded %s on %s as %s in %.1f s", source.describe(), device, dtype, seconds)
+    return LoadedModel(model, tokenizer, device, str(dtype).removeprefix("torch."), source, seconds)
+
+
+def _configure_threads(torch: Any, threads: int) -> None:
+    if threads <= 0:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(threads)
+
+
+def _choose_device(torch: Any, wanted: str) -> str:
+    has_cuda = torch.cuda.is_available()
+    if wanted == "cuda" and not has_cuda:
+        raise ModelLoadError(
+            "engine.device is cuda but no CUDA GPU is usable here "
+            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); "
+            "set engine.device to auto or cpu"
+        )
+    return "cuda" if wanted == "cuda" or (wanted == "auto" and has_cuda) else "cpu"
+
+
+def _choose_dtype(torch: Any, device: str, wanted: str) -> Any:
+    if device == "cpu":
+        if wanted not in ("auto", "float32"):
+            log.warning("engine.dtype=%s ignored on CPU: half precision is far slower there; using float32", wanted)
+        return torch.float32
+    return {"auto": torch.float16, "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[
+        wanted
+    ]
+
+
+def _hub_options(settings: EngineSettings, source: ModelSource) -> dict[str, Any]:
+    options: dict[str, Any] = {"trust_remote_code": settings.trust_remote_code}
+    if not source.local:
+        if settings.revision:
+            options["revision"] = settings.revision
+        if settings.offline:
+            options["local_files_only"] = True
+    return options
+
+
+def _converted_gguf(source: ModelSource, cache: Path, transformers: Any, torch: Any) -> ModelSource:
+    """Dequantise a GGUF file once into a safetensors directory in the cache."""
+    gguf_path = Path(source.location) / source.gguf_file
+    stat = gguf_path.stat()
+    key = hashlib.sha256(f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = cache / "converted" / f"{gguf_path.stem}-{key}"
+    if (target / "config.json").is_file():
+        return ModelSource(str(target))
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            source.location, gguf_file=source.gguf_file, dtype=torch.float32
+        )
+    except Exception as exc:
+        raise ModelLoadError(f"cannot read GGUF file {gguf_path}: {exc}") from exc
+    # The dequantised weights are plain fp32 now; drop the GGUF quantizer so they save.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    partial = target.with_name(target.name + f".partial-{os.getpid()}")
+    try:
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        partial.replace(target)
+    except OSError as exc:  # a read-only cache still lets the model load, just slowly next time
+        log.warning("could not cache the converted model in %s: %s", target, exc)
+        shutil.rmtree(partial, ignore_errors=True)
+        raise ModelLoadError(f"cannot write the converted model to {target}: {exc}") from exc
+    return ModelSource(str(target))
+
+
+def _explain(exc: Exception, settings: EngineSettings) -> str:
+    text = str(exc)
+    if "trust_remote_code" in text:
+        return (
+            f"{settings.model} needs custom code from its repository to load. phils does not run "
+            "remote code by default; if you trust it, set engine.trust_remote_code = true"
+        )
+    if "safetensors" in text.lower() and not settings.allow_pickle:
+        return (
+            f"{settings.model} has no safetensors weights. Pickle weights (.bin) can run code when "
+            f"loaded; set engine.allow_pickle = true only if you trust them. ({text.splitlines()[0]})"
+        )
+    if "offline" in text.lower() or "local_files_only" in text or "couldn't connect" in text.lower():
+        return f"{settings.model} is not in the local model cache and the hub cannot be reached ({text.splitlines()[0]})"
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return f"cannot load {settings.model}: {first}"

