@@ -14,14 +14,15 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, replace
+from collections import deque
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Callable
 
 from . import postprocess, prompt
 from .config import Settings
 from .documents import CursorContext, cursor_context
-from .engine import Engine, GenerationRequest, ModelLoadError, ModelWorker, load_model
+from .engine import Engine, GenerationRequest, GenerationResult, ModelLoadError, ModelWorker, load_model
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,45 @@ class Suggestion:
     total_ms: float = 0.0
 
 
+@dataclass
+class Stats:
+    """Counters for ``phils/stats``; written only by the model worker."""
+
+    requests: int = 0
+    suggestions: int = 0
+    empty: int = 0
+    cancelled: int = 0
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+    prefill_tokens: int = 0
+    decode_tokens: int = 0
+    latencies_ms: deque = field(default_factory=lambda: deque(maxlen=1000))
+
+    def record(self, result: GenerationResult, suggestion: "Suggestion | None", total_ms: float) -> None:
+        self.requests += 1
+        self.prompt_tokens += result.prompt_tokens
+        self.reused_tokens += result.reused_tokens
+        self.prefill_tokens += result.prefill_tokens
+        self.decode_tokens += result.new_tokens
+        if result.reason == "cancelled":
+            self.cancelled += 1
+            return
+        self.latencies_ms.append(total_ms)
+        if suggestion is None:
+            self.empty += 1
+        else:
+            self.suggestions += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        ordered = sorted(self.latencies_ms)
+
+        def percentile(p: float) -> float | None:
+            return round(ordered[min(int(p * len(ordered)), len(ordered) - 1)], 1) if ordered else None
+
+        counters = {k: v for k, v in self.__dict__.items() if k != "latencies_ms"}
+        return {**counters, "latency_ms": {"p50": percentile(0.5), "p95": percentile(0.95), "p99": percentile(0.99)}}
+
+
 class CompletionService:
     def __init__(self, settings: Settings, on_status: StatusCallback = lambda state, message: None):
         self.settings = settings
@@ -50,6 +90,7 @@ class CompletionService:
         self._engine: Engine | None = None
         self._worker = ModelWorker()
         self._in_flight: dict[str, threading.Event] = {}
+        self.stats = Stats()
 
     # --- model life cycle ---------------------------------------------------
 
@@ -120,7 +161,7 @@ class CompletionService:
     def _run_if_current(self, engine: Engine, ctx: CursorContext, settings: Settings, cancel: threading.Event):
         if engine is not self._engine:  # a reload happened while this request waited
             return None
-        return run_pipeline(engine, ctx, settings, cancel)
+        return run_pipeline(engine, ctx, settings, cancel, self.stats)
 
     def forget(self, uri: str) -> None:
         """The document closed: drop its in-flight work and cached state."""
@@ -133,12 +174,28 @@ class CompletionService:
         for cancel in self._in_flight.values():
             cancel.set()
 
+    def stats_report(self) -> dict[str, Any]:
+        engine = self._engine
+        return {
+            "state": self.state,
+            "busy": self._worker.busy,
+            "queued": self._worker.pending,
+            **self.stats.as_dict(),
+            "cache": {
+                "bytes": engine.cache.bytes_used if engine else 0,
+                "budget_bytes": engine.cache.max_bytes if engine else 0,
+                "documents": len(engine.cache) if engine else 0,
+            },
+        }
+
     def close(self) -> None:
         self.cancel_all()
         self._worker.stop()
 
 
-def run_pipeline(engine: Engine, ctx: CursorContext, settings: Settings, cancel: threading.Event) -> Suggestion | None:
+def run_pipeline(
+    engine: Engine, ctx: CursorContext, settings: Settings, cancel: threading.Event, stats: Stats | None = None
+) -> Suggestion | None:
     """One completion, start to end. Runs on the model worker."""
     if cancel.is_set():
         return None
@@ -159,10 +216,22 @@ def run_pipeline(engine: Engine, ctx: CursorContext, settings: Settings, cancel:
             deadline=started + timeout / 1000 if timeout else None,
         )
     )
-    if result.reason == "cancelled":
-        return None
     text = postprocess.apply(prompt.heal(result.text, built.held_back), ctx, shape)
     total_ms = (time.monotonic() - started) * 1000
+    suggestion = None
+    if text and result.reason != "cancelled":
+        suggestion = Suggestion(
+            text=text,
+            line=ctx.line,
+            character=ctx.character,
+            reason=result.reason,
+            prompt_tokens=result.prompt_tokens,
+            reused_tokens=result.reused_tokens,
+            new_tokens=result.new_tokens,
+            total_ms=total_ms,
+        )
+    if stats is not None:
+        stats.record(result, suggestion, total_ms)
     log.info(
         "completion %s:%d:%d prompt=%d reused=%d prefill=%d new=%d end=%s %.0f ms",
         os.path.basename(ctx.uri), ctx.line, ctx.character, result.prompt_tokens, result.reused_tokens,
@@ -170,18 +239,7 @@ def run_pipeline(engine: Engine, ctx: CursorContext, settings: Settings, cancel:
     )
     if settings.log.buffer_text:
         log.info("prompt tail %r → suggestion %r", built.text[-200:], text)
-    if not text:
-        return None
-    return Suggestion(
-        text=text,
-        line=ctx.line,
-        character=ctx.character,
-        reason=result.reason,
-        prompt_tokens=result.prompt_tokens,
-        reused_tokens=result.reused_tokens,
-        new_tokens=result.new_tokens,
-        total_ms=total_ms,
-    )
+    return suggestion
 
 
 def kv_budget(enabled: bool, configured_mb: int, device: str) -> int:

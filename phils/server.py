@@ -22,6 +22,7 @@ from .config import Settings, client_settings, merge
 log = logging.getLogger(__name__)
 
 STATUS_NOTIFICATION = "phils/status"
+STATS_REQUEST = "phils/stats"
 
 
 class PhilsServer(LanguageServer):
@@ -128,6 +129,10 @@ def create_server(settings: Settings, warnings: list[str] | None = None) -> Phil
     async def completion(ls: PhilsServer, params: types.CompletionParams) -> types.CompletionList:
         suggestion = await _suggest(ls, params.text_document.uri, params.position)
         return types.CompletionList(is_incomplete=True, items=[_completion_item(suggestion)] if suggestion else [])
+
+    @server.feature(STATS_REQUEST)
+    def stats(ls: PhilsServer, params: Any) -> dict[str, Any]:
+        return ls.service.stats_report()
 
     @server.feature(types.SHUTDOWN)
     def shutdown(ls: PhilsServer, *args: Any) -> None:

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 class ModelWorker:
     def __init__(self, name: str = "phils-model"):
         self._jobs: queue.Queue = queue.Queue()
+        self.busy = False  # a job is running now
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -40,8 +41,11 @@ class ModelWorker:
             future, fn, args = job
             if not future.set_running_or_notify_cancel():
                 continue
+            self.busy = True
             try:
                 future.set_result(fn(*args))
             except BaseException as exc:  # the worker must survive anything a job does
                 log.debug("job failed", exc_info=True)
                 future.set_exception(exc)
+            finally:
+                self.busy = False

@@ -1,0 +1,198 @@
+"""End to end: ``phils serve`` as a subprocess over stdio, driven by an LSP client."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+
+import pytest
+from lsprotocol import types
+
+from conftest import cancel_request, inline, open_doc, phils_server, server_env, start_inline, stats
+
+URI = "file:///work/example.py"
+SOURCE = 'import os\n\n\ndef add(a, b):\n    """Return the sum of a and b."""\n    return a + b\n\n\ndef mul(a, b):\n    '
+
+
+async def test_capabilities_and_inline_completion_at_the_cursor(tiny_model):
+    async with phils_server("--model", str(tiny_model), "--set", "engine.ignore_stops=true",
+                            "--set", "engine.max_new_tokens=6") as client:
+        caps = client.init_result.capabilities
+        assert caps.inline_completion_provider is not None
+        assert caps.completion_provider is not None
+        sync = caps.text_document_sync
+        assert sync.change == types.TextDocumentSyncKind.Incremental
+        assert [s["state"] for s in client.status.states][-1] == "ready"
+
+        open_doc(client, URI, SOURCE)
+        result = await inline(client, URI, 9, 4)
+        assert isinstance(result, types.InlineCompletionList)
+        assert len(result.items) == 1
+        item = result.items[0]
+        assert item.range.start == types.Position(line=9, character=4)
+        assert item.range.end == types.Position(line=9, character=4)
+        assert item.insert_text.strip()
+
+
+async def test_completion_fallback_gives_the_same_suggestion_as_a_text_edit(tiny_model):
+    async with phils_server("--model", str(tiny_model), "--set", "engine.ignore_stops=true",
+                            "--set", "engine.max_new_tokens=6", "--set", "completion.multiline=false") as client:
+        open_doc(client, URI, SOURCE)
+        ghost = await inline(client, URI, 9, 4)
+        listed = await client.text_document_completion_async(
+            types.CompletionParams(text_document=types.TextDocumentIdentifier(uri=URI),
+                                   position=types.Position(line=9, character=4))
+        )
+        assert listed.is_incomplete is True
+        assert len(listed.items) == 1
+        edit = listed.items[0].text_edit
+        assert edit.new_text == ghost.items[0].insert_text
+        assert edit.range.start == types.Position(line=9, character=4)
+
+
+async def test_progress_and_status_while_the_model_loads(tiny_model):
+    async with phils_server("--model", str(tiny_model)) as client:
+        states = [s["state"] for s in client.status.states]
+        assert states[0] == "loading" and states[-1] == "ready"
+        await asyncio.sleep(0.2)  # the progress end follows the ready status
+        reports = [r for values in client.progress_reports.values() for r in values]
+        kinds = [r.kind for r in reports]
+        assert kinds[0] == "begin" and kinds[-1] == "end"
+
+
+async def test_edits_are_applied_incrementally_before_completing(tiny_model):
+    async with phils_server("--model", str(tiny_model), "--set", "engine.ignore_stops=true",
+                            "--set", "engine.max_new_tokens=4", "--log-level", "debug") as client:
+        open_doc(client, URI, "x = 1\n")
+        client.text_document_did_change(
+            types.DidChangeTextDocumentParams(
+                text_document=types.VersionedTextDocumentIdentifier(uri=URI, version=2),
+                content_changes=[
+                    types.TextDocumentContentChangePartial(
+                        range=types.Range(start=types.Position(line=1, character=0),
+                                          end=types.Position(line=1, character=0)),
+                        text="def f():\n    ",
+                    )
+                ],
+            )
+        )
+        # Position (2, 4) exists only if the edit was applied.
+        result = await inline(client, URI, 2, 4)
+        assert len(result.items) == 1
+        assert result.items[0].range.start == types.Position(line=2, character=4)
+
+
+async def test_bad_positions_and_unknown_documents_get_empty_results(tiny_model):
+    async with phils_server("--model", str(tiny_model)) as client:
+        open_doc(client, URI, "x = 1\ny = 2\n")
+        for line, character in [(99, 0), (0, 99), (5, 5)]:
+            result = await inline(client, URI, line, character)
+            assert list(result.items) == []
+        result = await inline(client, "file:///never/opened.py", 0, 0)
+        assert list(result.items) == []
+        # The server is still fine.
+        assert (await stats(client))["state"] == "ready"
+
+
+async def test_a_request_before_the_model_is_ready_is_answered_empty_at_once(tiny_model):
+    # The model's load is held back by a huge import... simulated by a slow profile:
+    async with phils_server("--model", str(tiny_model), wait=None) as client:
+        open_doc(client, URI, SOURCE)
+        started = time.monotonic()
+        result = await inline(client, URI, 9, 4)
+        elapsed = time.monotonic() - started
+        if client.status.states and client.status.states[-1]["state"] == "ready":
+            pytest.skip("the model loaded before the request was sent; nothing to check")
+        assert list(result.items) == []
+        assert elapsed < 2.0
+        await client.status.wait_for("ready")
+
+
+async def test_a_bad_setting_warns_with_its_name_and_keeps_the_default(tiny_model):
+    async with phils_server("--model", str(tiny_model),
+                            init_options={"engine": {"max_new_tokens": "lots"}, "completion": {"bogus": 1}}) as client:
+        warnings = [m.message for m in client.messages if m.type == types.MessageType.Warning]
+        assert any("engine.max_new_tokens" in w for w in warnings), warnings
+        assert any("completion.bogus" in w for w in warnings), warnings
+        open_doc(client, URI, SOURCE)
+        result = await inline(client, URI, 9, 4)  # the server works with the default
+        assert isinstance(result, types.InlineCompletionList)
+
+
+async def test_a_missing_model_reports_an_error_and_the_server_lives_on(tmp_path):
+    missing = tmp_path / "no-such-model"
+    async with phils_server("--model", str(missing), wait="error") as client:
+        error = client.status.states[-1]
+        assert error["state"] == "error" and "not found" in error["message"]
+        await asyncio.sleep(0.2)
+        shown = [m for m in client.messages if m.type == types.MessageType.Error]
+        assert shown and str(missing) in shown[0].message
+        open_doc(client, URI, SOURCE)
+        assert list((await inline(client, URI, 9, 4)).items) == []
+        assert (await stats(client))["state"] == "error"
+
+
+async def test_changing_the_model_setting_reloads_it(tiny_model, tmp_path):
+    async with phils_server("--model", str(tmp_path / "missing"), wait="error") as client:
+        client.workspace_did_change_configuration(
+            types.DidChangeConfigurationParams(settings={"phils": {"engine": {"model": str(tiny_model)}}})
+        )
+        await client.status.wait_for("ready")
+        open_doc(client, URI, SOURCE)
+        assert (await stats(client))["state"] == "ready"
+        assert len((await inline(client, URI, 9, 4)).items) <= 1
+
+
+async def test_cancel_request_stops_the_decode_loop(tiny_model):
+    # ignore_stops makes the model decode until max_new_tokens: a long generation.
+    async with phils_server("--model", str(tiny_model), "--set", "engine.ignore_stops=true",
+                            "--set", "engine.max_new_tokens=1900") as client:
+        open_doc(client, URI, SOURCE)
+        msg_id, answer = start_inline(client, URI, 9, 4)
+        await asyncio.sleep(0.5)
+        before = await stats(client)
+        assert before["busy"], "the generation ended before it could be cancelled"
+        cancel_request(client, msg_id)
+        started = time.monotonic()
+        with pytest.raises(Exception, match="cancel"):
+            await asyncio.wait_for(answer, 3.0)
+        while (await stats(client))["busy"]:
+            assert time.monotonic() - started < 3.0, "the worker kept decoding after $/cancelRequest"
+            await asyncio.sleep(0.05)
+        after = await stats(client)
+        assert after["cancelled"] == 1
+        assert after["decode_tokens"] < 1900
+        # The next request is served.
+        client2_task = inline(client, URI, 9, 4)
+        result = await asyncio.wait_for(client2_task, 120)
+        assert len(result.items) == 1
+
+
+async def test_a_newer_request_for_the_same_document_supersedes_the_older(tiny_model):
+    async with phils_server("--model", str(tiny_model), "--set", "engine.ignore_stops=true",
+                            "--set", "engine.max_new_tokens=1900") as client:
+        open_doc(client, URI, SOURCE)
+        _, first = start_inline(client, URI, 9, 4)
+        await asyncio.sleep(0.5)
+        second_id, second = start_inline(client, URI, 9, 4)
+        assert list((await asyncio.wait_for(first, 3.0)).items) == []  # superseded: answered empty
+        cancel_request(client, second_id)
+        started = time.monotonic()
+        while (await stats(client))["busy"]:
+            assert time.monotonic() - started < 3.0
+            await asyncio.sleep(0.05)
+        assert (await stats(client))["cancelled"] == 2
+
+
+async def test_shutdown_and_exit_end_the_process_with_code_0(tiny_model):
+    from pytest_lsp import client_capabilities
+    from pytest_lsp.client import make_test_lsp_client
+
+    client = make_test_lsp_client()
+    await client.start_io(sys.executable, "-m", "phils", "serve", "--model", str(tiny_model), env=server_env())
+    await client.initialize_session(types.InitializeParams(capabilities=client_capabilities("neovim")))
+    process = client._server
+    await client.shutdown_session()
+    assert await asyncio.wait_for(process.wait(), 15) == 0
+    await client.stop()
