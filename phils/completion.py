@@ -216,7 +216,10 @@ def run_pipeline(
             deadline=started + timeout / 1000 if timeout else None,
         )
     )
-    text = postprocess.apply(prompt.heal(result.text, built.held_back), ctx, shape)
+    text = prompt.heal(result.text, built.held_back)
+    if result.reason in ("length", "deadline") and not shape.single_line:
+        text = postprocess.drop_unfinished_line(text)
+    text = postprocess.apply(text, ctx, shape)
     total_ms = (time.monotonic() - started) * 1000
     suggestion = None
     if text and result.reason != "cancelled":

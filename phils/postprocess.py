@@ -61,6 +61,11 @@ def stop_index(text: str, shape: Shape) -> int | None:
     return None
 
 
+def drop_unfinished_line(text: str) -> str:
+    """Generation was cut short (token limit, deadline): keep only whole lines."""
+    return text.rsplit("\n", 1)[0] if "\n" in text.rstrip() else text
+
+
 # --- the filters, in order --------------------------------------------------
 
 
@@ -71,6 +76,21 @@ def cut_at_stop(text: str, ctx: CursorContext, shape: Shape) -> str:
 
 def trim_trailing_whitespace(text: str, ctx: CursorContext, shape: Shape) -> str:
     return "\n".join(line.rstrip() for line in text.split("\n")).rstrip()
+
+
+def skip_leading_blank_lines(text: str, ctx: CursorContext, shape: Shape) -> str:
+    """On an empty line the code belongs right here, not one line down."""
+    if ctx.line_prefix.strip() or "\n" not in text or text.split("\n", 1)[0].strip():
+        return text
+    lines = text.split("\n")
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    if not lines:
+        return ""
+    first = lines[0]
+    typed = ctx.line_prefix
+    lines[0] = first[len(typed):] if first.startswith(typed) else first.lstrip()
+    return "\n".join(lines)
 
 
 def drop_overlap_with_line_suffix(text: str, ctx: CursorContext, shape: Shape) -> str:
@@ -92,6 +112,7 @@ def drop_repeat_of_next_line(text: str, ctx: CursorContext, shape: Shape) -> str
 FILTERS: tuple[Callable[[str, CursorContext, Shape], str], ...] = (
     cut_at_stop,
     trim_trailing_whitespace,
+    skip_leading_blank_lines,
     drop_overlap_with_line_suffix,
     drop_repeat_of_next_line,
 )

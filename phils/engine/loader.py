@@ -59,6 +59,7 @@ def load_model(settings: EngineSettings, report: Report = lambda message, percen
     common = _hub_options(settings, source)
     report("loading the tokenizer", 35)
     try:
+        _refuse_remote_code(transformers, source, settings, common)
         tokenizer = transformers.AutoTokenizer.from_pretrained(source.location, **common)
         report(f"loading weights ({str(dtype).removeprefix('torch.')} on {device})", 50)
         model = transformers.AutoModelForCausalLM.from_pretrained(
@@ -113,6 +114,20 @@ def _hub_options(settings: EngineSettings, source: ModelSource) -> dict[str, Any
         if settings.offline:
             options["local_files_only"] = True
     return options
+
+
+def _refuse_remote_code(transformers: Any, source: ModelSource, settings: EngineSettings, common: dict) -> None:
+    """A model whose architecture only exists as code in its repository needs explicit trust."""
+    if settings.trust_remote_code:
+        return
+    config, _ = transformers.PretrainedConfig.get_config_dict(source.location, **common)
+    known = config.get("model_type") in transformers.models.auto.configuration_auto.CONFIG_MAPPING
+    if config.get("auto_map") and not known:
+        raise ModelLoadError(
+            f"{settings.model} (model type {config.get('model_type')!r}) needs custom code from its "
+            "repository to load. phils does not run remote code by default; if you trust it, set "
+            "engine.trust_remote_code = true"
+        )
 
 
 def _converted_gguf(source: ModelSource, cache: Path, transformers: Any, torch: Any) -> ModelSource:

@@ -1,0 +1,169 @@
+"""The engine on the tiny random Phi: decode loop, KV prefix reuse, cancel, loading errors."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import threading
+import time
+
+import pytest
+import torch
+
+from phils.config import EngineSettings
+from phils.engine import Engine, GenerationRequest, ModelLoadError, load_model
+from phils.engine.sources import resolve
+
+torch.set_num_threads(1)
+
+PROMPT = 'import os\n\n\ndef add(a, b):\n    """Return the sum of a and b."""\n'
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model):
+    return load_model(EngineSettings(model=str(tiny_model), threads=1))
+
+
+def engine_for(loaded, cache_bytes=2**30, ignore_stops=True) -> Engine:
+    return Engine(loaded, context_tokens=2048, cache_bytes=cache_bytes, ignore_stops=ignore_stops)
+
+
+def test_greedy_generation_is_deterministic_and_counts_tokens(loaded):
+    engine = engine_for(loaded)
+    first = engine.generate(GenerationRequest("a", PROMPT, max_new_tokens=12))
+    second = engine_for(loaded).generate(GenerationRequest("a", PROMPT, max_new_tokens=12))
+    assert first.text == second.text
+    assert first.new_tokens == 12 and first.reason == "length"
+    assert first.prompt_tokens == engine.count_tokens(PROMPT)
+    assert loaded.dtype == "float32" and loaded.device == "cpu"
+
+
+def test_reusing_the_kv_prefix_gives_exactly_the_fresh_result(loaded):
+    cached, fresh = engine_for(loaded), engine_for(loaded, cache_bytes=0)
+    rng = random.Random(7)
+    text = PROMPT + "    "
+    reused = 0
+    for step in range(12):
+        # Random edits: mostly typing at the end, sometimes an edit in the middle.
+        if rng.random() < 0.75:
+            text += rng.choice(["r", "e", "t", "u", "n", " ", "a", "+", "b", "\n    "])
+        else:
+            cut = rng.randrange(len(text))
+            text = text[:cut] + rng.choice(["x", "#", ""]) + text[cut + 1 :]
+        a = cached.generate(GenerationRequest("doc", text, max_new_tokens=8))
+        b = fresh.generate(GenerationRequest("doc", text, max_new_tokens=8))
+        assert a.text == b.text, f"step {step}"
+        reused += a.reused_tokens
+        assert b.reused_tokens == 0
+    assert reused > 0
+    assert cached.cache.bytes_used > 0
+
+
+def test_typing_at_the_end_reuses_all_but_the_last_tokens(loaded):
+    engine = engine_for(loaded)
+    engine.generate(GenerationRequest("doc", PROMPT, max_new_tokens=4))
+    again = engine.generate(GenerationRequest("doc", PROMPT + "    ret", max_new_tokens=4))
+    assert again.reused_tokens >= again.prompt_tokens - 4
+    assert again.prefill_tokens == again.prompt_tokens - again.reused_tokens
+
+
+def test_the_cache_stays_within_its_byte_budget_and_forgets_closed_documents(loaded):
+    one = engine_for(loaded)
+    one.generate(GenerationRequest("probe", PROMPT, max_new_tokens=2))
+    per_doc = one.cache.bytes_used
+    engine = engine_for(loaded, cache_bytes=int(per_doc * 2.5))
+    for i in range(5):
+        engine.generate(GenerationRequest(f"doc{i}", PROMPT, max_new_tokens=2))
+        assert engine.cache.bytes_used <= engine.cache.max_bytes
+    assert len(engine.cache) == 2
+    engine.forget("doc4")
+    assert len(engine.cache) == 1
+
+
+def test_a_cancelled_request_stops_between_tokens(loaded):
+    engine = engine_for(loaded)
+    cancel = threading.Event()
+    calls = []
+
+    def stop(text):
+        calls.append(text)
+        if len(calls) == 3:
+            cancel.set()  # as if $/cancelRequest arrived while decoding
+        return None
+
+    result = engine_for(loaded, ignore_stops=False).generate(
+        GenerationRequest("doc", PROMPT, max_new_tokens=500, stop=stop, cancel=cancel)
+    )
+    assert result.reason in ("cancelled", "eos")
+    if result.reason == "cancelled":
+        assert result.new_tokens == 3
+    cancel.set()
+    assert engine.generate(GenerationRequest("doc", PROMPT, max_new_tokens=5, cancel=cancel)).new_tokens == 0
+
+
+def test_the_stop_rule_cuts_the_text(loaded):
+    engine = engine_for(loaded, ignore_stops=False)
+    result = engine.generate(GenerationRequest("doc", PROMPT, max_new_tokens=30, stop=lambda t: 0 if t else None))
+    assert result.reason in ("stop", "eos") and result.text == ""
+
+
+def test_a_deadline_returns_what_was_generated(loaded):
+    engine = engine_for(loaded)
+    result = engine.generate(GenerationRequest("doc", PROMPT, max_new_tokens=500, deadline=time.monotonic()))
+    assert result.reason == "deadline" and result.new_tokens == 1
+
+
+def test_a_missing_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelLoadError, match="not found"):
+        load_model(EngineSettings(model=str(tmp_path / "missing")))
+
+
+def test_corrupt_weights_are_a_clear_error(tiny_model, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    (broken / "model.safetensors").write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(ModelLoadError, match="cannot load"):
+        load_model(EngineSettings(model=str(broken)))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_asking_for_cuda_without_it_is_a_clear_error(tiny_model):
+    with pytest.raises(ModelLoadError, match="cuda"):
+        load_model(EngineSettings(model=str(tiny_model), device="cuda"))
+
+
+def test_half_precision_is_not_used_on_cpu(tiny_model):
+    loaded = load_model(EngineSettings(model=str(tiny_model), dtype="float16", threads=1))
+    assert loaded.dtype == "float32"
+    assert next(loaded.model.parameters()).dtype == torch.float32
+
+
+def test_remote_code_models_are_refused_with_a_way_out(tiny_model, tmp_path):
+    custom = tmp_path / "custom"
+    shutil.copytree(tiny_model, custom)
+    config = json.loads((custom / "config.json").read_text())
+    config.update(model_type="phi-msft", auto_map={"AutoModelForCausalLM": "modeling_phi.PhiForCausalLM"})
+    (custom / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="trust_remote_code"):
+        load_model(EngineSettings(model=str(custom)))
+
+
+def test_pickle_weights_are_refused_unless_allowed(loaded, tiny_model, tmp_path):
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_model, pickled)
+    (pickled / "model.safetensors").unlink()
+    torch.save(loaded.model.state_dict(), pickled / "pytorch_model.bin")
+    with pytest.raises(ModelLoadError, match="allow_pickle"):
+        load_model(EngineSettings(model=str(pickled)))
+    assert load_model(EngineSettings(model=str(pickled), allow_pickle=True)).model is not None
+
+
+def test_model_references_resolve_without_loading(tiny_model, tmp_path):
+    assert resolve(str(tiny_model), tmp_path).location == str(tiny_model)
+    hub = resolve("microsoft/phi-2", tmp_path)
+    assert not hub.local and hub.location == "microsoft/phi-2"
+    with pytest.raises(ModelLoadError, match="not installed"):
+        resolve("package:no_such_package_here", tmp_path)
+    with pytest.raises(ModelLoadError, match="not found"):
+        resolve("./models/nothing", tmp_path)

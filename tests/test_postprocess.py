@@ -1,0 +1,90 @@
+"""Golden cases for the filters. ``█`` marks the cursor in the document."""
+
+from __future__ import annotations
+
+import pytest
+from pygls.workspace import TextDocument
+
+from phils import postprocess
+from phils.documents import cursor_context
+
+CURSOR = "█"
+
+
+def context(marked: str):
+    before, after = marked.split(CURSOR)
+    lines = before.split("\n")
+    doc = TextDocument("file:///t.py", before + after)
+    return cursor_context(doc, len(lines) - 1, len(lines[-1]))
+
+
+def finish(marked: str, raw: str, **options) -> str:
+    ctx = context(marked)
+    return postprocess.apply(raw, ctx, postprocess.shape_of(ctx, **options))
+
+
+@pytest.mark.parametrize(
+    "marked, raw, expected",
+    [
+        # The body ends where a line dedents out of the function.
+        (
+            'def add(a, b):\n    """Sum."""\n    █',
+            "return a + b\n\n\ndef sub(a, b):\n    return a - b\n",
+            "return a + b",
+        ),
+        # A cursor at the end of a header: the block is the body below it.
+        (
+            "def add(a, b):█",
+            "\n    total = a + b\n    return total\nprint(add(1, 2))\n",
+            "\n    total = a + b\n    return total",
+        ),
+        # A blank line inside the body does not end it; a dedent does.
+        (
+            "class A:\n    def f(self):\n        █",
+            "x = 1\n\n        return x\n\n    def g(self):\n        pass\n",
+            "x = 1\n\n        return x",
+        ),
+        # Two blank lines in a row end the suggestion at the top level.
+        ("import os\n█", "import sys\n\n\nprint(sys.argv)\n", "import sys"),
+        # Text after the cursor: finish this line only, without repeating what follows.
+        ("result = compute(█)", "alpha, beta)\nprint(result)\n", "alpha, beta"),
+        # A suggestion that only repeats the next line is dropped.
+        ("def f():\n    █\n    return 1\n", "return 1\n", ""),
+        # On an indented empty line, a suggestion starting one line down moves up.
+        ('def f(n):\n    """Doc."""\n    █', "\n    if n:\n        return 1", "if n:\n        return 1"),
+        # Trailing whitespace goes.
+        ("x = [█", "1, 2, 3]   \n\n\n", "1, 2, 3]"),
+    ],
+)
+def test_golden(marked, raw, expected):
+    assert finish(marked, raw) == expected
+
+
+def test_single_line_setting_ends_every_suggestion_at_the_line_end():
+    assert finish("def f():\n    █", "a = 1\n    b = 2\n", multiline=False) == "a = 1"
+
+
+def test_max_lines_caps_a_long_block():
+    raw = "".join(f"x{i} = {i}\n    " for i in range(50))
+    text = finish("def f():\n    █", raw, max_lines=3)
+    assert text.count("\n") == 2
+
+
+def test_stop_index_waits_while_the_last_line_is_unfinished():
+    ctx = context("def f():\n    █")
+    shape = postprocess.shape_of(ctx)
+    assert postprocess.stop_index("return 1\n", shape) is None  # the next line may still be indented
+    assert postprocess.stop_index("return 1\n\n", shape) is None
+    assert postprocess.stop_index("return 1\nd", shape) == len("return 1")
+
+
+def test_a_first_line_that_dedents_out_of_the_block_is_empty():
+    # The user opened a new line inside the body; the model jumps to a new def.
+    ctx = context('def f():\n    """Doc."""\n█')
+    shape = postprocess.shape_of(ctx)
+    assert postprocess.stop_index("def g():\n", shape) == 0
+
+
+def test_a_suggestion_cut_short_keeps_only_whole_lines():
+    assert postprocess.drop_unfinished_line("if a:\n        return a\n    elif b ==") == "if a:\n        return a"
+    assert postprocess.drop_unfinished_line("return a +") == "return a +"

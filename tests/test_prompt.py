@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from pygls.workspace import TextDocument
+
+from phils import prompt
+from phils.documents import cursor_context
+
+
+def words(text: str) -> int:
+    """A stand-in tokenizer: one token per whitespace-separated word and per line break."""
+    return len(text.split()) + text.count("\n")
+
+
+def at_end(text: str):
+    lines = text.split("\n")
+    return cursor_context(TextDocument("file:///t.py", text), len(lines) - 1, len(lines[-1]))
+
+
+def long_module(functions: int = 200) -> str:
+    head = "import os\nimport sys\nfrom pathlib import Path\n\n\n"
+    body = "".join(f"def f{i}(x):\n    return x + {i}\n\n\n" for i in range(functions))
+    target = 'class Store:\n    """Keeps things."""\n\n    def put(self, key, value):\n        """Store value under key."""\n'
+    filler = "".join(f"        v{i} = value * {i}\n" for i in range(60))
+    return head + body + target + filler + "        "
+
+
+def test_a_short_file_is_the_whole_prefix():
+    ctx = at_end("import os\n\ndef f():\n    return 1")
+    built = prompt.build(ctx, words, budget=1000)
+    assert built.text == ctx.prefix and not built.trimmed
+
+
+def test_indentation_typed_on_the_cursor_line_is_held_back():
+    built = prompt.build(at_end("def f():\n    "), words, budget=1000)
+    assert built.text == "def f():\n"
+    assert built.held_back == "    "
+    assert prompt.heal("    return 1", built.held_back) == "return 1"
+    assert prompt.heal("  x", built.held_back) == "x"  # the model indented less than the user
+
+
+def test_a_long_file_keeps_imports_and_the_enclosing_headers_within_budget():
+    ctx = at_end(long_module())
+    budget = 300
+    built = prompt.build(ctx, words, budget)
+    assert built.trimmed
+    assert words(built.text) <= budget
+    assert built.text.startswith("import os\nimport sys\nfrom pathlib import Path\n")
+    assert "class Store:\n" in built.text
+    assert '    def put(self, key, value):\n        """Store value under key."""\n' in built.text
+    assert built.text.endswith("        v59 = value * 59\n")
+    assert "def f0(x)" not in built.text
+
+
+def test_the_prompt_start_stays_put_while_the_user_types():
+    text, previous, moves = long_module(), None, 0
+    for i in range(20):
+        text += f"w{i} = {i}\n        "
+        built = prompt.build(at_end(text), words, budget=300)
+        if previous is not None and not built.text.startswith(previous):
+            moves += 1
+        previous = built.text
+    # Twenty new lines move the tail's start at most once (it snaps to 32-line steps).
+    assert moves <= 1
+
+
+def test_one_enormous_line_is_cut_to_its_end():
+    ctx = at_end("x = " + "1 + " * 5000)
+    built = prompt.build(ctx, words, budget=100)
+    assert 0 < words(built.text) <= 100
+    assert ctx.prefix.endswith(built.text)
