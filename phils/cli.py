@@ -100,6 +100,13 @@ def _make_test_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_keystrokes(args: argparse.Namespace) -> int:
+    from .bench import run
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    return run(args)
+
+
 def _config(args: argparse.Namespace) -> int:
     settings, warnings = resolve_settings(args)
     for warning in warnings:
@@ -195,6 +202,20 @@ def _parser() -> argparse.ArgumentParser:
     make.add_argument("--shape", choices=["tiny", "small", "phi-2"], default="tiny")
     make.add_argument("--seed", type=int, default=0)
     make.set_defaults(run=_make_test_model)
+
+    bench = commands.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
+    keys = bench.add_parser("keystrokes", help="replay typing a file into a server; cache off vs on")
+    keys.add_argument("--model", required=True, help="model for the server (a local dir gives the decode floor)")
+    keys.add_argument("--file", required=True, help="a real Python file to type")
+    keys.add_argument("--prompt-lines", type=int, default=120, help="lines opened before typing starts")
+    keys.add_argument("--requests", type=int, default=8, help="completions to request (one per typed line)")
+    keys.add_argument("--new-tokens", type=int, default=16, help="tokens generated per request")
+    keys.add_argument("--modes", default="cache-off,cache-on,cache-on+warmup")
+    keys.add_argument("--typing-ms", type=float, default=0, help="pause between keystrokes")
+    keys.add_argument("--set", action="append", metavar="KEY=VALUE", help="extra server settings")
+    keys.add_argument("--name", help="results file name (default: the model's name)")
+    keys.add_argument("--out", default="bench/results")
+    keys.set_defaults(run=_bench_keystrokes)
 
     config = with_settings(commands.add_parser("config", help="print the resolved settings"))
     config.set_defaults(run=_config)

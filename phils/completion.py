@@ -14,15 +14,17 @@ import logging
 import os
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field, replace
+from collections import defaultdict
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Callable
 
 from . import postprocess, prompt
 from .config import Settings
 from .documents import CursorContext, cursor_context
-from .engine import Engine, GenerationRequest, GenerationResult, ModelLoadError, ModelWorker, load_model
+from .engine import Engine, GenerationRequest, ModelLoadError, ModelWorker, load_model
+from .stats import Stats
+from .typed_through import Shown, rest_of
 
 log = logging.getLogger(__name__)
 
@@ -42,45 +44,6 @@ class Suggestion:
     total_ms: float = 0.0
 
 
-@dataclass
-class Stats:
-    """Counters for ``phils/stats``; written only by the model worker."""
-
-    requests: int = 0
-    suggestions: int = 0
-    empty: int = 0
-    cancelled: int = 0
-    prompt_tokens: int = 0
-    reused_tokens: int = 0
-    prefill_tokens: int = 0
-    decode_tokens: int = 0
-    latencies_ms: deque = field(default_factory=lambda: deque(maxlen=1000))
-
-    def record(self, result: GenerationResult, suggestion: "Suggestion | None", total_ms: float) -> None:
-        self.requests += 1
-        self.prompt_tokens += result.prompt_tokens
-        self.reused_tokens += result.reused_tokens
-        self.prefill_tokens += result.prefill_tokens
-        self.decode_tokens += result.new_tokens
-        if result.reason == "cancelled":
-            self.cancelled += 1
-            return
-        self.latencies_ms.append(total_ms)
-        if suggestion is None:
-            self.empty += 1
-        else:
-            self.suggestions += 1
-
-    def as_dict(self) -> dict[str, Any]:
-        ordered = sorted(self.latencies_ms)
-
-        def percentile(p: float) -> float | None:
-            return round(ordered[min(int(p * len(ordered)), len(ordered) - 1)], 1) if ordered else None
-
-        counters = {k: v for k, v in self.__dict__.items() if k != "latencies_ms"}
-        return {**counters, "latency_ms": {"p50": percentile(0.5), "p95": percentile(0.95), "p99": percentile(0.99)}}
-
-
 class CompletionService:
     def __init__(self, settings: Settings, on_status: StatusCallback = lambda state, message: None):
         self.settings = settings
@@ -90,7 +53,12 @@ class CompletionService:
         self._engine: Engine | None = None
         self._worker = ModelWorker()
         self._in_flight: dict[str, threading.Event] = {}
+        self._warming: dict[str, threading.Event] = {}
+        self._warm_timers: dict[str, asyncio.TimerHandle] = {}
+        self._shown: dict[str, Shown] = {}
+        self._tail_starts: dict[str, int] = {}  # per document: where its prompt's tail starts
         self.stats = Stats()
+        self.doc_stats: dict[str, Stats] = defaultdict(Stats)
 
     # --- model life cycle ---------------------------------------------------
 
@@ -141,13 +109,18 @@ class CompletionService:
         ctx = cursor_context(doc, line, character)
         if ctx is None:
             return None
+        if (rest := rest_of(self._shown.get(ctx.uri), ctx)) is not None:
+            for stats in (self.stats, self.doc_stats[ctx.uri]):
+                stats.record_typed_through()
+            return Suggestion(text=rest, line=line, character=character, reason="typed-through")
+        self._preempt_warmups()
         cancel = threading.Event()
         if (older := self._in_flight.get(ctx.uri)) is not None:
             older.set()  # a newer request supersedes it
         self._in_flight[ctx.uri] = cancel
         future = self._worker.submit(self._run_if_current, engine, ctx, self.settings, cancel)
         try:
-            return await asyncio.wrap_future(future)
+            suggestion = await asyncio.wrap_future(future)
         except asyncio.CancelledError:  # $/cancelRequest: stop the decode loop too
             cancel.set()
             raise
@@ -157,21 +130,75 @@ class CompletionService:
         finally:
             if self._in_flight.get(ctx.uri) is cancel:
                 del self._in_flight[ctx.uri]
+        if suggestion is not None:
+            self._shown[ctx.uri] = Shown(ctx.prefix, ctx.suffix, suggestion.text)
+        return suggestion
 
     def _run_if_current(self, engine: Engine, ctx: CursorContext, settings: Settings, cancel: threading.Event):
         if engine is not self._engine:  # a reload happened while this request waited
             return None
-        return run_pipeline(engine, ctx, settings, cancel, self.stats)
+        return run_pipeline(engine, ctx, settings, cancel, (self.stats, self.doc_stats[ctx.uri]), self._tail_starts)
+
+    # --- warm-up: prefill while the user types -----------------------------
+
+    def schedule_warmup(self, doc: Any, line: int, character: int) -> None:
+        """After an edit, prefill the prompt at (line, character) once typing pauses.
+
+        Call on the event loop. The warm-up runs only when the model is idle, and
+        any completion request preempts it between prefill chunks.
+        """
+        delay = self.settings.completion.warmup_ms
+        if delay <= 0 or not self.settings.engine.kv_cache or self.state != "ready":
+            return
+        if (timer := self._warm_timers.pop(doc.uri, None)) is not None:
+            timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._warm_timers[doc.uri] = loop.call_later(delay / 1000, self._start_warmup, doc, line, character)
+
+    def _start_warmup(self, doc: Any, line: int, character: int) -> None:
+        self._warm_timers.pop(doc.uri, None)
+        engine = self._engine
+        if engine is None or self._worker.busy or self._worker.pending or self._in_flight:
+            return
+        ctx = cursor_context(doc, line, character)  # a snapshot: the loop owns the text
+        if ctx is None:
+            return
+        cancel = threading.Event()
+        self._warming[ctx.uri] = cancel
+        self._worker.submit(self._warm, engine, ctx, self.settings, cancel)
+
+    def _warm(self, engine: Engine, ctx: CursorContext, settings: Settings, cancel: threading.Event) -> None:
+        try:
+            if engine is not self._engine or cancel.is_set():
+                return
+            built = build_prompt(engine, ctx, settings, self._tail_starts)
+            computed, cut_short = engine.prefill(ctx.uri, built.text, cancel, settings.engine.max_new_tokens)
+            for stats in (self.stats, self.doc_stats[ctx.uri]):
+                stats.record_warmup(computed, cut_short)
+        finally:
+            if self._warming.get(ctx.uri) is cancel:
+                del self._warming[ctx.uri]
+
+    def _preempt_warmups(self) -> None:
+        for cancel in list(self._warming.values()):
+            cancel.set()
 
     def forget(self, uri: str) -> None:
         """The document closed: drop its in-flight work and cached state."""
-        if (cancel := self._in_flight.pop(uri, None)) is not None:
-            cancel.set()
-        if self._engine is not None:
-            self._engine.forget(uri)
+        for table in (self._in_flight, self._warming):
+            if (cancel := table.pop(uri, None)) is not None:
+                cancel.set()
+        if (timer := self._warm_timers.pop(uri, None)) is not None:
+            timer.cancel()
+        self._shown.pop(uri, None)
+        self._tail_starts.pop(uri, None)
+        self.doc_stats.pop(uri, None)
+        if (engine := self._engine) is not None:
+            engine.forget(uri)
+            self._worker.submit(engine.forget, uri)  # again after work in flight stored it
 
     def cancel_all(self) -> None:
-        for cancel in self._in_flight.values():
+        for cancel in [*self._in_flight.values(), *self._warming.values()]:
             cancel.set()
 
     def stats_report(self) -> dict[str, Any]:
@@ -185,7 +212,9 @@ class CompletionService:
                 "bytes": engine.cache.bytes_used if engine else 0,
                 "budget_bytes": engine.cache.max_bytes if engine else 0,
                 "documents": len(engine.cache) if engine else 0,
+                "evictions": engine.cache.evictions if engine else 0,
             },
+            "documents": {uri: stats.as_dict() for uri, stats in list(self.doc_stats.items())},
         }
 
     def close(self) -> None:
@@ -193,15 +222,28 @@ class CompletionService:
         self._worker.stop()
 
 
+def build_prompt(engine: Engine, ctx: CursorContext, settings: Settings, tail_starts: dict[str, int]) -> prompt.Prompt:
+    """The document's prompt, its tail starting where the last one did if it still fits."""
+    budget = engine.context_tokens - settings.engine.max_new_tokens
+    built = prompt.build(ctx, engine.count_tokens, budget, keep_start=tail_starts.get(ctx.uri))
+    if built.tail_start is not None:
+        tail_starts[ctx.uri] = built.tail_start
+    return built
+
+
 def run_pipeline(
-    engine: Engine, ctx: CursorContext, settings: Settings, cancel: threading.Event, stats: Stats | None = None
+    engine: Engine,
+    ctx: CursorContext,
+    settings: Settings,
+    cancel: threading.Event,
+    stats: tuple[Stats, ...] = (),
+    tail_starts: dict[str, int] | None = None,
 ) -> Suggestion | None:
     """One completion, start to end. Runs on the model worker."""
     if cancel.is_set():
         return None
     started = time.monotonic()
-    budget = engine.context_tokens - settings.engine.max_new_tokens
-    built = prompt.build(ctx, engine.count_tokens, budget)
+    built = build_prompt(engine, ctx, settings, {} if tail_starts is None else tail_starts)
     shape = postprocess.shape_of(ctx, settings.completion.multiline, settings.completion.max_lines)
     # The model continues the prompt, which ends before any held-back indentation.
     model_shape = replace(shape, line_prefix="") if built.held_back else shape
@@ -233,8 +275,8 @@ def run_pipeline(
             new_tokens=result.new_tokens,
             total_ms=total_ms,
         )
-    if stats is not None:
-        stats.record(result, suggestion, total_ms)
+    for counters in stats:
+        counters.record(result, suggestion is not None, total_ms)
     log.info(
         "completion %s:%d:%d prompt=%d reused=%d prefill=%d new=%d end=%s %.0f ms",
         os.path.basename(ctx.uri), ctx.line, ctx.character, result.prompt_tokens, result.reused_tokens,

@@ -4,9 +4,14 @@ Phi-2 is a base model trained on "code format" text, not fill-in-the-middle:
 the prompt is the code before the cursor. When it does not fit the token
 budget, the middle goes: the module's imports and the enclosing class/def
 headers (with their docstrings) stay at the top, then as much of the code
-just before the cursor as fits. The start of that tail snaps to a multiple of
-``SNAP_LINES`` so it moves in rare steps while the user types, which keeps the
-KV cache's prefix reusable.
+just before the cursor as fits.
+
+The start of that tail is sticky: the caller passes back the line the last
+prompt's tail started at, and it stays there for as long as the prompt still
+fits. When it must move, the new tail fills only ``FILL`` of the budget, so
+the next move is far away. While the user types, the prompt therefore grows
+at its end and its start moves in large, rare steps: what the KV cache holds
+stays a prefix of the next prompt.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Callable
 
 from .documents import CursorContext
 
-SNAP_LINES = 32
+FILL = 2 / 3
 MAX_IMPORT_LINES = 40
 # A token is rarely longer than this many characters; used to bound the text we tokenize.
 MAX_CHARS_PER_TOKEN = 12
@@ -36,16 +41,27 @@ class Prompt:
     # because a tokenizer encodes a trailing "\n    " differently from the same
     # indentation inside code; the suggestion must begin with it (see heal()).
     held_back: str = ""
-    trimmed: bool = False  # the middle of the file was left out
+    tail_start: int | None = None  # the line the tail starts at when the middle was left out
+
+    @property
+    def trimmed(self) -> bool:
+        return self.tail_start is not None
 
 
-def build(ctx: CursorContext, count_tokens: Callable[[str], int], budget: int) -> Prompt:
-    """The prompt for ``ctx`` within ``budget`` tokens."""
+def build(
+    ctx: CursorContext, count_tokens: Callable[[str], int], budget: int, keep_start: int | None = None
+) -> Prompt:
+    """The prompt for ``ctx`` within ``budget`` tokens.
+
+    ``keep_start`` is the previous prompt's ``tail_start`` for this document:
+    the tail keeps starting there while everything still fits.
+    """
     text, held_back = _hold_back_indentation(ctx.prefix, ctx.line_prefix)
     window = text[-budget * MAX_CHARS_PER_TOKEN :] if budget > 0 else ""
     if len(window) == len(text) and count_tokens(text) <= budget:
         return Prompt(text=text, held_back=held_back)
-    return Prompt(text=_trim_middle(text, count_tokens, budget), held_back=held_back, trimmed=True)
+    trimmed, start = _trim_middle(text, count_tokens, budget, keep_start)
+    return Prompt(text=trimmed, held_back=held_back, tail_start=start)
 
 
 def heal(generated: str, held_back: str) -> str:
@@ -64,30 +80,32 @@ def _hold_back_indentation(prefix: str, line_prefix: str) -> tuple[str, str]:
     return prefix, ""
 
 
-def _trim_middle(text: str, count_tokens: Callable[[str], int], budget: int) -> str:
+def _trim_middle(
+    text: str, count_tokens: Callable[[str], int], budget: int, keep_start: int | None
+) -> tuple[str, int]:
     lines = text.splitlines(keepends=True)
-    # Without a line break at the end the last "line" is the cursor's, unfinished.
-    head = _head_lines(lines)
-    head_text = "".join(lines[i] for i in head)
-    if head_text and not head_text.endswith("\n"):
-        head_text += "\n"
-    head_tokens = count_tokens(head_text) if head_text else 0
-    if head_tokens > budget // 2:  # a huge import block must not starve the code
-        head, head_text, head_tokens = [], "", 0
-    tail_budget = budget - head_tokens - SEAM_TOKENS
-    tail_start = _tail_start(lines, count_tokens, tail_budget, after=max(head, default=-1))
-    if tail_start >= len(lines):  # not even the cursor's line fits: keep its end
-        return head_text + _fit_end(lines[-1], count_tokens, tail_budget)
-    head_text = "".join(lines[i] for i in head if i < tail_start)
-    if head_text and not head_text.endswith("\n"):
-        head_text += "\n"
-    return head_text + "".join(lines[tail_start:])
-
-
-def _head_lines(lines: list[str]) -> list[int]:
-    """Indices of lines to keep at the top: imports, then enclosing headers with docstrings."""
     imports = [i for i, line in enumerate(lines) if _IMPORT.match(line)][:MAX_IMPORT_LINES]
-    return sorted(set(imports) | set(_enclosing_headers(lines)))
+    head = sorted(set(imports) | set(_enclosing_headers(lines)))
+    head_tokens = count_tokens(_joined(lines, head, len(lines))) if head else 0
+    if head_tokens > budget // 2:  # a huge import block must not starve the code
+        head, imports, head_tokens = [], [], 0
+    tail_budget = budget - head_tokens - SEAM_TOKENS
+    # The tail may start anywhere after the imports; enclosing headers above it join the head.
+    first_allowed = max(imports, default=-1) + 1
+    if keep_start is not None and first_allowed <= keep_start < len(lines):
+        kept = _joined(lines, head, keep_start) + "".join(lines[keep_start:])
+        if count_tokens(kept) <= budget:
+            return kept, keep_start
+    start = _tail_start(lines, count_tokens, int(tail_budget * FILL), first_allowed)
+    if start >= len(lines):  # not even the cursor's line fits: keep its end
+        return _joined(lines, head, start) + _fit_end(lines[-1], count_tokens, tail_budget), len(lines) - 1
+    return _joined(lines, head, start) + "".join(lines[start:]), start
+
+
+def _joined(lines: list[str], head: list[int], tail_start: int) -> str:
+    """The head lines that come before the tail, ending in a line break."""
+    text = "".join(lines[i] for i in head if i < tail_start)
+    return text if not text or text.endswith("\n") else text + "\n"
 
 
 def _enclosing_headers(lines: list[str]) -> list[int]:
@@ -135,9 +153,9 @@ def _header_block(lines: list[str], start: int) -> list[int]:
     return indices
 
 
-def _tail_start(lines: list[str], count_tokens: Callable[[str], int], budget: int, after: int) -> int:
-    """The first line of the longest tail that fits, snapped to SNAP_LINES for stability."""
-    lo, hi = after + 1, len(lines)  # find the smallest start whose tail fits
+def _tail_start(lines: list[str], count_tokens: Callable[[str], int], budget: int, first: int) -> int:
+    """The first line of the longest tail of ``lines`` that fits ``budget`` tokens."""
+    lo, hi = first, len(lines)
     max_chars, chars = budget * MAX_CHARS_PER_TOKEN, 0
     for i in range(len(lines) - 1, lo - 1, -1):  # don't tokenize what cannot fit anyway
         chars += len(lines[i])
@@ -150,9 +168,7 @@ def _tail_start(lines: list[str], count_tokens: Callable[[str], int], budget: in
             hi = mid
         else:
             lo = mid + 1
-    snapped = -(-lo // SNAP_LINES) * SNAP_LINES
-    # Never snap away the cursor's own line and the few lines before it.
-    return min(snapped, max(lo, len(lines) - 4))
+    return lo
 
 
 def _fit_end(text: str, count_tokens: Callable[[str], int], budget: int) -> str:

@@ -116,6 +116,12 @@ def create_server(settings: Settings, warnings: list[str] | None = None) -> Phil
         if reload:
             await ls.load_model()
 
+    @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+    def did_change(ls: PhilsServer, params: types.DidChangeTextDocumentParams) -> None:
+        doc = ls.open_document(params.text_document.uri)
+        if doc is not None and (cursor := _cursor_after(doc, params.content_changes)) is not None:
+            ls.service.schedule_warmup(doc, *cursor)
+
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: PhilsServer, params: types.DidCloseTextDocumentParams) -> None:
         ls.service.forget(params.text_document.uri)
@@ -146,6 +152,18 @@ async def _suggest(ls: PhilsServer, uri: str, position: types.Position) -> Sugge
     if doc is None:
         return None
     return await ls.service.complete(doc, position.line, position.character)
+
+
+def _cursor_after(doc: Any, changes: Any) -> tuple[int, int] | None:
+    """Where the cursor most likely is after an edit: the end of the last inserted text."""
+    if not changes or not isinstance(changes[-1], types.TextDocumentContentChangePartial):
+        return None
+    change = changes[-1]
+    inserted = change.text.split("\n")
+    start = change.range.start
+    if len(inserted) == 1:
+        return start.line, start.character + doc.position_codec.client_num_units(change.text)
+    return start.line + len(inserted) - 1, doc.position_codec.client_num_units(inserted[-1])
 
 
 def _inline_item(s: Suggestion) -> types.InlineCompletionItem:

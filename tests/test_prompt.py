@@ -52,15 +52,21 @@ def test_a_long_file_keeps_imports_and_the_enclosing_headers_within_budget():
 
 
 def test_the_prompt_start_stays_put_while_the_user_types():
-    text, previous, moves = long_module(), None, 0
-    for i in range(20):
+    text, previous, start, moves = long_module(), None, None, 0
+    for i in range(40):
         text += f"w{i} = {i}\n        "
-        built = prompt.build(at_end(text), words, budget=300)
+        built = prompt.build(at_end(text), words, budget=300, keep_start=start)
+        assert words(built.text) <= 300
         if previous is not None and not built.text.startswith(previous):
             moves += 1
-        previous = built.text
-    # Twenty new lines move the tail's start at most once (it snaps to 32-line steps).
+        previous, start = built.text, built.tail_start
+    # Forty new lines of 4 "tokens" move the start once: each move leaves a third of the budget free.
     assert moves <= 1
+
+
+def test_without_a_previous_start_the_tail_leaves_room_to_grow():
+    built = prompt.build(at_end(long_module()), words, budget=300)
+    assert 150 < words(built.text) <= 300 * 0.75
 
 
 def test_one_enormous_line_is_cut_to_its_end():

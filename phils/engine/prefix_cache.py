@@ -28,12 +28,21 @@ def kv_bytes(kv: Any) -> int:
     return total
 
 
+class _CountingLRU(LRUCache):
+    evictions = 0
+
+    def popitem(self):  # cachetools calls this to make room
+        item = super().popitem()
+        self.evictions += 1
+        return item
+
+
 class PrefixCache:
     """The engine takes a document's entry while it generates and puts it back after."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
-        self._entries: LRUCache = LRUCache(maxsize=max(max_bytes, 1), getsizeof=lambda e: e.size)
+        self._entries = _CountingLRU(maxsize=max(max_bytes, 1), getsizeof=lambda e: e.size)
         self._lock = threading.Lock()  # didClose arrives on the event loop's thread
 
     def take(self, key: str) -> CachedPrefix | None:
@@ -56,6 +65,10 @@ class PrefixCache:
     def bytes_used(self) -> int:
         with self._lock:
             return int(self._entries.currsize)
+
+    @property
+    def evictions(self) -> int:
+        return self._entries.evictions
 
     def __len__(self) -> int:
         return len(self._entries)
