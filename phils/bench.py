@@ -103,8 +103,8 @@ async def run_mode(
             latencies.append((time.monotonic() - started) * 1000)
             suggestions.append(result.items[0].insert_text if result and result.items else "")
             if len(latencies) == 1:  # the cold start, left out of the steady-state reuse figure
-                cold = _plain(await client.protocol.send_request_async("phils/stats", {}))
-    stats = _plain(await client.protocol.send_request_async("phils/stats", {}))
+                cold = plain(await client.protocol.send_request_async("phils/stats", {}))
+    stats = plain(await client.protocol.send_request_async("phils/stats", {}))
     warm_prompt = stats["prompt_tokens"] - cold["prompt_tokens"]
     warm_reused = stats["reused_tokens"] - cold["reused_tokens"]
     await client.shutdown_async(None)
@@ -165,8 +165,9 @@ def run(args: Any) -> int:
     results = {}
     for mode in modes:
         started = time.monotonic()
+        requests = args.off_requests if mode == "cache-off" and args.off_requests else args.requests
         results[mode] = asyncio.run(
-            run_mode(mode, args.model, replay, args.new_tokens, args.set or [], args.requests, args.typing_ms)
+            run_mode(mode, args.model, replay, args.new_tokens, args.set or [], requests, args.typing_ms)
         )
         print(f"{mode}: {json.dumps({k: v for k, v in results[mode].items() if k not in ('suggestions', 'server_stats')})}"
               f" ({time.monotonic() - started:.0f} s)", file=sys.stderr)
@@ -187,7 +188,8 @@ def summarize(args: Any, results: dict[str, Any], bandwidth: float) -> dict[str,
     modes = list(results)
     identical = None
     if len(modes) > 1:
-        identical = all(results[m]["suggestions"] == results[modes[0]]["suggestions"] for m in modes)
+        common = min(len(results[m]["suggestions"]) for m in modes)
+        identical = all(results[m]["suggestions"][:common] == results[modes[0]]["suggestions"][:common] for m in modes)
     report: dict[str, Any] = {
         "command": "phils bench keystrokes " + " ".join(sys.argv[3:]),
         "date": time.strftime("%Y-%m-%d %H:%M"),
@@ -254,9 +256,10 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """pygls hands back custom results as named tuples; turn them into dicts."""
     if hasattr(value, "_asdict"):
-        return {k: _plain(v) for k, v in value._asdict().items()}
+        return {k: plain(v) for k, v in value._asdict().items()}
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain(v) for k, v in value.items()}
     return value

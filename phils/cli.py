@@ -209,6 +209,7 @@ def _parser() -> argparse.ArgumentParser:
     keys.add_argument("--file", required=True, help="a real Python file to type")
     keys.add_argument("--prompt-lines", type=int, default=120, help="lines opened before typing starts")
     keys.add_argument("--requests", type=int, default=8, help="completions to request (one per typed line)")
+    keys.add_argument("--off-requests", type=int, help="fewer requests for the slow cache-off mode")
     keys.add_argument("--new-tokens", type=int, default=16, help="tokens generated per request")
     keys.add_argument("--modes", default="cache-off,cache-on,cache-on+warmup")
     keys.add_argument("--typing-ms", type=float, default=0, help="pause between keystrokes")

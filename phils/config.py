@@ -38,6 +38,7 @@ class EngineSettings:
     device: str = _choice("auto", "auto", "cpu", "cuda")
     dtype: str = _choice("auto", "auto", "float32", "float16", "bfloat16")
     threads: int = _int(0, 0, 256)  # torch CPU threads; 0 = physical cores
+    cpu_kernels: str = _choice("onednn", "onednn", "torch")  # fp32 Linear layers on CPU
     max_new_tokens: int = _int(64, 1, 2048)
     context_tokens: int = _int(2048, 64, 131072)  # Phi-2's window
     trust_remote_code: bool = False

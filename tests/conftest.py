@@ -125,15 +125,9 @@ async def inline(client, uri: str, line: int, character: int):
 
 async def stats(client) -> dict[str, Any]:
     """The server's ``phils/stats`` as plain dicts."""
-    return _plain(await client.protocol.send_request_async("phils/stats", {}))
+    from phils.bench import plain
 
-
-def _plain(value: Any) -> Any:
-    if hasattr(value, "_asdict"):
-        return {k: _plain(v) for k, v in value._asdict().items()}
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
+    return plain(await client.protocol.send_request_async("phils/stats", {}))
 
 
 def start_inline(client, uri: str, line: int, character: int):

@@ -72,11 +72,29 @@ def load_model(settings: EngineSettings, report: Report = lambda message, percen
         raise
     except Exception as exc:  # transformers raises many kinds; all become one clear message
         raise ModelLoadError(_explain(exc, settings)) from exc
-    report(f"moving the model to {device}", 85)
+    report(f"moving the model to {device}", 80)
     model.to(device).eval()
+    if device == "cpu" and settings.cpu_kernels == "onednn":
+        _use_onednn(model, report)
     seconds = time.monotonic() - started
     log.info("loaded %s on %s as %s in %.1f s", source.describe(), device, dtype, seconds)
     return LoadedModel(model, tokenizer, device, str(dtype).removeprefix("torch."), source, seconds)
+
+
+def _use_onednn(model: Any, report: Report) -> None:
+    from . import onednn
+
+    if not onednn.available():
+        log.info("oneDNN is not available in this torch build; using torch's own fp32 kernels")
+        return
+    report("preparing oneDNN fp32 kernels", 90)
+    started = time.monotonic()
+    try:
+        swapped = onednn.convert_linears(model)
+    except (RuntimeError, TypeError) as exc:  # layers swapped so far stay correct, only slower ones remain
+        log.warning("oneDNN conversion stopped (%s); the rest keeps torch's kernels", exc)
+        return
+    log.info("%d Linear layers use oneDNN's layout (%.1f s)", swapped, time.monotonic() - started)
 
 
 def _configure_threads(torch: Any, threads: int) -> None:
