@@ -25,7 +25,7 @@ from typing import Any
 MODES = {
     "cache-off": ["engine.kv_cache=false", "completion.warmup_ms=0"],
     "cache-on": ["engine.kv_cache=true", "completion.warmup_ms=0"],
-    "cache-on+warmup": ["engine.kv_cache=true", "completion.warmup_ms=100"],
+    "cache-on+warmup": ["engine.kv_cache=true"],  # completion.warmup_ms from --warmup-ms
 }
 
 
@@ -44,7 +44,8 @@ def plan_replay(source: str, prompt_lines: int, pauses: int) -> Replay:
 
 
 async def run_mode(
-    mode: str, model: str, replay: Replay, new_tokens: int, extra: list[str], requests: int, typing_ms: float
+    mode: str, model: str, replay: Replay, new_tokens: int, extra: list[str], requests: int, typing_ms: float,
+    warmup_ms: int = 100,
 ) -> dict[str, Any]:
     from lsprotocol import types
     from pygls.lsp.client import LanguageClient
@@ -59,7 +60,8 @@ async def run_mode(
         if params.state in ("ready", "error"):
             ready.set()
 
-    settings = [*MODES[mode], "engine.ignore_stops=true", f"engine.max_new_tokens={new_tokens}", *extra]
+    warmup = [f"completion.warmup_ms={warmup_ms}"] if mode == "cache-on+warmup" else []
+    settings = [*extra, *MODES[mode], *warmup, "engine.ignore_stops=true", f"engine.max_new_tokens={new_tokens}"]
     command = [sys.executable, "-m", "phils", "serve", "--model", model, "--log-level", "warning"]
     for item in settings:
         command += ["--set", item]
@@ -167,7 +169,7 @@ def run(args: Any) -> int:
         started = time.monotonic()
         requests = args.off_requests if mode == "cache-off" and args.off_requests else args.requests
         results[mode] = asyncio.run(
-            run_mode(mode, args.model, replay, args.new_tokens, args.set or [], requests, args.typing_ms)
+            run_mode(mode, args.model, replay, args.new_tokens, args.set or [], requests, args.typing_ms, args.warmup_ms)
         )
         print(f"{mode}: {json.dumps({k: v for k, v in results[mode].items() if k not in ('suggestions', 'server_stats')})}"
               f" ({time.monotonic() - started:.0f} s)", file=sys.stderr)

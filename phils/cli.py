@@ -107,6 +107,25 @@ def _bench_keystrokes(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _eval_humaneval(args: argparse.Namespace) -> int:
+    from .eval_humaneval import run
+
+    # Long enough for whole function bodies; no warm-up: each problem is asked once.
+    args.set = [*(args.set or []), f"engine.max_new_tokens={args.max_new_tokens}",
+                "completion.max_lines=120", "completion.warmup_ms=0"]
+    settings, warnings = resolve_settings(args)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    server_args = ["--log-level", "warning"]
+    for flag in ("config", "profile", "model", "device"):
+        if getattr(args, flag):
+            server_args += [f"--{flag}", str(getattr(args, flag))]
+    for item in args.set:
+        server_args += ["--set", item]
+    return run(args, settings, server_args)
+
+
 def _config(args: argparse.Namespace) -> int:
     settings, warnings = resolve_settings(args)
     for warning in warnings:
@@ -213,10 +232,20 @@ def _parser() -> argparse.ArgumentParser:
     keys.add_argument("--new-tokens", type=int, default=16, help="tokens generated per request")
     keys.add_argument("--modes", default="cache-off,cache-on,cache-on+warmup")
     keys.add_argument("--typing-ms", type=float, default=0, help="pause between keystrokes")
+    keys.add_argument("--warmup-ms", type=int, default=100, help="completion.warmup_ms in the warm-up mode")
     keys.add_argument("--set", action="append", metavar="KEY=VALUE", help="extra server settings")
     keys.add_argument("--name", help="results file name (default: the model's name)")
     keys.add_argument("--out", default="bench/results")
     keys.set_defaults(run=_bench_keystrokes)
+
+    evals = commands.add_parser("eval", help="quality evaluations").add_subparsers(dest="eval", required=True)
+    humaneval = with_settings(evals.add_parser("humaneval", help="HumanEval pass@1 through the LSP path"))
+    humaneval.add_argument("--limit", type=int, help="only the first N problems")
+    humaneval.add_argument("--raw", action="store_true", help="the baseline: the model alone, no phils")
+    humaneval.add_argument("--max-new-tokens", type=int, default=256)
+    humaneval.add_argument("--name", help="results file name (default: the model's name)")
+    humaneval.add_argument("--out", default="bench/results")
+    humaneval.set_defaults(run=_eval_humaneval)
 
     config = with_settings(commands.add_parser("config", help="print the resolved settings"))
     config.set_defaults(run=_config)

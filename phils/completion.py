@@ -245,8 +245,9 @@ def run_pipeline(
     started = time.monotonic()
     built = build_prompt(engine, ctx, settings, {} if tail_starts is None else tail_starts)
     shape = postprocess.shape_of(ctx, settings.completion.multiline, settings.completion.max_lines)
-    # The model continues the prompt, which ends before any held-back indentation.
-    model_shape = replace(shape, line_prefix="") if built.held_back else shape
+    # The model continues the prompt, which ends before any held-back indentation
+    # and after any indentation an empty body needs (which begins the suggestion).
+    model_shape = replace(shape, line_prefix=built.forced) if built.held_back or built.forced else shape
     timeout = settings.completion.timeout_ms
     result = engine.generate(
         GenerationRequest(
@@ -258,7 +259,7 @@ def run_pipeline(
             deadline=started + timeout / 1000 if timeout else None,
         )
     )
-    text = prompt.heal(result.text, built.held_back)
+    text = built.forced + prompt.heal(result.text, built.held_back)
     if result.reason in ("length", "deadline") and not shape.single_line:
         text = postprocess.drop_unfinished_line(text)
     text = postprocess.apply(text, ctx, shape)
@@ -288,6 +289,7 @@ def run_pipeline(
 
 
 def kv_budget(enabled: bool, configured_mb: int, device: str) -> int:
+    """Bytes the KV prefix cache may hold: as configured, else a share of the memory available now."""
     if not enabled:
         return 0
     if configured_mb:
@@ -297,7 +299,22 @@ def kv_budget(enabled: bool, configured_mb: int, device: str) -> int:
 
         free, _ = torch.cuda.mem_get_info()
         return free // 2
+    return max(available_memory() // 4, MIN_KV_BUDGET)
+
+
+MIN_KV_BUDGET = 256 * 2**20
+
+
+def available_memory() -> int:
+    """MemAvailable (free + reclaimable page cache): a just-loaded model's file pages fill "free" memory."""
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return 2 * 2**30

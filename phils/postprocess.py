@@ -7,6 +7,7 @@ ordered filters on the final text.
 
 from __future__ import annotations
 
+import ast
 from dataclasses import dataclass
 from typing import Callable
 
@@ -101,6 +102,54 @@ def drop_overlap_with_line_suffix(text: str, ctx: CursorContext, shape: Shape) -
     return text
 
 
+_PAIRS = {")": "(", "]": "[", "}": "{"}
+
+
+def balance_brackets(text: str, ctx: CursorContext, shape: Shape) -> str:
+    """Drop closing brackets at the end of a one-line suggestion that the line already closes.
+
+    ``print(|)`` + ``x, y))`` → ``x, y``: with the ``)`` after the cursor, one ``)`` is enough.
+    """
+    if "\n" in text or not ctx.line_suffix.strip():
+        return text
+    while text and text[-1] in _PAIRS:
+        line = ctx.line_prefix + text + ctx.line_suffix
+        closer = text[-1]
+        if line.count(closer) <= line.count(_PAIRS[closer]):
+            break
+        text = text[:-1].rstrip()
+    return text
+
+
+def drop_lines_that_follow(text: str, ctx: CursorContext, shape: Shape) -> str:
+    """A multi-line suggestion that ends by repeating the lines below the cursor stops before them."""
+    if "\n" not in text:
+        return text
+    following = [line.strip() for line in ctx.suffix.split("\n")[1:] if line.strip()]
+    if not following:
+        return text
+    lines = text.split("\n")
+    for start in range(1, len(lines)):
+        tail = [line.strip() for line in lines[start:] if line.strip()]
+        if tail and tail == following[: len(tail)]:
+            return "\n".join(lines[:start]).rstrip()
+    return text
+
+
+def keep_parsing_lines(text: str, ctx: CursorContext, shape: Shape) -> str:
+    """When the file parsed before, keep the longest run of the suggestion's lines that still parses."""
+    if "\n" not in text or len(ctx.prefix) + len(ctx.suffix) > MAX_PARSE_CHARS:
+        return text
+    if not _parses(ctx.prefix + ctx.suffix):
+        return text
+    lines = text.split("\n")
+    for end in range(len(lines), max(len(lines) - MAX_PARSE_TRIES, 0), -1):
+        candidate = "\n".join(lines[:end]).rstrip()
+        if _parses(ctx.prefix + candidate + ctx.suffix):
+            return candidate
+    return text
+
+
 def drop_repeat_of_next_line(text: str, ctx: CursorContext, shape: Shape) -> str:
     """A suggestion that only repeats the line below the cursor is noise."""
     first = (ctx.line_prefix + text).strip()
@@ -114,6 +163,9 @@ FILTERS: tuple[Callable[[str, CursorContext, Shape], str], ...] = (
     trim_trailing_whitespace,
     skip_leading_blank_lines,
     drop_overlap_with_line_suffix,
+    balance_brackets,
+    drop_lines_that_follow,
+    keep_parsing_lines,
     drop_repeat_of_next_line,
 )
 
@@ -122,6 +174,18 @@ def apply(text: str, ctx: CursorContext, shape: Shape) -> str:
     for step in FILTERS:
         text = step(text, ctx, shape)
     return text
+
+
+MAX_PARSE_CHARS = 100_000  # parsing is cheap, but not free for every keystroke in a huge file
+MAX_PARSE_TRIES = 8
+
+
+def _parses(source: str) -> bool:
+    try:
+        ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    return True
 
 
 def _block_indent(ctx: CursorContext) -> int:

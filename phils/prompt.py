@@ -16,22 +16,17 @@ stays a prefix of the next prompt.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Callable
 
+from . import outline
 from .documents import CursorContext
 
 FILL = 2 / 3
-MAX_IMPORT_LINES = 40
 # A token is rarely longer than this many characters; used to bound the text we tokenize.
 MAX_CHARS_PER_TOKEN = 12
 # Head and tail are counted apart; leave room for a token that differs at the seam.
 SEAM_TOKENS = 4
-
-_IMPORT = re.compile(r"(import|from)\s+[\w.]+")
-_HEADER = re.compile(r"\s*(async\s+def|def|class)\s+\w+")
-_DECORATOR = re.compile(r"\s*@")
 
 
 @dataclass(frozen=True)
@@ -41,6 +36,11 @@ class Prompt:
     # because a tokenizer encodes a trailing "\n    " differently from the same
     # indentation inside code; the suggestion must begin with it (see heal()).
     held_back: str = ""
+    # Indentation the prompt ends with that the document does not have yet: the
+    # cursor is at the start of a line in a body that is still empty, where
+    # code must be indented. The engine heals it (regenerates it as the first
+    # token), and the suggestion starts with it.
+    forced: str = ""
     tail_start: int | None = None  # the line the tail starts at when the middle was left out
 
     @property
@@ -57,11 +57,12 @@ def build(
     the tail keeps starting there while everything still fits.
     """
     text, held_back = _hold_back_indentation(ctx.prefix, ctx.line_prefix)
+    forced = "" if ctx.line_prefix else outline.empty_body_indent(ctx.prefix) or ""
     window = text[-budget * MAX_CHARS_PER_TOKEN :] if budget > 0 else ""
     if len(window) == len(text) and count_tokens(text) <= budget:
-        return Prompt(text=text, held_back=held_back)
+        return Prompt(text=text + forced, held_back=held_back, forced=forced)
     trimmed, start = _trim_middle(text, count_tokens, budget, keep_start)
-    return Prompt(text=trimmed, held_back=held_back, tail_start=start)
+    return Prompt(text=trimmed + forced, held_back=held_back, forced=forced, tail_start=start)
 
 
 def heal(generated: str, held_back: str) -> str:
@@ -84,73 +85,29 @@ def _trim_middle(
     text: str, count_tokens: Callable[[str], int], budget: int, keep_start: int | None
 ) -> tuple[str, int]:
     lines = text.splitlines(keepends=True)
-    imports = [i for i, line in enumerate(lines) if _IMPORT.match(line)][:MAX_IMPORT_LINES]
-    head = sorted(set(imports) | set(_enclosing_headers(lines)))
-    head_tokens = count_tokens(_joined(lines, head, len(lines))) if head else 0
+    imports = outline.imports(lines)
+    head = {i: lines[i] for i in imports}
+    head.update(outline.enclosing_headers(lines))
+    head_tokens = count_tokens(_joined(head, len(lines))) if head else 0
     if head_tokens > budget // 2:  # a huge import block must not starve the code
-        head, imports, head_tokens = [], [], 0
+        head, imports, head_tokens = {}, [], 0
     tail_budget = budget - head_tokens - SEAM_TOKENS
     # The tail may start anywhere after the imports; enclosing headers above it join the head.
     first_allowed = max(imports, default=-1) + 1
     if keep_start is not None and first_allowed <= keep_start < len(lines):
-        kept = _joined(lines, head, keep_start) + "".join(lines[keep_start:])
+        kept = _joined(head, keep_start) + "".join(lines[keep_start:])
         if count_tokens(kept) <= budget:
             return kept, keep_start
     start = _tail_start(lines, count_tokens, int(tail_budget * FILL), first_allowed)
     if start >= len(lines):  # not even the cursor's line fits: keep its end
-        return _joined(lines, head, start) + _fit_end(lines[-1], count_tokens, tail_budget), len(lines) - 1
-    return _joined(lines, head, start) + "".join(lines[start:]), start
+        return _joined(head, start) + _fit_end(lines[-1], count_tokens, tail_budget), len(lines) - 1
+    return _joined(head, start) + "".join(lines[start:]), start
 
 
-def _joined(lines: list[str], head: list[int], tail_start: int) -> str:
-    """The head lines that come before the tail, ending in a line break."""
-    text = "".join(lines[i] for i in head if i < tail_start)
+def _joined(head: dict[int, str], tail_start: int) -> str:
+    """The head lines that come before the tail, in file order, ending in a line break."""
+    text = "".join(head[i] for i in sorted(head) if i < tail_start)
     return text if not text or text.endswith("\n") else text + "\n"
-
-
-def _enclosing_headers(lines: list[str]) -> list[int]:
-    """Header lines (decorators, signature, docstring) of the defs/classes around the end."""
-    keep: list[int] = []
-    limit = _indent_of_last_code(lines)
-    for i in range(len(lines) - 1, -1, -1):
-        line = lines[i]
-        if not line.strip() or limit == 0:
-            continue
-        indent = _indent(line)
-        if indent >= limit:
-            continue
-        limit = indent
-        if _HEADER.match(line):
-            keep.extend(_header_block(lines, i))
-    return sorted(keep)
-
-
-def _indent_of_last_code(lines: list[str]) -> int:
-    for line in reversed(lines):
-        if line.strip():
-            return _indent(line) + (1 if line.rstrip().endswith(":") else 0)
-    return 0
-
-
-def _header_block(lines: list[str], start: int) -> list[int]:
-    """The header at ``start`` with its decorators, continuation lines and docstring."""
-    first = start
-    while first > 0 and _DECORATOR.match(lines[first - 1]):
-        first -= 1
-    end = start
-    while end < len(lines) - 1 and not lines[end].rstrip().endswith(":"):
-        end += 1  # a signature over several lines
-    indices = list(range(first, end + 1))
-    doc = end + 1
-    if doc < len(lines) and lines[doc].lstrip().startswith(('"""', "'''", "#")):
-        quote = lines[doc].lstrip()[:3]
-        close = doc
-        if quote != "#" and lines[doc].count(quote) < 2:
-            while close < len(lines) - 1 and quote not in lines[close + 1]:
-                close += 1
-            close += 1
-        indices.extend(range(doc, min(close, len(lines) - 1) + 1))
-    return indices
 
 
 def _tail_start(lines: list[str], count_tokens: Callable[[str], int], budget: int, first: int) -> int:
@@ -183,6 +140,3 @@ def _fit_end(text: str, count_tokens: Callable[[str], int], budget: int) -> str:
             lo = mid + 1
     return text[lo:]
 
-
-def _indent(line: str) -> int:
-    return len(line) - len(line.lstrip(" \t"))

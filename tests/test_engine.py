@@ -167,3 +167,29 @@ def test_model_references_resolve_without_loading(tiny_model, tmp_path):
         resolve("package:no_such_package_here", tmp_path)
     with pytest.raises(ModelLoadError, match="not found"):
         resolve("./models/nothing", tmp_path)
+
+
+def test_token_healing_regenerates_the_last_token_and_cuts_it_from_the_suggestion(loaded):
+    engine = engine_for(loaded)
+    prompt = PROMPT + "    ret"
+    healed = engine.generate(GenerationRequest("h", prompt, max_new_tokens=6))
+    assert healed.healed and prompt.endswith(healed.healed)
+    assert healed.prompt_tokens == engine.count_tokens(prompt) - 1
+    # What was generated spells the backed-off text first; the suggestion excludes it.
+    unhealed = engine.generate(GenerationRequest("u", prompt, max_new_tokens=6, heal=False))
+    assert unhealed.healed == "" and unhealed.prompt_tokens == engine.count_tokens(prompt)
+    # No healing after a line break or a space.
+    assert engine.generate(GenerationRequest("n", PROMPT, max_new_tokens=2)).healed == ""
+
+
+def test_the_vocabulary_finds_tokens_that_extend_or_begin_the_backed_off_text(loaded):
+    from phils.engine.healing import Vocabulary, consume
+
+    vocabulary = Vocabulary(loaded.tokenizer)
+    decode = lambda i: loaded.tokenizer.decode([i])  # noqa: E731
+    allowed = vocabulary.allowed("ret")
+    assert allowed
+    for token in allowed:
+        text = decode(token)
+        assert text.startswith("ret") or "ret".startswith(text)
+    assert consume("ret", "re") == "t" and consume("ret", "return") == "" and consume("ret", "x") == ""

@@ -88,3 +88,27 @@ def test_a_first_line_that_dedents_out_of_the_block_is_empty():
 def test_a_suggestion_cut_short_keeps_only_whole_lines():
     assert postprocess.drop_unfinished_line("if a:\n        return a\n    elif b ==") == "if a:\n        return a"
     assert postprocess.drop_unfinished_line("return a +") == "return a +"
+
+
+@pytest.mark.parametrize(
+    "marked, raw, expected",
+    [
+        # One ")" after the cursor is enough.
+        ("print(█)", "x, y))", "x, y"),
+        ("print(foo(█))", "1)", "1"),
+        ("d = {█}", "'a': 1}", "'a': 1"),
+        ("x = max(█, 3)", "a", "a"),
+    ],
+)
+def test_brackets_are_balanced_against_the_rest_of_the_line(marked, raw, expected):
+    assert finish(marked, raw) == expected
+
+
+def test_a_suggestion_that_runs_into_the_following_lines_stops_before_them():
+    marked = "def f(x):\n    █\n    return y\n"
+    assert finish(marked, "y = x + 1\n    return y\n") == "y = x + 1"
+
+
+def test_when_the_file_parsed_the_suggestion_keeps_the_lines_that_still_parse():
+    marked = "def f(x):\n    x += 1\n    █\n\nprint(f(1))\n"
+    assert finish(marked, "y = x + 1\n    return (y,\n", max_lines=24) == "y = x + 1"

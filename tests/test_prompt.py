@@ -74,3 +74,11 @@ def test_one_enormous_line_is_cut_to_its_end():
     built = prompt.build(ctx, words, budget=100)
     assert 0 < words(built.text) <= 100
     assert ctx.prefix.endswith(built.text)
+
+
+def test_an_empty_body_after_a_docstring_forces_its_indentation():
+    built = prompt.build(at_end('import os\n\n\ndef f(x):\n    """Double x."""\n'), words, budget=1000)
+    assert built.forced == "    "
+    assert built.text.endswith('"""Double x."""\n    ')
+    # Not when the user is at module level after finished code.
+    assert prompt.build(at_end("def f(x):\n    return x\n\n\n"), words, budget=1000).forced == ""

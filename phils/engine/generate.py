@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from . import healing
 from .loader import LoadedModel
 from .prefix_cache import CachedPrefix, PrefixCache
 
@@ -33,6 +34,7 @@ class GenerationRequest:
     stop: Callable[[str], int | None] = lambda text: None  # where the text must end, if anywhere yet
     cancel: threading.Event = field(default_factory=threading.Event)
     deadline: float | None = None  # time.monotonic() after which decoding stops
+    heal: bool = True  # redo the prompt's last token when it ends mid-word (token healing)
 
 
 @dataclass
@@ -47,6 +49,7 @@ class GenerationResult:
     decode_ms: float = 0.0
     first_token_ms: float | None = None  # from the request's start to its first token
     decode_steps: int = 0  # forward passes of one token each
+    healed: str = ""  # the prompt's last token, backed off and generated again
 
 
 def greedy(logits: Any) -> int:
@@ -65,6 +68,13 @@ class Engine:
         self.cache = PrefixCache(cache_bytes)
         self.ignore_stops = ignore_stops
         self.eos_ids = _eos_ids(self.model, self.tokenizer)
+        self._vocabulary: healing.Vocabulary | None = None
+
+    @property
+    def vocabulary(self) -> healing.Vocabulary:
+        if self._vocabulary is None:  # a second or two for a large vocabulary, once
+            self._vocabulary = healing.Vocabulary(self.tokenizer)
+        return self._vocabulary
 
     def count_tokens(self, text: str) -> int:
         return len(self.encode(text))
@@ -93,8 +103,15 @@ class Engine:
         ids = self.encode(request.prompt)
         room = max(self.context_tokens - request.max_new_tokens, 1)
         ids = ids[-room:]
+        healed = ""
+        if request.heal and len(ids) > 1 and healing.should_heal(request.prompt):
+            healed = self.tokenizer.decode(ids[-1:], skip_special_tokens=True)
+            if healed and "\ufffd" not in healed and request.prompt.endswith(healed):
+                ids = ids[:-1]
+            else:
+                healed = ""
         max_new = min(request.max_new_tokens, self.context_tokens - len(ids))
-        result = GenerationResult(text="", reason="cancelled", prompt_tokens=len(ids))
+        result = GenerationResult(text="", reason="cancelled", prompt_tokens=len(ids), healed=healed)
         if request.cancel.is_set() or not ids:
             return result
         with torch.inference_mode():
@@ -140,15 +157,22 @@ class Engine:
     def _decode(self, logits: Any, kv: Any, request: GenerationRequest, result: GenerationResult, max_new: int):
         generated: list[int] = []
         text = ""
+        pending = result.healed  # text the first tokens must spell out again
         result.reason = "length"
         for step in range(max_new):
-            token = greedy(logits)
+            token = self._constrained(logits, pending) if pending else greedy(logits)
             if token in self.eos_ids and not self.ignore_stops:
                 result.reason = "eos"
                 break
             generated.append(token)
-            text = self.tokenizer.decode(generated, skip_special_tokens=True)
-            cut = None if self.ignore_stops else request.stop(text)
+            if pending:
+                pending = healing.consume(pending, self.tokenizer.decode([token], skip_special_tokens=True))
+            full = self.tokenizer.decode(generated, skip_special_tokens=True)
+            if not pending and not full.startswith(result.healed):  # healing failed: nothing safe to show
+                text, result.reason = "", "stop"
+                break
+            text = full[len(result.healed) :]
+            cut = None if self.ignore_stops or pending else request.stop(text)
             if cut is not None:
                 text, result.reason = text[:cut], "stop"
                 break
@@ -163,6 +187,13 @@ class Engine:
                 result.decode_steps += 1
         result.new_tokens = len(generated)
         result.text = text.rstrip("\ufffd")  # an unfinished multi-byte character
+
+    def _constrained(self, logits: Any, pending: str) -> int:
+        allowed = self.vocabulary.allowed(pending)
+        if not allowed:
+            return greedy(logits)
+        index = self._torch.tensor(allowed, device=logits.device)
+        return allowed[int(logits.index_select(0, index).argmax())]
 
     def _forward(self, ids: list[int], kv: Any) -> Any:
         torch = self._torch

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from phils import outline
+
+
+def test_empty_body_indent_after_a_header_or_a_bare_docstring():
+    assert outline.empty_body_indent("def f(x):\n") == "    "
+    assert outline.empty_body_indent('def f(x):\n    """Doc."""\n') == "    "
+    assert outline.empty_body_indent('class A:\n    def f(self):\n        """Doc\n\n        more.\n        """\n') == "        "
+    assert outline.empty_body_indent("def f(x):\n    # add one to x\n") == "    "
+    assert outline.empty_body_indent("def f(a,\n      b):\n    '''Doc.'''\n") == "    "
+
+
+def test_no_forced_indent_when_the_body_has_code_or_at_module_level():
+    assert outline.empty_body_indent("def f(x):\n    return x\n") is None
+    assert outline.empty_body_indent('x = 1\n"""A string."""\n') is None
+    assert outline.empty_body_indent("import os\n") is None
+    assert outline.empty_body_indent("") is None
+    assert outline.empty_body_indent("# a comment\n") is None
+
+
+def test_enclosing_headers_bring_comments_decorators_docstrings_and_sibling_signatures():
+    source = (
+        "import os\n"
+        "class Store:\n"
+        '    """Keeps things."""\n'
+        "    def get(self, key):\n"
+        "        return self.d[key]\n"
+        "    # Store value under key.\n"
+        "    @traced\n"
+        "    def put(self, key, value):\n"
+        "        # remember it\n"
+        "        x = 1\n"
+    ).splitlines(keepends=True)
+    head = outline.enclosing_headers(source)
+    assert head[1] == "class Store:\n" and 2 in head
+    assert head[3] == "    def get(self, key): ...\n"  # a sibling, as a one-line signature
+    assert [head[i] for i in (5, 6, 7, 8)] == source[5:9]  # comment, decorator, signature, comment docstring
+    assert 4 not in head and 9 not in head

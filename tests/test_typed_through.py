@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from pygls.workspace import TextDocument
+
+from phils.documents import cursor_context
+from phils.stats import Stats
+from phils.typed_through import Shown, rest_of
+
+
+def ctx_at_end(before: str, after: str = "\n"):
+    lines = before.split("\n")
+    return cursor_context(TextDocument("file:///t.py", before + after), len(lines) - 1, len(lines[-1]))
+
+
+SHOWN = Shown(prefix="def f():\n    ", suffix="\n", text="return a + b")
+
+
+def test_typing_the_start_of_the_suggestion_leaves_the_rest():
+    assert rest_of(SHOWN, ctx_at_end("def f():\n    ret")) == "urn a + b"
+
+
+def test_anything_else_goes_back_to_the_model():
+    assert rest_of(SHOWN, ctx_at_end("def f():\n    rex")) is None  # typed something different
+    assert rest_of(SHOWN, ctx_at_end("def f():\n    ")) is None  # nothing typed: ask again
+    assert rest_of(SHOWN, ctx_at_end("def f():\n    return a + b")) is None  # all of it typed
+    assert rest_of(SHOWN, ctx_at_end("def f():\n    ret", "\nx = 1\n")) is None  # text after changed
+    assert rest_of(SHOWN, ctx_at_end("def g():\n    ret")) is None  # text before changed
+    assert rest_of(None, ctx_at_end("def f():\n    ret")) is None
+
+
+def test_stats_report_fractions_and_percentiles():
+    class Result:
+        prompt_tokens, reused_tokens, prefill_tokens, new_tokens = 100, 90, 10, 5
+        decode_ms, decode_steps, first_token_ms, reason = 40.0, 4, 12.0, "length"
+
+    stats = Stats()
+    stats.record(Result(), suggested=True, total_ms=50.0)
+    stats.record_typed_through()
+    report = stats.as_dict()
+    assert report["requests"] == 2 and report["typed_through"] == 1 and report["suggestions"] == 2
+    assert report["reused_fraction"] == 0.9
+    assert report["decode_ms_per_token"] == 10.0
+    assert report["first_token_ms"]["p50"] == 12.0
+
+
+def test_the_kv_cache_budget_counts_reclaimable_memory():
+    from phils.completion import MIN_KV_BUDGET, available_memory, kv_budget
+
+    assert kv_budget(False, 0, "cpu") == 0
+    assert kv_budget(True, 300, "cpu") == 300 * 2**20
+    assert kv_budget(True, 0, "cpu") >= MIN_KV_BUDGET
+    assert available_memory() > 0
