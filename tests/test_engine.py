@@ -193,3 +193,31 @@ def test_the_vocabulary_finds_tokens_that_extend_or_begin_the_backed_off_text(lo
         text = decode(token)
         assert text.startswith("ret") or "ret".startswith(text)
     assert consume("ret", "re") == "t" and consume("ret", "return") == "" and consume("ret", "x") == ""
+
+
+def test_the_decode_loop_matches_transformers_generate(loaded):
+    """Greedy tokens from our loop (growing KV cache, chunked prefill) equal transformers' own."""
+    engine = engine_for(loaded)
+    prompt = PROMPT * 3  # longer than one prefill chunk
+    ids = loaded.tokenizer(prompt, return_tensors="pt").input_ids
+    with torch.inference_mode():
+        reference = loaded.model.generate(ids, max_new_tokens=10, do_sample=False, min_new_tokens=10)
+    expected = loaded.tokenizer.decode(reference[0, ids.shape[1]:], skip_special_tokens=True)
+    ours = engine.generate(GenerationRequest("g", prompt, max_new_tokens=10, heal=False))
+    assert ours.text == expected
+
+
+def test_the_growing_kv_layer_crops_and_appends_like_concatenation():
+    from phils.engine.kv import GrowingLayer
+
+    layer = GrowingLayer()
+    chunks = [torch.randn(1, 2, n, 4) for n in (3, 300, 1)]
+    for chunk in chunks:
+        keys, values = layer.update(chunk, chunk * 2)
+    expected = torch.cat(chunks, dim=-2)
+    assert torch.equal(keys, expected) and torch.equal(values, expected * 2)
+    layer.crop(-5)
+    assert layer.get_seq_length() == 299 and torch.equal(layer.keys, expected[..., :299, :])
+    keys, _ = layer.update(chunks[2], chunks[2])
+    assert torch.equal(keys[..., -1:, :], chunks[2]) and keys.shape[-2] == 300
+    assert layer.capacity_bytes >= 2 * keys.nbytes

@@ -133,7 +133,7 @@ class Engine:
 
     def _reusable_kv(self, key: str, ids: list[int]) -> tuple[Any, int]:
         """The document's cache cropped to the longest prefix it shares with ``ids``."""
-        from transformers import DynamicCache
+        from .kv import new_cache  # torch and transformers load with the model, not with the server
 
         entry = self.cache.take(key)
         if entry is not None:
@@ -141,7 +141,7 @@ class Engine:
             shared = min(_common_prefix(entry.ids, ids), len(ids) - 1)
             if shared > 0 and _crop(entry.kv, shared):
                 return entry.kv, shared
-        return DynamicCache(config=self.model.config), 0
+        return new_cache(self.model.config), 0
 
     def _prefill(self, ids: list[int], start: int, kv: Any, cancel: threading.Event, step: int) -> tuple[Any, int]:
         logits = None

@@ -22,6 +22,9 @@ class CachedPrefix:
 def kv_bytes(kv: Any) -> int:
     total = 0
     for layer in getattr(kv, "layers", ()):
+        if hasattr(layer, "capacity_bytes"):  # spare room counts: it is memory held
+            total += layer.capacity_bytes
+            continue
         for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None)):
             if tensor is not None and hasattr(tensor, "nbytes"):
                 total += tensor.nbytes

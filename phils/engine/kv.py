@@ -1,0 +1,76 @@
+"""A KV cache that grows into spare room instead of concatenating at every token.
+
+transformers' DynamicLayer appends a token with ``torch.cat``, which copies
+the whole cache: profiled on a full-shape Phi-2 at 1 200 tokens of context,
+those copies took 47 % of a decode step (about 440 ms of 950). GrowingLayer
+keeps a buffer with spare capacity (doubling when full), writes new tokens
+in place, and hands attention a view of the filled part. Cropping only moves
+the length back, which is what per-document prefix reuse does all the time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+MIN_CAPACITY = 256
+
+
+class GrowingLayer(DynamicLayer):
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        super().lazy_initialization(key_states, value_states)
+        self._key_buffer: torch.Tensor | None = None
+        self._value_buffer: torch.Tensor | None = None
+        self._length = 0
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self._length + key_states.shape[-2]
+        if self._key_buffer is None or end > self._key_buffer.shape[-2]:
+            self._grow(key_states, value_states, end)
+        self._key_buffer[..., self._length : end, :] = key_states
+        self._value_buffer[..., self._length : end, :] = value_states
+        self._set_length(end)
+        return self.keys, self.values
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove > 0:
+            raise ValueError("crop takes a negative number of tokens to remove")
+        if tokens_to_remove == 0 or not self.is_initialized or self._key_buffer is None:
+            return
+        self._set_length(max(self._length + tokens_to_remove, 0))
+
+    def get_seq_length(self) -> int:
+        return self._length if self.is_initialized else 0
+
+    @property
+    def capacity_bytes(self) -> int:
+        if not self.is_initialized or self._key_buffer is None:
+            return 0
+        return self._key_buffer.nbytes + self._value_buffer.nbytes
+
+    def _grow(self, key_states: torch.Tensor, value_states: torch.Tensor, needed: int) -> None:
+        old = 0 if self._key_buffer is None else self._key_buffer.shape[-2]
+        capacity = max(needed, 2 * old, MIN_CAPACITY)
+        keys = key_states.new_empty(*key_states.shape[:-2], capacity, key_states.shape[-1])
+        values = value_states.new_empty(*value_states.shape[:-2], capacity, value_states.shape[-1])
+        if self._length:
+            keys[..., : self._length, :] = self._key_buffer[..., : self._length, :]
+            values[..., : self._length, :] = self._value_buffer[..., : self._length, :]
+        self._key_buffer, self._value_buffer = keys, values
+
+    def _set_length(self, length: int) -> None:
+        self._length = length
+        self.keys = self._key_buffer[..., :length, :]
+        self.values = self._value_buffer[..., :length, :]
+
+
+def new_cache(config: Any) -> DynamicCache:
+    """A DynamicCache for ``config`` whose full-attention layers grow in place."""
+    cache = DynamicCache(config=config)
+    cache.layers = [GrowingLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
