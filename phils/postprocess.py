@@ -43,6 +43,8 @@ def stop_index(text: str, shape: Shape) -> int | None:
         cut = text.find("\n")
         return cut if cut >= 0 else None
     lines = text.split("\n")
+    if (loop := _repetition_start(lines)) is not None:
+        return loop
     offset = 0
     blank_run = 0
     for number, line in enumerate(lines):
@@ -65,6 +67,24 @@ def stop_index(text: str, shape: Shape) -> int | None:
 def drop_unfinished_line(text: str) -> str:
     """Generation was cut short (token limit, deadline): keep only whole lines."""
     return text.rsplit("\n", 1)[0] if "\n" in text.rstrip() else text
+
+
+REPEATS = 3  # a block of lines seen this many times in a row is a loop
+
+
+def _repetition_start(lines: list[str]) -> int | None:
+    """Where a loop begins: the offset after the first of REPEATS identical blocks of 1-4 lines."""
+    complete = [line.strip() for line in lines[:-1]]
+    for size in range(1, 5):
+        span = size * REPEATS
+        if len(complete) < span:
+            break
+        tail = complete[-span:]
+        block = tail[:size]
+        if any(block) and all(tail[i] == block[i % size] for i in range(span)):
+            keep = len(complete) - span + size  # lines up to and including the first block
+            return len("\n".join(lines[:keep]))
+    return None
 
 
 # --- the filters, in order --------------------------------------------------

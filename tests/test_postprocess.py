@@ -112,3 +112,13 @@ def test_a_suggestion_that_runs_into_the_following_lines_stops_before_them():
 def test_when_the_file_parsed_the_suggestion_keeps_the_lines_that_still_parse():
     marked = "def f(x):\n    x += 1\n    █\n\nprint(f(1))\n"
     assert finish(marked, "y = x + 1\n    return (y,\n", max_lines=24) == "y = x + 1"
+
+
+def test_a_repeating_block_of_lines_stops_after_its_first_copy():
+    ctx = context("def f(x):\n    █")
+    shape = postprocess.shape_of(ctx)
+    looping = "# TODO: more\n    # TODO: more\n    # TODO: more\n    # TODO"
+    assert looping[: postprocess.stop_index(looping, shape)] == "# TODO: more"
+    pairs = "a = 1\n    b = 2\n    a = 1\n    b = 2\n    a = 1\n    b = 2\n    "
+    assert pairs[: postprocess.stop_index(pairs, shape)] == "a = 1\n    b = 2"
+    assert postprocess.stop_index("a = 1\n    a = 1\n    b", shape) is None  # twice is not a loop
