@@ -79,6 +79,8 @@ class CompletionService:
                 cache_bytes=kv_budget(settings.engine.kv_cache, settings.engine.kv_cache_mb, loaded.device),
                 ignore_stops=settings.engine.ignore_stops,
             )
+            progress("indexing the vocabulary for token healing", 95)
+            self._engine.vocabulary  # built now rather than on the first keystroke
         except ModelLoadError as exc:
             self._set_state("error", str(exc))
             return
