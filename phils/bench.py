@@ -22,6 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .lsp_client import start_server, stop_server
+from .lsp_client import stats as server_stats
+
 MODES = {
     "cache-off": ["engine.kv_cache=false", "completion.warmup_ms=0"],
     "cache-on": ["engine.kv_cache=true", "completion.warmup_ms=0"],
@@ -48,29 +51,13 @@ async def run_mode(
     warmup_ms: int = 100,
 ) -> dict[str, Any]:
     from lsprotocol import types
-    from pygls.lsp.client import LanguageClient
-
-    client = LanguageClient("phils-bench", "1")
-    ready = asyncio.Event()
-    status: dict[str, Any] = {}
-
-    @client.feature("phils/status")
-    def on_status(ls: Any, params: Any) -> None:
-        status.update(state=params.state, message=params.message)
-        if params.state in ("ready", "error"):
-            ready.set()
 
     warmup = [f"completion.warmup_ms={warmup_ms}"] if mode == "cache-on+warmup" else []
     settings = [*extra, *MODES[mode], *warmup, "engine.ignore_stops=true", f"engine.max_new_tokens={new_tokens}"]
-    command = [sys.executable, "-m", "phils", "serve", "--model", model, "--log-level", "warning"]
+    command = ["--model", model, "--log-level", "warning"]
     for item in settings:
         command += ["--set", item]
-    await client.start_io(*command)
-    await client.initialize_async(types.InitializeParams(capabilities=types.ClientCapabilities()))
-    client.initialized(types.InitializedParams())
-    await asyncio.wait_for(ready.wait(), 1800)
-    if status.get("state") != "ready":
-        raise SystemExit(f"{mode}: the model did not load: {status.get('message')}")
+    client = await start_server(command)
 
     uri = "file:///bench/replay.py"
     client.text_document_did_open(
@@ -105,13 +92,11 @@ async def run_mode(
             latencies.append((time.monotonic() - started) * 1000)
             suggestions.append(result.items[0].insert_text if result and result.items else "")
             if len(latencies) == 1:  # the cold start, left out of the steady-state reuse figure
-                cold = plain(await client.protocol.send_request_async("phils/stats", {}))
-    stats = plain(await client.protocol.send_request_async("phils/stats", {}))
+                cold = await server_stats(client)
+    stats = await server_stats(client)
     warm_prompt = stats["prompt_tokens"] - cold["prompt_tokens"]
     warm_reused = stats["reused_tokens"] - cold["reused_tokens"]
-    await client.shutdown_async(None)
-    client.exit(None)
-    await client.stop()
+    await stop_server(client)
     return {
         "mode": mode,
         "requests": len(latencies),
@@ -256,12 +241,3 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
-
-
-def plain(value: Any) -> Any:
-    """pygls hands back custom results as named tuples; turn them into dicts."""
-    if hasattr(value, "_asdict"):
-        return {k: plain(v) for k, v in value._asdict().items()}
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    return value

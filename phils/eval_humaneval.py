@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .lsp_client import start_server, stop_server
+
 TEST_TIMEOUT_S = 10
 TEST_MEMORY_BYTES = 2 * 2**30
 
@@ -69,24 +71,8 @@ def _limit_resources() -> None:
 
 async def complete_over_lsp(server_args: list[str], rows: list[dict[str, Any]], progress) -> list[tuple[str, float]]:
     from lsprotocol import types
-    from pygls.lsp.client import LanguageClient
 
-    client = LanguageClient("phils-eval", "1")
-    ready = asyncio.Event()
-    status: dict[str, str] = {}
-
-    @client.feature("phils/status")
-    def on_status(ls: Any, params: Any) -> None:
-        status.update(state=params.state, message=params.message)
-        if params.state in ("ready", "error"):
-            ready.set()
-
-    await client.start_io(sys.executable, "-m", "phils", "serve", *server_args)
-    await client.initialize_async(types.InitializeParams(capabilities=types.ClientCapabilities()))
-    client.initialized(types.InitializedParams())
-    await asyncio.wait_for(ready.wait(), 1800)
-    if status.get("state") != "ready":
-        raise SystemExit(f"the model did not load: {status.get('message')}")
+    client = await start_server(server_args)
     answers = []
     for index, row in enumerate(rows):
         uri = f"file:///humaneval/{row['task_id'].replace('/', '_')}.py"
@@ -106,9 +92,7 @@ async def complete_over_lsp(server_args: list[str], rows: list[dict[str, Any]], 
         client.text_document_did_close(types.DidCloseTextDocumentParams(types.TextDocumentIdentifier(uri=uri)))
         answers.append((result.items[0].insert_text if result and result.items else "", elapsed))
         progress(index, answers[-1])
-    await client.shutdown_async(None)
-    client.exit(None)
-    await client.stop()
+    await stop_server(client)
     return answers
 
 

@@ -125,9 +125,22 @@ async def inline(client, uri: str, line: int, character: int):
 
 async def stats(client) -> dict[str, Any]:
     """The server's ``phils/stats`` as plain dicts."""
-    from phils.bench import plain
+    from phils.lsp_client import plain
 
     return plain(await client.protocol.send_request_async("phils/stats", {}))
+
+
+async def wait_until(client, predicate, timeout: float = 30.0) -> dict[str, Any]:
+    """Poll ``phils/stats`` until ``predicate`` holds; fail after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        current = await stats(client)
+        if predicate(current):
+            return current
+        assert time.monotonic() < deadline, current
+        await asyncio.sleep(0.05)
 
 
 def start_inline(client, uri: str, line: int, character: int):

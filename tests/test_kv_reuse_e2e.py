@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from lsprotocol import types
 
-from conftest import inline, open_doc, phils_server, server_env, stats
+from conftest import inline, open_doc, phils_server, server_env, stats, wait_until
 
 URI = "file:///work/example.py"
 SOURCE = 'import os\n\n\ndef add(a, b):\n    """Return the sum of a and b."""\n    '
@@ -26,16 +24,6 @@ def type_text(client, version: int, line: int, character: int, text: str) -> Non
             content_changes=[types.TextDocumentContentChangePartial(range=types.Range(start=here, end=here), text=text)],
         )
     )
-
-
-async def wait_until(client, predicate, timeout: float = 30.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        current = await stats(client)
-        if predicate(current):
-            return current
-        assert time.monotonic() < deadline, current
-        await asyncio.sleep(0.05)
 
 
 async def test_a_pause_in_typing_prefills_the_prompt_so_the_request_computes_almost_nothing(tiny_model):
