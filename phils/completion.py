@@ -216,7 +216,8 @@ class CompletionService:
                 "documents": len(engine.cache) if engine else 0,
                 "evictions": engine.cache.evictions if engine else 0,
             },
-            "documents": {uri: stats.as_dict() for uri, stats in list(self.doc_stats.items())},
+            # A list, not a map keyed by URI: clients that turn objects into records lose such keys.
+            "documents": [{"uri": uri, **stats.as_dict()} for uri, stats in list(self.doc_stats.items())],
         }
 
     def close(self) -> None:

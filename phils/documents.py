@@ -5,9 +5,44 @@ pygls owns the text and the UTF-16 arithmetic; this module only reads them.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Any
 
-from pygls.workspace import TextDocument
+from pygls.workspace import TextDocument, Workspace
+
+# LSP's only line breaks. str.splitlines(), which pygls uses, also breaks at
+# form feeds, U+2028 and other characters real Python files contain, and the
+# server's text then drifts from the editor's with every edit near them.
+_LSP_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
+_OTHER_BREAKS = re.compile("[\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+
+
+class LspTextDocument(TextDocument):
+    """pygls' document, with lines split where LSP splits them."""
+
+    @property
+    def lines(self) -> tuple[str, ...]:
+        source = self.source
+        if _OTHER_BREAKS.search(source) is None:
+            return tuple(source.splitlines(True))  # the same split, faster
+        return tuple(_LSP_LINE.findall(source))
+
+
+class LspWorkspace(Workspace):
+    def _create_text_document(self, doc_uri: str, source: str | None = None, version: int | None = None,
+                              language_id: str | None = None) -> TextDocument:
+        return LspTextDocument(doc_uri, source=source, version=version, language_id=language_id,
+                               sync_kind=self._sync_kind, position_codec=self._position_codec)
+
+
+def use_lsp_line_breaks(workspace: Workspace) -> None:
+    """Make the pygls workspace create LspTextDocuments (called at initialize)."""
+    workspace.__class__ = LspWorkspace
+
+
+def open_text_document(uri: str, source: str, version: int | None = None, **kwargs: Any) -> LspTextDocument:
+    return LspTextDocument(uri, source=source, version=version, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -43,7 +78,7 @@ def cursor_context(doc: TextDocument, line: int, character: int) -> CursorContex
         return None
     if line >= len(lines):
         # A position just past a final newline is the empty last line.
-        if not (line == len(lines) and (not lines or lines[-1].endswith("\n"))):
+        if not (line == len(lines) and (not lines or lines[-1].endswith(("\n", "\r")))):
             return None
         text_line = ""
     else:

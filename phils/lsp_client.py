@@ -50,4 +50,6 @@ def plain(value: Any) -> Any:
         return {k: plain(v) for k, v in value._asdict().items()}
     if isinstance(value, dict):
         return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
     return value

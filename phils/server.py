@@ -18,6 +18,7 @@ from pygls.lsp.server import LanguageServer
 from . import __version__
 from .completion import CompletionService, Suggestion
 from .config import Settings, client_settings, merge
+from .documents import use_lsp_line_breaks
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,8 @@ class PhilsServer(LanguageServer):
         return token
 
     def _report_progress(self, token: str | None, message: str, percent: int) -> None:
+        # Status bars that cannot read $/progress (the editors' own UI can) get it here too.
+        self._on_loop(self._send_status, "loading", message, percent)
         if token is not None:
             report = types.WorkDoneProgressReport(message=message, percentage=percent)
             self._on_loop(self.work_done_progress.report, token, report)
@@ -81,8 +84,11 @@ class PhilsServer(LanguageServer):
     def _status_from_any_thread(self, state: str, message: str) -> None:
         self._on_loop(self._send_status, state, message)
 
-    def _send_status(self, state: str, message: str) -> None:
-        self.protocol.notify(STATUS_NOTIFICATION, {"state": state, "message": message})
+    def _send_status(self, state: str, message: str, percent: int | None = None) -> None:
+        params: dict[str, Any] = {"state": state, "message": message}
+        if percent is not None:
+            params["percent"] = percent
+        self.protocol.notify(STATUS_NOTIFICATION, params)
         if state == "error":
             self.window_show_message(types.ShowMessageParams(type=types.MessageType.Error, message=f"phils: {message}"))
 
@@ -101,6 +107,7 @@ def create_server(settings: Settings, warnings: list[str] | None = None) -> Phil
     @server.feature(types.INITIALIZE)
     def initialize(ls: PhilsServer, params: types.InitializeParams) -> None:
         ls.loop = asyncio.get_running_loop()
+        use_lsp_line_breaks(ls.workspace)
         if params.initialization_options is not None:
             ls.apply_client_options(params.initialization_options, "initializationOptions")
 

@@ -51,7 +51,7 @@ class StatusLog:
         self._changed = asyncio.Event()
 
     def add(self, params: Any) -> None:
-        self.states.append({"state": params.state, "message": params.message})
+        self.states.append({"state": params.state, "message": params.message, "percent": getattr(params, "percent", None)})
         self._changed.set()
 
     async def wait_for(self, *states: str, timeout: float = 120) -> dict[str, Any]:

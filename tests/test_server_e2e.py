@@ -55,6 +55,9 @@ async def test_progress_and_status_while_the_model_loads(tiny_model):
     async with phils_server("--model", str(tiny_model)) as client:
         states = [s["state"] for s in client.status.states]
         assert states[0] == "loading" and states[-1] == "ready"
+        # Status bars get the load's progress in phils/status too, rising to the end.
+        percents = [s["percent"] for s in client.status.states if s["percent"] is not None]
+        assert percents and percents == sorted(percents) and percents[-1] >= 90
         await asyncio.sleep(0.2)  # the progress end follows the ready status
         reports = [r for values in client.progress_reports.values() for r in values]
         kinds = [r.kind for r in reports]

@@ -22,7 +22,7 @@ local function builtin_available()
 end
 
 local function on_status(_, params)
-  M.status = { state = params.state or "unknown", message = params.message or "" }
+  M.status = { state = params.state or "unknown", message = params.message or "", percent = params.percent }
   if M.status.state == "error" then
     vim.notify("phils: " .. M.status.message, vim.log.levels.ERROR)
   end
@@ -89,7 +89,11 @@ function M.status_line()
   if #clients() == 0 then
     return "phils: not running"
   end
-  return ("phils: %s%s"):format(M.status.state, M.status.message ~= "" and (" (" .. M.status.message .. ")") or "")
+  local state = M.status.state
+  if state == "loading" and M.status.percent then
+    state = ("loading %d%%"):format(M.status.percent)
+  end
+  return ("phils: %s%s"):format(state, M.status.message ~= "" and (" (" .. M.status.message .. ")") or "")
 end
 
 local function map_keys(buf)

@@ -1,0 +1,57 @@
+// Drives code-server in headless Chromium the way a user would: open a
+// Python file, type, wait for phils' ghost text, take a screenshot, accept it
+// with Tab and save. Prints one JSON line with what it saw.
+// Usage: node drive_vscode.mjs URL FILE_NAME SCREENSHOT_PATH PROFILE_DIR
+import { createRequire } from "node:module";
+
+// playwright-core lives with the editor tools (NODE_PATH), not beside this file.
+const require = createRequire(`${process.env.NODE_PATH}/`);
+const { chromium } = require("playwright-core");
+
+const [url, fileName, screenshot, profileDir] = process.argv.slice(2);
+const seen = { status: null, ghost: null, steps: [] };
+const step = (name) => seen.steps.push(name);
+
+const context = await chromium.launchPersistentContext(profileDir, {
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  headless: true,
+  viewport: { width: 1280, height: 720 },
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+const page = context.pages()[0] ?? (await context.newPage());
+page.setDefaultTimeout(120_000);
+try {
+  await page.goto(url);
+  await page.locator(".monaco-workbench").waitFor();
+  step("workbench");
+  await page.locator(".explorer-folders-view .monaco-list-row", { hasText: fileName }).dblclick();
+  const editor = page.locator(".editor-instance .monaco-editor").first();
+  await editor.locator(".view-lines", { hasText: "return" }).waitFor();
+  step("file open");
+  const ready = page.locator(".statusbar-item", { hasText: "phils: ready" });
+  await ready.waitFor();
+  seen.status = (await ready.innerText()).trim();
+  step("server ready");
+  await editor.locator(".view-lines").click();
+  await page.keyboard.press("Control+End");
+  await page.keyboard.type(" a", { delay: 50 });
+  const ghost = editor.locator(".ghost-text-decoration").first();
+  await ghost.waitFor();
+  await page.waitForTimeout(300); // let the decoration settle before the picture
+  seen.ghost = (await ghost.textContent()).replace(/\u00a0/g, " ");
+  await page.screenshot({ path: screenshot });
+  step("ghost text");
+  await page.keyboard.press("Tab");
+  await editor.locator(".ghost-text-decoration").first().waitFor({ state: "detached" }).catch(() => {});
+  await page.keyboard.press("Control+S");
+  await page.locator(".tab.active.dirty").waitFor({ state: "detached", timeout: 10_000 }).catch(() => {});
+  await page.waitForTimeout(500);
+  step("accepted and saved");
+} catch (err) {
+  seen.error = String(err);
+  await page.screenshot({ path: screenshot.replace(/\.png$/, "-failure.png") }).catch(() => {});
+} finally {
+  console.log(JSON.stringify(seen));
+  await context.close();
+}

