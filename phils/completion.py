@@ -57,6 +57,7 @@ class CompletionService:
         self._warm_timers: dict[str, asyncio.TimerHandle] = {}
         self._shown: dict[str, Shown] = {}
         self._tail_starts: dict[str, int] = {}  # per document: where its prompt's tail starts
+        self._faulted = False  # the last completion raised: the editor shows an error until one works
         self.stats = Stats()
         self.doc_stats: dict[str, Stats] = defaultdict(Stats)
 
@@ -126,12 +127,17 @@ class CompletionService:
         except asyncio.CancelledError:  # $/cancelRequest: stop the decode loop too
             cancel.set()
             raise
-        except Exception:  # a fault in one request must not end the server
+        except Exception as exc:  # a fault in one request must not end the server
             log.exception("completion failed")
+            self._faulted = True
+            self.on_status("error", f"completion failed: {type(exc).__name__}: {exc}"[:300])
             return None
         finally:
             if self._in_flight.get(ctx.uri) is cancel:
                 del self._in_flight[ctx.uri]
+        if self._faulted and self.state == "ready":  # the model works again: clear the editor's error
+            self._faulted = False
+            self.on_status("ready", self.message)
         if suggestion is not None:
             self._shown[ctx.uri] = Shown(ctx.prefix, ctx.suffix, suggestion.text)
         return suggestion

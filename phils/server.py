@@ -13,7 +13,9 @@ from typing import Any
 from urllib.parse import unquote
 
 from lsprotocol import types
+from pygls.exceptions import JsonRpcException
 from pygls.lsp.server import LanguageServer
+from pygls.protocol import LanguageServerProtocol
 
 from . import __version__
 from .completion import CompletionService, Suggestion
@@ -26,9 +28,23 @@ STATUS_NOTIFICATION = "phils/status"
 STATS_REQUEST = "phils/stats"
 
 
+class PhilsProtocol(LanguageServerProtocol):
+    def structure_message(self, data: Any) -> Any:
+        try:
+            return super().structure_message(data)
+        except JsonRpcException as exc:
+            # pygls drops a request whose params it cannot read without answering it,
+            # and the editor would wait for that answer forever: answer with the error.
+            msg_id = data.get("id") if isinstance(data, dict) else None
+            if "method" in data and isinstance(msg_id, (int, str)) and not isinstance(msg_id, bool):
+                error = types.ResponseError(code=exc.code, message=f"{exc.message} for {data['method']}")
+                self._send_response(msg_id, error=error)
+            raise
+
+
 class PhilsServer(LanguageServer):
     def __init__(self, settings: Settings, warnings: list[str] | None = None):
-        super().__init__("phils", __version__)
+        super().__init__("phils", __version__, protocol_cls=PhilsProtocol)
         self.base_settings = settings  # defaults + profile + file + command line
         self.client_options: dict[str, Any] = {}  # the editor's layer on top
         self.pending_warnings = list(warnings or [])
