@@ -40,7 +40,7 @@ def _serve(args: argparse.Namespace) -> int:
     server = create_server(settings, warnings)
     if args.tcp:
         log.info("phils %s listening on %s:%d", __version__, args.host, args.port)
-        server.start_tcp(args.host, args.port)
+        server.serve_tcp(args.host, args.port)
     else:
         log.info("phils %s serving over stdio", __version__)
         server.start_io()

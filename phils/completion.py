@@ -183,6 +183,8 @@ class CompletionService:
             computed, cut_short = engine.prefill(ctx.uri, built.text, cancel, settings.engine.max_new_tokens)
             for stats in (self.stats, self.doc_stats[ctx.uri]):
                 stats.record_warmup(computed, cut_short)
+        except Exception:  # a warm-up is optional work: note it, and the request will tell the editor
+            log.warning("warm-up failed", exc_info=True)
         finally:
             if self._warming.get(ctx.uri) is cancel:
                 del self._warming[ctx.uri]

@@ -51,6 +51,7 @@ class PhilsServer(LanguageServer):
         self.service = CompletionService(settings, on_status=self._status_from_any_thread)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._progress_ids = itertools.count(1)
+        self.load_needed = True
 
     # --- settings ----------------------------------------------------------
 
@@ -112,6 +113,62 @@ class PhilsServer(LanguageServer):
         if self.loop is not None and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(fn, *args)
 
+    # --- TCP: the server outlives its clients ------------------------------
+
+    def serve_tcp(self, host: str, port: int) -> None:
+        """Listen on host:port for one client at a time.
+
+        pygls' start_tcp shuts the server down when its client disconnects; a
+        phils server keeps its model loaded for the next client instead (an
+        editor restart, or a crash, must not cost a model load).
+        """
+        from threading import Event
+
+        from pygls.io_ import run_async
+
+        self._stop_event = stop_event = Event()
+        connected = False
+        listener: asyncio.base_events.Server | None = None
+
+        async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal connected
+            if connected:
+                log.warning("refusing a second client while one is connected")
+                writer.close()
+                return
+            connected = True
+            log.info("client connected")
+            self.protocol.set_writer(writer)
+            try:
+                await run_async(stop_event=stop_event, reader=reader, protocol=self.protocol, logger=log,
+                                error_handler=self.report_server_error)
+            finally:
+                connected = False
+                writer.close()
+                if self.protocol._shutdown and listener is not None:  # the client asked the server to end
+                    listener.close()
+                else:
+                    log.info("client disconnected; waiting for the next one")
+                    self.client_gone()
+
+        async def listen() -> None:
+            nonlocal listener
+            listener = await asyncio.start_server(connection, host, port)
+            async with listener:
+                try:
+                    await listener.serve_forever()
+                except asyncio.CancelledError:
+                    pass
+
+        asyncio.run(listen())
+
+    def client_gone(self) -> None:
+        """Drop the departed client's work and documents; keep the model."""
+        self.service.cancel_all()
+        for uri in list(self.workspace.text_documents):
+            self.service.forget(uri)
+        self.client_options = {}
+
     def open_document(self, uri: str):
         """An open document, or None: phils never completes files the editor has not opened."""
         return self.workspace.text_documents.get(unquote(uri))
@@ -124,13 +181,16 @@ def create_server(settings: Settings, warnings: list[str] | None = None) -> Phil
     def initialize(ls: PhilsServer, params: types.InitializeParams) -> None:
         ls.loop = asyncio.get_running_loop()
         use_lsp_line_breaks(ls.workspace)
-        if params.initialization_options is not None:
-            ls.apply_client_options(params.initialization_options, "initializationOptions")
+        changed = ls.apply_client_options(params.initialization_options or {}, "initializationOptions")
+        ls.load_needed = changed or ls.service.state in ("idle", "error")
 
     @server.feature(types.INITIALIZED)
     async def initialized(ls: PhilsServer, params: types.InitializedParams) -> None:
         ls.flush_warnings()
-        await ls.load_model()
+        if ls.load_needed:
+            await ls.load_model()
+        else:  # a later TCP client: the model is loaded (or loading) already
+            ls._send_status(ls.service.state, ls.service.message)
 
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
     async def did_change_configuration(ls: PhilsServer, params: types.DidChangeConfigurationParams) -> None:

@@ -42,7 +42,7 @@ def test_config_prints_the_resolved_settings():
     assert settings["engine"]["max_new_tokens"] == 7
 
 
-def test_tcp_mode_listens_on_loopback_and_answers_initialize(tiny_model):
+def test_tcp_mode_listens_on_loopback_and_outlives_its_clients(tiny_model):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -59,6 +59,16 @@ def test_tcp_mode_listens_on_loopback_and_answers_initialize(tiny_model):
         assert reply["id"] == 1
         assert "inlineCompletionProvider" in reply["result"]["capabilities"]
         connection.close()
+        # A client that vanishes mid-message does not take the server down.
+        dropped = _connect(port)
+        dropped.sendall(b'Content-Length: 500\r\n\r\n{"jsonrpc"')
+        dropped.close()
+        time.sleep(1)
+        assert server.poll() is None
+        again = _connect(port)
+        again.sendall(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        assert _read_message(again)["result"]["serverInfo"]["name"] == "phils"
+        again.close()
     finally:
         server.terminate()
         server.wait(10)
