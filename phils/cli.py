@@ -37,6 +37,9 @@ def _serve(args: argparse.Namespace) -> int:
         log.warning(warning)
     from .server import create_server
 
+    # The model worker's Python code holds the GIL between torch calls; hand it over
+    # every 1 ms rather than 5 so edits and cancels reach the event loop promptly.
+    sys.setswitchinterval(0.001)
     server = create_server(settings, warnings)
     if args.tcp:
         log.info("phils %s listening on %s:%d", __version__, args.host, args.port)
@@ -206,6 +209,7 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = with_settings(commands.add_parser("serve", help="run the language server (stdio by default)"))
     serve.add_argument("--tcp", action="store_true", help="listen on TCP instead of stdio")
+    serve.add_argument("--stdio", action="store_true", help="serve over stdio (the default; accepted for clients that pass it)")
     serve.add_argument("--host", default="127.0.0.1", help="TCP address (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=2087)
     serve.set_defaults(run=_serve)

@@ -88,7 +88,8 @@ def code_server(tmp_path, tiny_model):
                    env=env, check=True, capture_output=True, timeout=300)
     settings = {
         "phils.serverCommand": sys.executable,
-        "phils.serverArgs": ["-m", "phils", "serve", "--model", str(tiny_model), *SERVER_FLAGS],
+        "phils.serverArgs": ["-m", "phils", "serve", "--model", str(tiny_model), *SERVER_FLAGS,
+                             "--log-file", str(tmp_path / "server.log")],
         # Keep VS Code's own word suggestions out of the way of Tab.
         "editor.quickSuggestions": {"other": "off", "comments": "off", "strings": "off"},
         "editor.suggestOnTriggerCharacters": False,
@@ -134,7 +135,9 @@ async def test_ghost_text_in_vscode_is_accepted_with_tab_and_saved(code_server, 
         env=env, capture_output=True, text=True, timeout=400,
     )
     seen = json.loads(run.stdout.strip().splitlines()[-1])
-    assert "error" not in seen, f"{seen}\n{run.stderr[-2000:]}"
+    logs = [tmp_path / "server.log", *tmp_path.glob("user-data/logs/*/exthost*/phils.phils/phils.log")]
+    shown = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in logs if p.exists())
+    assert "error" not in seen, f"{seen}\n{run.stderr[-2000:]}\n{shown}"
     assert seen["status"].endswith("phils: ready")
     expected = await expected_suggestion(tiny_model)
     assert seen["ghost"] == expected

@@ -7,7 +7,6 @@ import {
   LanguageClient,
   LanguageClientOptions,
   ServerOptions,
-  TransportKind,
 } from "vscode-languageclient/node";
 import { StatusItem } from "./status";
 
@@ -33,7 +32,8 @@ export function serverSettings(c: vscode.WorkspaceConfiguration = config()): Rec
 function serverOptions(c: vscode.WorkspaceConfiguration): ServerOptions {
   const args = [...c.get<string[]>("serverArgs", ["serve"])];
   if (c.get<string>("profile")) args.push("--profile", c.get<string>("profile")!);
-  return { command: c.get<string>("serverCommand", "phils"), args, transport: TransportKind.stdio };
+  // No `transport`: vscode-languageclient would append --stdio, and stdio is the default anyway.
+  return { command: c.get<string>("serverCommand", "phils"), args };
 }
 
 function clientOptions(c: vscode.WorkspaceConfiguration): LanguageClientOptions {
