@@ -37,16 +37,13 @@ def _serve(args: argparse.Namespace) -> int:
         log.warning(warning)
     from .server import create_server
 
-    # The model worker's Python code holds the GIL between torch calls; hand it over
-    # every 1 ms rather than 5 so edits and cancels reach the event loop promptly.
-    sys.setswitchinterval(0.001)
     server = create_server(settings, warnings)
     if args.tcp:
         log.info("phils %s listening on %s:%d", __version__, args.host, args.port)
         server.serve_tcp(args.host, args.port)
     else:
         log.info("phils %s serving over stdio", __version__)
-        server.start_io()
+        server.serve_stdio()
     return 0
 
 

@@ -113,6 +113,48 @@ class PhilsServer(LanguageServer):
         if self.loop is not None and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(fn, *args)
 
+    # --- stdio: read in the event loop ----------------------------------------
+
+    def serve_stdio(self) -> None:
+        """Serve over stdin/stdout, reading the pipe in the event loop itself.
+
+        pygls' stdio reader hands every header line and every body to a thread
+        pool and back: three thread hops per message, each waiting for the GIL
+        while the model worker runs, which capped a flood of edits well below
+        what the loop can handle. Falls back to pygls for a stdin that is not a
+        pipe (a file, a terminal).
+        """
+        import sys
+        from threading import Event
+
+        from pygls.io_ import StdoutWriter, run_async
+
+        self._stop_event = Event()
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            reader = asyncio.StreamReader()
+            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
+            self.protocol.set_writer(StdoutWriter(sys.stdout.buffer))
+            try:
+                await run_async(stop_event=self._stop_event, reader=reader, protocol=self.protocol, logger=log,
+                                error_handler=self.report_server_error)
+            except asyncio.IncompleteReadError:
+                pass  # the client closed stdin in the middle of a message
+
+        try:
+            asyncio.run(main())
+        except ValueError:  # not a pipe, socket or character device
+            log.info("stdin is not a pipe: using pygls' threaded reader")
+            self.start_io()
+            return
+        except BrokenPipeError:
+            log.error("the client went away; shutting down")
+        except (KeyboardInterrupt, SystemExit):
+            pass
+        finally:
+            self.shutdown()
+
     # --- TCP: the server outlives its clients ------------------------------
 
     def serve_tcp(self, host: str, port: int) -> None:
