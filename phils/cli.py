@@ -107,6 +107,23 @@ def _bench_keystrokes(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _bench_load(args: argparse.Namespace) -> int:
+    from . import bench_load
+
+    server_args = ["--model", args.model, "--log-level", "warning"]
+    for item in args.set or []:
+        server_args += ["--set", item]
+    if args.bench == "flood":
+        result = bench_load.run_flood(server_args, seconds=args.seconds, edits_per_s=args.rate)
+    else:
+        result = bench_load.run_soak(server_args, seconds=args.seconds, documents=args.documents)
+    command = "phils " + " ".join(sys.argv[1:])
+    path = bench_load.write_results(result, args.name or Path(args.model).name, command, Path(args.out))
+    print(json.dumps(result, indent=2))
+    print(f"results: {path}", file=sys.stderr)
+    return 0 if result["server_alive"] and not result["unanswered"] else 1
+
+
 def _eval_humaneval(args: argparse.Namespace) -> int:
     from .eval_humaneval import run
 
@@ -238,6 +255,17 @@ def _parser() -> argparse.ArgumentParser:
     keys.add_argument("--name", help="results file name (default: the model's name)")
     keys.add_argument("--out", default="bench/results")
     keys.set_defaults(run=_bench_keystrokes)
+    for name, help_text, seconds in (("flood", "didChange at a fixed rate with completions, cancels and probes", 10),
+                                     ("soak", "typing bursts into several documents for a while", 120)):
+        load = bench.add_parser(name, help=help_text)
+        load.add_argument("--model", required=True)
+        load.add_argument("--seconds", type=float, default=seconds)
+        load.add_argument("--rate", type=int, default=1000, help="edits per second (flood)")
+        load.add_argument("--documents", type=int, default=5, help="documents open at once (soak)")
+        load.add_argument("--set", action="append", metavar="KEY=VALUE", help="extra server settings")
+        load.add_argument("--name", help="results file name (default: the model's name)")
+        load.add_argument("--out", default="bench/results")
+        load.set_defaults(run=_bench_load)
 
     evals = commands.add_parser("eval", help="quality evaluations").add_subparsers(dest="eval", required=True)
     humaneval = with_settings(evals.add_parser("humaneval", help="HumanEval pass@1 through the LSP path"))

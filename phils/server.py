@@ -30,6 +30,11 @@ STATS_REQUEST = "phils/stats"
 
 class PhilsProtocol(LanguageServerProtocol):
     def structure_message(self, data: Any) -> Any:
+        if isinstance(data, dict) and "id" in data and self._is_notification(data.get("method")):
+            # pygls would run it as a notification and the sender would wait forever.
+            error = types.ResponseError(code=-32600, message=f"{data['method']} is a notification, not a request")
+            self._send_response(data["id"], error=error)
+            raise JsonRpcException(message=error.message, code=error.code)
         try:
             return super().structure_message(data)
         except JsonRpcException as exc:
@@ -40,6 +45,11 @@ class PhilsProtocol(LanguageServerProtocol):
                 error = types.ResponseError(code=exc.code, message=f"{exc.message} for {data['method']}")
                 self._send_response(msg_id, error=error)
             raise
+
+    def _is_notification(self, method: Any) -> bool:
+        message_type = self.get_message_type(method) if isinstance(method, str) else None
+        fields = getattr(message_type, "__attrs_attrs__", None)
+        return fields is not None and not any(f.name == "id" for f in fields)
 
 
 class PhilsServer(LanguageServer):

@@ -126,7 +126,7 @@ def test_fuzzed_json_rpc_never_takes_the_server_down(server, method, params, as_
     if method == "textDocument/didChange" and isinstance(params, dict):
         params.pop("textDocument", None)
     if as_request:
-        answer = server.request(method, params)
+        answer = server.request(method, params, timeout=10)
         assert ("result" in answer) != ("error" in answer), json.dumps(answer)[:300]
     else:
         server.notify(method, params)

@@ -58,6 +58,7 @@ def test_tcp_mode_listens_on_loopback_and_outlives_its_clients(tiny_model):
         reply = _read_message(connection)
         assert reply["id"] == 1
         assert "inlineCompletionProvider" in reply["result"]["capabilities"]
+        assert _listening_addresses(port) == ["127.0.0.1"]  # this machine only, unless --host says otherwise
         connection.close()
         # A client that vanishes mid-message does not take the server down.
         dropped = _connect(port)
@@ -72,6 +73,17 @@ def test_tcp_mode_listens_on_loopback_and_outlives_its_clients(tiny_model):
     finally:
         server.terminate()
         server.wait(10)
+
+
+def _listening_addresses(port: int) -> list[str]:
+    """The IPv4 addresses listening on ``port``, from /proc/net/tcp."""
+    found = []
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, port_hex = local.split(":")
+        if state == "0A" and int(port_hex, 16) == port:
+            found.append(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
+    return found
 
 
 def _connect(port: int) -> socket.socket:
