@@ -37,6 +37,8 @@ def proc_figures(pid: int) -> dict[str, float]:
                 figures["threads"] = int(line.split()[1])
             elif line.startswith("VmRSS:"):
                 figures["rss_mb"] = round(int(line.split()[1]) / 1024, 1)
+            elif line.startswith("RssAnon:"):  # heap, KV caches: where a leak would show
+                figures["anon_mb"] = round(int(line.split()[1]) / 1024, 1)
     return figures
 
 
@@ -204,8 +206,11 @@ def run_soak(server_args: list[str], seconds: float = 60.0, documents: int = 5, 
             open_doc(n)
         start = proc_figures(server.process.pid)
         started = time.monotonic()
+        samples = [{"s": 0.0, **start}]
         opened = documents
         while time.monotonic() - started < seconds:
+            if time.monotonic() - started >= samples[-1]["s"] + seconds / 8:
+                samples.append({"s": round(time.monotonic() - started, 1), **proc_figures(server.process.pid)})
             uri = rng.choice(list(docs))
             entry = docs[uri]
             for _ in range(rng.randint(3, 15)):  # a burst of typing at ~30 keys/s
@@ -242,6 +247,9 @@ def run_soak(server_args: list[str], seconds: float = 60.0, documents: int = 5, 
                            "p99": percentile(session.latency_ms["completion"], 0.99)},
             "threads": {"start": start["threads"], "end": end["threads"]},
             "rss_mb": {"start": start["rss_mb"], "end": end["rss_mb"]},
+            "anon_mb": {"start": start["anon_mb"], "end": end["anon_mb"]},
+            # Over time: file-backed weights page in as they are first read; anonymous memory should level off.
+            "samples": samples + [{"s": round(time.monotonic() - started, 1), **end}],
             "kv_cache": stats["cache"],
             "server_alive": server.alive(),
         }
