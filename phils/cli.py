@@ -143,6 +143,12 @@ def _eval_humaneval(args: argparse.Namespace) -> int:
     return run(args, settings, server_args)
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from .doctor import main
+
+    return main(args.json)
+
+
 def _config(args: argparse.Namespace) -> int:
     settings, warnings = resolve_settings(args)
     for warning in warnings:
@@ -266,6 +272,10 @@ def _parser() -> argparse.ArgumentParser:
         load.add_argument("--name", help="results file name (default: the model's name)")
         load.add_argument("--out", default="bench/results")
         load.set_defaults(run=_bench_load)
+
+    doctor = commands.add_parser("doctor", help="what this machine has for running a model, and what to use")
+    doctor.add_argument("--json", action="store_true")
+    doctor.set_defaults(run=_doctor)
 
     evals = commands.add_parser("eval", help="quality evaluations").add_subparsers(dest="eval", required=True)
     humaneval = with_settings(evals.add_parser("humaneval", help="HumanEval pass@1 through the LSP path"))

@@ -1,0 +1,58 @@
+"""phils doctor: the facts it reads, and the advice it gives from them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import torch
+
+from conftest import server_env
+from phils.doctor import cached_models, recommend
+
+CPU_BOX = {"gpus": [], "torch_cuda": None, "cpu_cores": 2, "torch_threads": 2,
+           "memory": {"total_gib": 24.0, "available_gib": 20.0}, "hub_models": [], "hub_offline": False}
+
+
+def test_a_big_gpu_gets_the_fp16_profile():
+    facts = {**CPU_BOX, "torch_cuda": "12.8",
+             "gpus": [{"name": "NVIDIA H100", "free_gib": 70.0, "total_gib": 80.0, "bf16": True}]}
+    advice = "\n".join(recommend(facts))
+    assert "--profile gpu" in advice and "bfloat16" in advice and "--profile cpu" not in advice
+
+
+def test_a_full_gpu_is_named_and_the_cpu_suggested():
+    facts = {**CPU_BOX, "gpus": [{"name": "GTX 1050", "free_gib": 1.5, "total_gib": 4.0, "bf16": False}]}
+    assert any("only 1.5 GiB free" in line for line in recommend(facts))
+
+
+def test_a_cpu_machine_gets_fp32_or_a_smaller_model_by_its_ram():
+    assert any("--profile cpu" in line for line in recommend(CPU_BOX))
+    small = {**CPU_BOX, "memory": {"total_gib": 8.0, "available_gib": 6.0}}
+    assert any("--profile gemma3" in line for line in recommend(small))
+    assert any("CPU build" in line for line in recommend(CPU_BOX))
+
+
+def test_a_missing_phi2_download_is_mentioned_and_offline_mode_too():
+    offline = {**CPU_BOX, "hub_offline": True}
+    assert any("5.6 GB" in line and "HF_HUB_OFFLINE" in line for line in recommend(offline))
+    cached = {**CPU_BOX, "hub_models": ["microsoft/phi-2"]}
+    assert not any("5.6 GB" in line for line in recommend(cached))
+
+
+def test_cached_models_are_read_from_the_hub_cache_layout(tmp_path):
+    (tmp_path / "models--microsoft--phi-2" / "snapshots").mkdir(parents=True)
+    (tmp_path / "models--TheBloke--phi-2-GPTQ").mkdir()
+    (tmp_path / "datasets--x--y").mkdir()
+    assert cached_models(tmp_path) == ["TheBloke/phi-2-GPTQ", "microsoft/phi-2"]
+
+
+def test_doctor_reports_this_machine_as_json():
+    out = subprocess.run([sys.executable, "-m", "phils", "doctor", "--json"], env=server_env(),
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    facts = json.loads(out)
+    assert facts["torch"] == torch.__version__
+    assert facts["cuda_available"] == torch.cuda.is_available()
+    assert set(facts["packages"]) >= {"gptqmodel", "peft"}
+    assert facts["recommended"]
