@@ -35,6 +35,8 @@ def _int(default: int, lo: int, hi: int) -> Any:
 class EngineSettings:
     model: str = "microsoft/phi-2"  # hub id, local dir, .gguf file, or package:NAME[/FILE]
     revision: str = ""  # hub branch, tag or commit ("" = default branch)
+    adapter: str = ""  # a LoRA/PEFT adapter (local dir or hub id) on the model ("" = none)
+    merge_adapter: bool = True  # fold the adapter into the weights at load (no per-token cost)
     device: str = _choice("auto", "auto", "cpu", "cuda")
     dtype: str = _choice("auto", "auto", "float32", "float16", "bfloat16")
     threads: int = _int(0, 0, 256)  # torch CPU threads; 0 = physical cores

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..config import EngineSettings
+from .adapters import apply_adapter
 from .errors import ModelLoadError
 from .sources import ModelSource, cache_root, resolve
 
@@ -68,6 +69,9 @@ def load_model(settings: EngineSettings, report: Report = lambda message, percen
             use_safetensors=None if settings.allow_pickle else True,
             **common,
         )
+        if settings.adapter:
+            report(f"applying the adapter {settings.adapter}", 70)
+            model = apply_adapter(model, settings.adapter, settings.merge_adapter, settings.allow_pickle, common)
     except ModelLoadError:
         raise
     except Exception as exc:  # transformers raises many kinds; all become one clear message
