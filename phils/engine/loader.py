@@ -9,6 +9,7 @@ next start takes seconds instead of a minute.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import os
@@ -21,6 +22,7 @@ from typing import Any, Callable
 from ..config import EngineSettings
 from .adapters import apply_adapter
 from .errors import ModelLoadError
+from .int8 import quantize_linears
 from .sources import ModelSource, cache_root, resolve
 
 log = logging.getLogger(__name__)
@@ -78,11 +80,20 @@ def load_model(settings: EngineSettings, report: Report = lambda message, percen
         raise ModelLoadError(_explain(exc, settings)) from exc
     report(f"moving the model to {device}", 80)
     model.to(device).eval()
-    if device == "cpu" and settings.cpu_kernels == "onednn":
+    precision = str(dtype).removeprefix("torch.")
+    if settings.quantize == "int8":
+        if device != "cpu":
+            raise ModelLoadError("engine.quantize = int8 is for the CPU; on CUDA use fp16/bf16 or a GPTQ model")
+        report("quantizing Linear layers to int8", 85)
+        quantized = quantize_linears(model)
+        gc.collect()
+        precision = "int8 weights, float32 activations"
+        log.info("%d Linear layers quantized to int8", quantized)
+    elif device == "cpu" and settings.cpu_kernels == "onednn":
         _use_onednn(model, report)
     seconds = time.monotonic() - started
     log.info("loaded %s on %s as %s in %.1f s", source.describe(), device, dtype, seconds)
-    return LoadedModel(model, tokenizer, device, str(dtype).removeprefix("torch."), source, seconds)
+    return LoadedModel(model, tokenizer, device, precision, source, seconds)
 
 
 def _use_onednn(model: Any, report: Report) -> None:

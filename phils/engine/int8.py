@@ -1,0 +1,30 @@
+"""int8 weights on the CPU: torch's dynamic quantization of the Linear layers.
+
+Weights are stored as int8 per output channel; activations are quantized per
+call. Decode reads a quarter of fp32's bytes per token. Measured on this
+project's 2-core machine with Phi-2's shape: decode 188-193 ms/token against
+fp32's 593-766 (see bench/results). No extra dependency: torch ships it, though
+it marks the API deprecated (still present in 2.13, which phils pins).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+
+def quantize_linears(model: Any) -> int:
+    """Replace every nn.Linear in ``model`` with a dynamic int8 one, in place; returns how many.
+
+    In place, so the fp32 weights are released as each layer is replaced rather
+    than kept beside a quantized copy.
+    """
+    import torch
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    count = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
+    return count
