@@ -22,24 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from .raw_client import RawServer
+from .stats import process_figures
 
 REQUEST_CANCELLED = -32800
 ALPHABET = "abcdefghij klmnop(qrs)tuv, wxyz = 0123456789 +-*"
 BASE = "import os\n\n\ndef process(items, limit=10):\n    \"\"\"Return the first items, cleaned.\"\"\"\n    result = []\n"
-
-
-def proc_figures(pid: int) -> dict[str, float]:
-    """Threads and resident memory of a process, from /proc."""
-    figures: dict[str, float] = {}
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("Threads:"):
-                figures["threads"] = int(line.split()[1])
-            elif line.startswith("VmRSS:"):
-                figures["rss_mb"] = round(int(line.split()[1]) / 1024, 1)
-            elif line.startswith("RssAnon:"):  # heap, KV caches: where a leak would show
-                figures["anon_mb"] = round(int(line.split()[1]) / 1024, 1)
-    return figures
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -135,7 +122,7 @@ def run_flood(server_args: list[str], seconds: float = 10.0, edits_per_s: int = 
         uri, text, version = "file:///flood/flood.py", BASE + "    ", 1
         server.open(uri, text)
         server.inline(uri, **_position_at_end(text))  # the first completion starts the tokenizer's threads
-        ready = proc_figures(server.process.pid)
+        ready = process_figures(server.process.pid)
         started = time.monotonic()
         sent = requests = 0
         last_request: int | None = None
@@ -157,9 +144,9 @@ def run_flood(server_args: list[str], seconds: float = 10.0, edits_per_s: int = 
             time.sleep(0.001)
         flood_s = time.monotonic() - started
         session.collect(timeout=60)
-        end = proc_figures(server.process.pid)
+        end = process_figures(server.process.pid)
         time.sleep(settle_s)
-        settled = proc_figures(server.process.pid)
+        settled = process_figures(server.process.pid)
         in_sync = _in_sync(server, session, uri, text)
         stats = server.request("phils/stats", {})["result"]
         return {
@@ -204,13 +191,13 @@ def run_soak(server_args: list[str], seconds: float = 60.0, documents: int = 5, 
 
         for n in range(documents):
             open_doc(n)
-        start = proc_figures(server.process.pid)
+        start = process_figures(server.process.pid)
         started = time.monotonic()
         samples = [{"s": 0.0, **start}]
         opened = documents
         while time.monotonic() - started < seconds:
             if time.monotonic() - started >= samples[-1]["s"] + seconds / 8:
-                samples.append({"s": round(time.monotonic() - started, 1), **proc_figures(server.process.pid)})
+                samples.append({"s": round(time.monotonic() - started, 1), **process_figures(server.process.pid)})
             uri = rng.choice(list(docs))
             entry = docs[uri]
             for _ in range(rng.randint(3, 15)):  # a burst of typing at ~30 keys/s
@@ -231,7 +218,7 @@ def run_soak(server_args: list[str], seconds: float = 60.0, documents: int = 5, 
                 opened += 1
             session.collect()
         session.collect(timeout=60)
-        end = proc_figures(server.process.pid)
+        end = process_figures(server.process.pid)
         stats = server.request("phils/stats", {})["result"]
         served = len(session.latency_ms["completion"])
         return {

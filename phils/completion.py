@@ -23,7 +23,7 @@ from . import postprocess, prompt
 from .config import Settings
 from .documents import CursorContext, cursor_context
 from .engine import Engine, GenerationRequest, ModelLoadError, ModelWorker, load_model
-from .stats import Stats
+from .stats import Stats, process_figures
 from .typed_through import Shown, rest_of
 
 log = logging.getLogger(__name__)
@@ -216,6 +216,7 @@ class CompletionService:
         return {
             "state": self.state,
             "busy": self._worker.busy,
+            "process": process_figures(),
             "queued": self._worker.pending,
             **self.stats.as_dict(),
             "cache": {

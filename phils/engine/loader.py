@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..config import EngineSettings
+from . import legacy_phi
 from .adapters import apply_adapter
 from .errors import ModelLoadError
 from .int8 import quantize_linears
@@ -59,6 +61,9 @@ def load_model(settings: EngineSettings, report: Report = lambda message, percen
     if source.gguf_file:
         report(f"converting {source.gguf_file} (first start only)", 25)
         source = _converted_gguf(source, cache, transformers, torch)
+    elif (legacy := _legacy_phi_location(source, settings)) is not None:
+        report("rewriting an old-layout Phi checkpoint (first start only)", 25)
+        source = _converted_legacy(legacy, cache)
     common = _hub_options(settings, source)
     report("loading the tokenizer", 35)
     try:
@@ -191,6 +196,40 @@ def _converted_gguf(source: ModelSource, cache: Path, transformers: Any, torch: 
         log.warning("could not cache the converted model in %s: %s", target, exc)
         shutil.rmtree(partial, ignore_errors=True)
         raise ModelLoadError(f"cannot write the converted model to {target}: {exc}") from exc
+    return ModelSource(str(target))
+
+
+def _legacy_phi_location(source: ModelSource, settings: EngineSettings) -> Path | None:
+    """The local directory of an old-layout ("phi-msft") checkpoint, downloading a hub one; else None."""
+    if source.local:
+        config_path = Path(source.location) / "config.json"
+        if config_path.is_file() and legacy_phi.is_legacy(json.loads(config_path.read_text())):
+            return Path(source.location)
+        return None
+    try:
+        from huggingface_hub import hf_hub_download, snapshot_download
+
+        options = {"revision": settings.revision or None, "local_files_only": settings.offline}
+        config = json.loads(Path(hf_hub_download(source.location, "config.json", **options)).read_text())
+        if not legacy_phi.is_legacy(config):
+            return None
+        return Path(snapshot_download(source.location, allow_patterns=["*.json", "*.safetensors", "*.txt"], **options))
+    except Exception as exc:  # unreachable hub, missing repo: let transformers say so in its own words
+        log.debug("could not inspect %s for the old Phi layout: %s", source.location, exc)
+        return None
+
+
+def _converted_legacy(directory: Path, cache: Path) -> ModelSource:
+    weights = sorted(directory.glob("*.safetensors"))
+    stamp = ":".join(f"{w.resolve()}:{w.stat().st_size}:{w.stat().st_mtime_ns}" for w in weights)
+    key = hashlib.sha256(stamp.encode()).hexdigest()[:16]
+    target = cache / "converted" / f"{directory.name}-native-{key}"
+    if not (target / "config.json").is_file():
+        try:
+            legacy_phi.convert_checkpoint(directory, target)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelLoadError(f"cannot rewrite the old-layout Phi checkpoint {directory}: {exc}") from exc
+        log.info("rewrote the old-layout Phi checkpoint %s into %s", directory, target)
     return ModelSource(str(target))
 
 
