@@ -92,11 +92,17 @@ def _complete(args: argparse.Namespace) -> int:
 
 
 def _make_test_model(args: argparse.Namespace) -> int:
-    from .testmodel import make_test_model
+    from .testmodel import make_random_gptq, make_test_model
 
     started = time.monotonic()
-    directory = make_test_model(args.directory, shape=args.shape, seed=args.seed)
-    print(f"wrote a random {args.shape} Phi model to {directory} in {time.monotonic() - started:.1f} s", file=sys.stderr)
+    if args.gptq_bits:
+        directory = make_random_gptq(args.directory, shape=args.shape, bits=args.gptq_bits, seed=args.seed,
+                                     group_size=32 if args.shape == "tiny" else 128)
+        kind = f"random {args.gptq_bits}-bit GPTQ {args.shape}"
+    else:
+        directory = make_test_model(args.directory, shape=args.shape, seed=args.seed)
+        kind = f"random {args.shape}"
+    print(f"wrote a {kind} Phi model to {directory} in {time.monotonic() - started:.1f} s", file=sys.stderr)
     return 0
 
 
@@ -244,6 +250,8 @@ def _parser() -> argparse.ArgumentParser:
     make.add_argument("directory")
     make.add_argument("--shape", choices=["tiny", "small", "phi-2"], default="tiny")
     make.add_argument("--seed", type=int, default=0)
+    make.add_argument("--gptq-bits", type=int, choices=[4, 8],
+                      help="write random packed GPTQ weights of this width instead (speed benchmarks; no calibration)")
     make.set_defaults(run=_make_test_model)
 
     bench = commands.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)

@@ -66,6 +66,73 @@ def make_test_model(directory: str | Path, shape: str = "tiny", seed: int = 0, v
     return directory
 
 
+def make_random_gptq(directory: str | Path, shape: str = "phi-2", bits: int = 4, group_size: int = 128,
+                     seed: int = 0, vocab_size: int = 4096) -> Path:
+    """A random GPTQ checkpoint (native layout) of a Phi shape, written directly.
+
+    No calibration: the packed weights, zero points and scales are random, with
+    the shapes and dtypes a real GPTQ checkpoint has. Decode speed depends on
+    those shapes, not the values, so this benchmarks 4-bit (or 8-bit) kernels
+    on Phi-2's exact shape in seconds instead of hours of CPU quantization.
+    """
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_tokenizer(vocab_size)
+    tokenizer.save_pretrained(directory)
+    dims = SHAPES[shape]
+    hidden, inter, layers = dims["hidden_size"], dims["intermediate_size"], dims["num_hidden_layers"]
+    vocab = 51200 if shape == "phi-2" else len(tokenizer)
+    pack = 32 // bits
+    generator = torch.Generator().manual_seed(seed)
+
+    def rand_int32(*size: int) -> torch.Tensor:
+        return torch.randint(-2**31, 2**31 - 1, size, dtype=torch.int64, generator=generator).to(torch.int32)
+
+    def quantized(prefix: str, n_in: int, n_out: int) -> dict[str, torch.Tensor]:
+        groups = n_in // group_size
+        zero = sum((2 ** (bits - 1) - 1) << (bits * i) for i in range(pack))  # symmetric: mid-range, stored minus one
+        return {
+            f"{prefix}.qweight": rand_int32(n_in // pack, n_out),
+            f"{prefix}.qzeros": torch.full((groups, n_out // pack), zero - 2**32 if zero >= 2**31 else zero, dtype=torch.int32),
+            f"{prefix}.scales": (torch.rand(groups, n_out, generator=generator) * 0.002 + 0.001).half(),
+            f"{prefix}.g_idx": (torch.arange(n_in) // group_size).to(torch.int32),
+            f"{prefix}.bias": (torch.randn(n_out, generator=generator) * 0.01).half(),
+        }
+
+    def dense(*size: int) -> torch.Tensor:
+        return (torch.randn(*size, generator=generator) * 0.02).half()
+
+    tensors = {"model.embed_tokens.weight": dense(vocab, hidden),
+               "model.final_layernorm.weight": torch.ones(hidden).half(),
+               "model.final_layernorm.bias": torch.zeros(hidden).half(),
+               "lm_head.weight": dense(vocab, hidden), "lm_head.bias": torch.zeros(vocab).half()}
+    for layer in range(layers):
+        p = f"model.layers.{layer}"
+        tensors[f"{p}.input_layernorm.weight"] = torch.ones(hidden).half()
+        tensors[f"{p}.input_layernorm.bias"] = torch.zeros(hidden).half()
+        for proj in ("q_proj", "k_proj", "v_proj", "dense"):
+            tensors.update(quantized(f"{p}.self_attn.{proj}", hidden, hidden))
+        tensors.update(quantized(f"{p}.mlp.fc1", hidden, inter))
+        tensors.update(quantized(f"{p}.mlp.fc2", inter, hidden))
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    config = {
+        "architectures": ["PhiForCausalLM"], "model_type": "phi", "vocab_size": vocab, **dims,
+        "num_key_value_heads": dims["num_attention_heads"], "max_position_embeddings": 2048,
+        "partial_rotary_factor": 0.4, "hidden_act": "gelu_new", "layer_norm_eps": 1e-5,
+        "tie_word_embeddings": False, "torch_dtype": "float16",
+        "bos_token_id": tokenizer.eos_token_id, "eos_token_id": tokenizer.eos_token_id,
+        "quantization_config": {"quant_method": "gptq", "bits": bits, "group_size": group_size,
+                                "desc_act": False, "sym": True, "checkpoint_format": "gptq"},
+    }
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
+    return directory
+
+
 def _stdlib_sources(limit: int):
     root = Path(sysconfig.get_paths()["stdlib"])
     total = 0

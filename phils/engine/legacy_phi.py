@@ -49,9 +49,9 @@ def native_config(old: dict[str, Any]) -> dict[str, Any]:
         "attention_dropout": 0.0,
         "tie_word_embeddings": old.get("tie_word_embeddings", False),
         "torch_dtype": old.get("torch_dtype", "float16"),
-        "bos_token_id": old.get("bos_token_id", 50256),
-        "eos_token_id": old.get("eos_token_id", 50256),
     }
+    for key in ("bos_token_id", "eos_token_id"):  # Phi-2's are both 50256 (<|endoftext|>)
+        config[key] = old.get(key, 50256 if old["vocab_size"] > 50256 else None)
     if "quantization_config" in old:
         quant = dict(old["quantization_config"])
         quant.setdefault("checkpoint_format", "gptq")  # auto-gptq's v1 zero points
