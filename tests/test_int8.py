@@ -17,8 +17,10 @@ def test_int8_quantizes_every_linear_layer_and_stays_close_to_fp32(tiny_model):
     int8 = load_model(EngineSettings(model=str(tiny_model), quantize="int8", threads=1))
     linears = sum(isinstance(m, torch.nn.Linear) for m in fp32.model.modules())
     quantized = [m for m in int8.model.modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)]
-    assert linears > 0 and len(quantized) == linears
-    assert not any(isinstance(m, torch.nn.Linear) for m in int8.model.modules())
+    # All but the output head: int8 logits cost the most quality (HumanEval, Gemma 3 270M,
+    # first 40: fp32 4, int8 with an fp32 head 2, all int8 0 passed).
+    assert linears > 1 and len(quantized) == linears - 1
+    assert [m for m in int8.model.modules() if isinstance(m, torch.nn.Linear)] == [int8.model.get_output_embeddings()]
     assert "int8" in int8.dtype
     ids = torch.tensor([list(range(10, 200, 7))])
     with torch.no_grad():

@@ -146,3 +146,24 @@ def test_an_old_layout_gptq_checkpoint_gives_the_native_models_logits(quantized_
 
     quantized = [m for m in legacy.model.modules() if isinstance(m, BaseQuantLinear)]
     assert len(quantized) == 6 * 2  # q, k, v, dense, fc1, fc2 in both layers: still 4-bit, not dequantized
+
+
+def test_a_random_packed_gptq_model_loads_and_generates(tmp_path):
+    """The benchmark models (random packed weights, no calibration) run through phils' engine."""
+    pytest.importorskip("gptqmodel", reason="needs gptqmodel (the gptq extra; CI installs it)")
+    import threading
+
+    from gptqmodel.nn_modules.qlinear import BaseQuantLinear
+
+    from phils.config import EngineSettings
+    from phils.engine import Engine, GenerationRequest
+    from phils.engine.loader import load_model
+    from phils.testmodel import make_random_gptq
+
+    directory = make_random_gptq(tmp_path / "random-gptq", shape="tiny", bits=4, group_size=32)
+    loaded = load_model(EngineSettings(model=str(directory), threads=1))
+    assert sum(isinstance(m, BaseQuantLinear) for m in loaded.model.modules()) == 6 * 2
+    engine = Engine(loaded, context_tokens=256, cache_bytes=2**20, ignore_stops=True)
+    result = engine.generate(GenerationRequest(key="d", prompt="def f(x):\n    return", max_new_tokens=6,
+                                               cancel=threading.Event()))
+    assert result.new_tokens == 6

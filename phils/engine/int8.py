@@ -14,7 +14,11 @@ from typing import Any
 
 
 def quantize_linears(model: Any) -> int:
-    """Replace every nn.Linear in ``model`` with a dynamic int8 one, in place; returns how many.
+    """Replace every nn.Linear but the output head with a dynamic int8 one, in place; returns how many.
+
+    The head stays fp32: int8 logits cost the most quality for the least speed
+    (HumanEval on Gemma 3 270M, first 40 problems: fp32 4 passed, int8 with an
+    fp32 head 2, everything int8 0).
 
     In place, so the fp32 weights are released as each layer is replaced rather
     than kept beside a quantized copy.
@@ -22,7 +26,8 @@ def quantize_linears(model: Any) -> int:
     import torch
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head]
     with torch.no_grad():
         for linear in linears:  # biases move into the packed int8 params as they are
             if linear.bias is not None:
@@ -30,7 +35,8 @@ def quantize_linears(model: Any) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
-        quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
+        names = {name for name, m in model.named_modules() if any(m is linear for linear in linears)}
+        quantize_dynamic(model, {name: per_channel_dynamic_qconfig for name in names}, dtype=torch.qint8, inplace=True)
     # What stays fp32 (embeddings, norms) still points into the memory-mapped
     # checkpoint, which keeps the whole fp32 file mapped (10 GB for Phi-2, on
     # top of the int8 copy). Own copies let it go.

@@ -52,6 +52,9 @@ def load_model(settings: EngineSettings, report: Report = lambda message, percen
     dtype = _choose_dtype(torch, device, settings.dtype)
     if settings.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
+    # gptqmodel (GPTQ checkpoints) sizes its CPU worker pool from this; unset, it
+    # asks for more workers than its default pool has on a 2-core machine.
+    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(2, torch.get_num_threads())))
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
