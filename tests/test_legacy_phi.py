@@ -123,9 +123,14 @@ def quantized_tiny(tiny_model, tmp_path_factory):
         "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y = y\n",
     ) * 4]
     config = gptqmodel.QuantizeConfig(bits=4, group_size=32, desc_act=True, sym=True)
-    model = gptqmodel.GPTQModel.load(str(tiny_model), config, device="cpu")
-    model.quantize(calibration, batch_size=1)
-    model.save(str(out))
+    here = os.getcwd()
+    os.chdir(out.parent)  # gptqmodel writes a logs/ folder into the working directory
+    try:
+        model = gptqmodel.GPTQModel.load(str(tiny_model), config, device="cpu")
+        model.quantize(calibration, batch_size=1)
+        model.save(str(out))
+    finally:
+        os.chdir(here)
     return out
 
 
