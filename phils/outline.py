@@ -86,12 +86,19 @@ def header_block(lines: list[str], start: int) -> list[int]:
     return indices
 
 
+_WINDOW_CHARS = 32_000
+
+
 def empty_body_indent(prefix: str, unit: str = "    ") -> str | None:
     """The indentation the next line must have when the body above it is still empty.
 
     True right after ``def f():`` (or any line ending in ``:``), and after a
     def's docstring or leading comments when nothing else is in the body yet.
     """
+    # Only the last stretch matters (a header, its signature, a docstring): on a
+    # multi-megabyte file, splitting everything cost most of a request.
+    if len(prefix) > _WINDOW_CHARS:
+        prefix = prefix[prefix.find("\n", len(prefix) - _WINDOW_CHARS) + 1 :]
     lines = prefix.split("\n")[:-1]  # the cursor's own line is blank
     code = [i for i, line in enumerate(lines) if line.strip()]
     if not code:

@@ -37,3 +37,9 @@ def test_enclosing_headers_bring_comments_decorators_docstrings_and_sibling_sign
     assert head[3] == "    def get(self, key): ...\n"  # a sibling, as a one-line signature
     assert [head[i] for i in (5, 6, 7, 8)] == source[5:9]  # comment, decorator, signature, comment docstring
     assert 4 not in head and 9 not in head
+
+
+def test_empty_body_indent_reads_only_the_end_of_a_huge_prefix():
+    filler = "x = 1\n" * 2_000_000  # 12 MB before the function
+    assert outline.empty_body_indent(filler + 'def f(a):\n    """Docstring."""\n') == "    "
+    assert outline.empty_body_indent(filler + "y = 2\n") is None
