@@ -15,25 +15,18 @@ and RSS at the start, the end and after settling; nothing leaves loopback.
 from __future__ import annotations
 
 import json
-import queue
 import random
 import time
 from pathlib import Path
 from typing import Any
 
 from .raw_client import RawServer
-from .stats import process_figures
+from .machine import process_figures
+from .stats import percentiles
 
 REQUEST_CANCELLED = -32800
 ALPHABET = "abcdefghij klmnop(qrs)tuv, wxyz = 0123456789 +-*"
 BASE = "import os\n\n\ndef process(items, limit=10):\n    \"\"\"Return the first items, cleaned.\"\"\"\n    result = []\n"
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
 
 
 def _position_at_end(text: str) -> dict[str, int]:
@@ -69,15 +62,10 @@ class _Session:
         """Match responses that have arrived (waiting up to ``timeout`` for all pending)."""
         deadline = time.monotonic() + timeout
         while True:
-            try:
-                message = self.server.messages.get(timeout=0.05 if timeout else 0)
-            except queue.Empty:
+            message = self.server.next_response(min(0.05, max(0.0, deadline - time.monotonic())))
+            if message is None:
                 if not self.pending or time.monotonic() >= deadline:
                     return
-                continue
-            if "method" in message:
-                if "id" in message:
-                    self.server.send({"jsonrpc": "2.0", "id": message["id"], "result": None})
                 continue
             kind, sent = self.pending.pop(message.get("id"), (None, 0.0))
             if kind is None:
@@ -159,11 +147,9 @@ def run_flood(server_args: list[str], seconds: float = 10.0, edits_per_s: int = 
             "cancelled": session.cancelled,
             "errors": session.errors,
             "suggestions": session.suggestions,
-            "probe_ms": {"p50": percentile(session.latency_ms["probe"], 0.5),
-                         "p99": percentile(session.latency_ms["probe"], 0.99),
-                         "max": round(max(session.latency_ms["probe"], default=0), 2)},
-            "completion_ms": {"p50": percentile(session.latency_ms["completion"], 0.5),
-                              "p99": percentile(session.latency_ms["completion"], 0.99)},
+            "probe_ms": {**percentiles(session.latency_ms["probe"]),
+                         "max": round(max(session.latency_ms["probe"], default=0), 1)},
+            "completion_ms": percentiles(session.latency_ms["completion"]),
             # How long one completion kept the model busy (server side): what an edit would wait.
             "server_completion_ms": stats["latency_ms"],
             "threads": {"ready": ready["threads"], "end": end["threads"], "settled": settled["threads"]},
@@ -230,8 +216,7 @@ def run_soak(server_args: list[str], seconds: float = 60.0, documents: int = 5, 
             "cancelled": session.cancelled,
             "errors": session.errors,
             "unanswered": len(session.pending),
-            "latency_ms": {"p50": percentile(session.latency_ms["completion"], 0.5),
-                           "p99": percentile(session.latency_ms["completion"], 0.99)},
+            "latency_ms": percentiles(session.latency_ms["completion"]),
             "threads": {"start": start["threads"], "end": end["threads"]},
             "rss_mb": {"start": start["rss_mb"], "end": end["rss_mb"]},
             "anon_mb": {"start": start["anon_mb"], "end": end["anon_mb"]},

@@ -23,7 +23,8 @@ from . import postprocess, prompt
 from .config import Settings
 from .documents import CursorContext, cursor_context
 from .engine import Engine, GenerationRequest, ModelLoadError, ModelWorker, load_model
-from .stats import Stats, process_figures
+from .machine import available_memory, process_figures
+from .stats import Stats
 from .typed_through import Shown, rest_of
 
 log = logging.getLogger(__name__)
@@ -316,17 +317,3 @@ def kv_budget(enabled: bool, configured_mb: int, device: str) -> int:
 
 MIN_KV_BUDGET = 256 * 2**20
 
-
-def available_memory() -> int:
-    """MemAvailable (free + reclaimable page cache): a just-loaded model's file pages fill "free" memory."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 2 * 2**30

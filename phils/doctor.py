@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .machine import meminfo, usable_cores
 
 OPTIONAL = ("gptqmodel", "optimum", "peft", "accelerate", "gguf")
 GIB = 2**30
@@ -30,16 +31,9 @@ def _version(package: str) -> str | None:
 
 
 def _memory() -> dict[str, float]:
-    figures: dict[str, float] = {}
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                name, value = line.split(":", 1)
-                if name in ("MemTotal", "MemAvailable"):
-                    figures[name] = round(int(value.split()[0]) * 1024 / GIB, 1)
-    except OSError:
-        pass
-    return {"total_gib": figures.get("MemTotal", 0.0), "available_gib": figures.get("MemAvailable", 0.0)}
+    figures = meminfo()
+    return {"total_gib": round(figures.get("MemTotal", 0) / GIB, 1),
+            "available_gib": round(figures.get("MemAvailable", 0) / GIB, 1)}
 
 
 def cached_models(hub_cache: Path | None = None) -> list[str]:
@@ -61,7 +55,6 @@ def gather() -> dict[str, Any]:
             free, total = torch.cuda.mem_get_info(index)
             gpus.append({"name": torch.cuda.get_device_name(index), "free_gib": round(free / GIB, 1),
                          "total_gib": round(total / GIB, 1), "bf16": torch.cuda.is_bf16_supported()})
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return {
         "phils": __version__,
         "python": platform.python_version(),
@@ -70,7 +63,7 @@ def gather() -> dict[str, Any]:
         "torch_cuda": torch.version.cuda,
         "cuda_available": torch.cuda.is_available(),
         "gpus": gpus,
-        "cpu_cores": cores,
+        "cpu_cores": usable_cores(),
         "torch_threads": torch.get_num_threads(),
         "memory": _memory(),
         "packages": {name: _version(name) for name in OPTIONAL},

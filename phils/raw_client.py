@@ -13,7 +13,6 @@ import time
 from typing import Any
 
 
-
 class RawServer:
     def __init__(self, *args: str, env: dict[str, str] | None = None, cwd: str | None = None):
         self.process = subprocess.Popen(
@@ -61,19 +60,34 @@ class RawServer:
         self.send({"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params})
         return self.response(msg_id, timeout)
 
+    def next_response(self, timeout: float) -> dict[str, Any] | None:
+        """The next response to one of our requests, or None after ``timeout`` s.
+
+        Meanwhile, requests from the server are accepted (answered with null)
+        and notifications are kept in ``notifications``.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                message = self.messages.get(timeout=max(0.0, min(0.2, deadline - time.monotonic())))
+            except queue.Empty:
+                if time.monotonic() >= deadline:
+                    return None
+                continue
+            if "method" not in message:
+                return message
+            if "id" in message:
+                self.send({"jsonrpc": "2.0", "id": message["id"], "result": None})
+            else:
+                self.notifications.append(message)
+
     def response(self, msg_id: Any, timeout: float = 60) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                message = self.messages.get(timeout=0.2)
-            except queue.Empty:
+            message = self.next_response(0.2)
+            if message is None:
                 if self.process.poll() is not None:
                     raise AssertionError(f"server exited with {self.process.returncode}: {self.stderr_text()[-2000:]}")
-                continue
-            if "method" in message and "id" in message:  # a request from the server: accept it
-                self.send({"jsonrpc": "2.0", "id": message["id"], "result": None})
-            elif "method" in message:
-                self.notifications.append(message)
             elif message.get("id") == msg_id:
                 return message
         raise AssertionError(f"no response to request {msg_id} within {timeout} s")
@@ -91,14 +105,7 @@ class RawServer:
             for note in self.notifications:
                 if note["method"] == "phils/status" and note["params"]["state"] in states:
                     return note["params"]
-            try:
-                message = self.messages.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if "method" in message and "id" in message:
-                self.send({"jsonrpc": "2.0", "id": message["id"], "result": None})
-            elif "method" in message:
-                self.notifications.append(message)
+            self.next_response(0.2)  # no request of ours is waiting: only notifications matter here
         raise AssertionError(f"no status in {states} within {timeout} s")
 
     def open(self, uri: str, text: str) -> None:

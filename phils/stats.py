@@ -82,18 +82,3 @@ def percentiles(values: Any) -> dict[str, float | None]:
 
     return {"p50": at(0.5), "p95": at(0.95), "p99": at(0.99)}
 
-
-def process_figures(pid: int | str = "self") -> dict[str, float]:
-    """Threads and memory of a process (this one by default), from /proc; empty elsewhere."""
-    fields = {"Threads:": ("threads", 1), "VmRSS:": ("rss_mb", 1024), "RssAnon:": ("anon_mb", 1024)}
-    figures: dict[str, float] = {}
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                name, *rest = line.split()
-                if name in fields:
-                    key, divisor = fields[name]
-                    figures[key] = int(rest[0]) if divisor == 1 else round(int(rest[0]) / divisor, 1)
-    except OSError:
-        pass
-    return figures

@@ -44,7 +44,8 @@ def test_stats_report_fractions_and_percentiles():
 
 
 def test_the_kv_cache_budget_counts_reclaimable_memory():
-    from phils.completion import MIN_KV_BUDGET, available_memory, kv_budget
+    from phils.completion import MIN_KV_BUDGET, kv_budget
+    from phils.machine import available_memory
 
     assert kv_budget(False, 0, "cpu") == 0
     assert kv_budget(True, 300, "cpu") == 300 * 2**20

@@ -1,9 +1,9 @@
 """int8 weights on the CPU: torch's dynamic quantization of the Linear layers.
 
 Weights are stored as int8 per output channel; activations are quantized per
-call. Decode reads a quarter of fp32's bytes per token. Measured on this
-project's 2-core machine with Phi-2's shape: decode 188-193 ms/token against
-fp32's 593-766 (see bench/results). No extra dependency: torch ships it, though
+call. Decode reads about a quarter of fp32's bytes per token. Measured on this
+project's 2-core machine with Phi-2's shape (bench/results/keystrokes-phi2-shape-*):
+decode 186 ms/token against fp32's 593. No extra dependency: torch ships it, though
 it marks the API deprecated (still present in 2.13, which phils pins).
 """
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..config import EngineSettings
+from ..machine import usable_cores
 from . import legacy_phi
 from .adapters import apply_adapter
 from .errors import ModelLoadError
@@ -122,7 +123,7 @@ def _use_onednn(model: Any, report: Report) -> None:
 
 def _configure_threads(torch: Any, threads: int) -> None:
     if threads <= 0:
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = usable_cores()
     torch.set_num_threads(threads)
 
 
@@ -171,12 +172,16 @@ def _refuse_remote_code(transformers: Any, source: ModelSource, settings: Engine
         )
 
 
+def _cache_key(files: list[Path]) -> str:
+    """Names a converted copy after its source files: a changed file gets a fresh conversion."""
+    stamp = ":".join(f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+    return hashlib.sha256(stamp.encode()).hexdigest()[:16]
+
+
 def _converted_gguf(source: ModelSource, cache: Path, transformers: Any, torch: Any) -> ModelSource:
     """Dequantise a GGUF file once into a safetensors directory in the cache."""
     gguf_path = Path(source.location) / source.gguf_file
-    stat = gguf_path.stat()
-    key = hashlib.sha256(f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    target = cache / "converted" / f"{gguf_path.stem}-{key}"
+    target = cache / "converted" / f"{gguf_path.stem}-{_cache_key([gguf_path])}"
     if (target / "config.json").is_file():
         return ModelSource(str(target))
     try:
@@ -223,10 +228,7 @@ def _legacy_phi_location(source: ModelSource, settings: EngineSettings) -> Path 
 
 
 def _converted_legacy(directory: Path, cache: Path) -> ModelSource:
-    weights = sorted(directory.glob("*.safetensors"))
-    stamp = ":".join(f"{w.resolve()}:{w.stat().st_size}:{w.stat().st_mtime_ns}" for w in weights)
-    key = hashlib.sha256(stamp.encode()).hexdigest()[:16]
-    target = cache / "converted" / f"{directory.name}-native-{key}"
+    target = cache / "converted" / f"{directory.name}-native-{_cache_key(sorted(directory.glob('*.safetensors')))}"
     if not (target / "config.json").is_file():
         try:
             legacy_phi.convert_checkpoint(directory, target)
