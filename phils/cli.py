@@ -35,7 +35,7 @@ def _serve(args: argparse.Namespace) -> int:
     _setup_logging(settings)
     for warning in warnings:
         log.warning(warning)
-    from .server import create_server
+    from .lsp.server import create_server
 
     server = create_server(settings, warnings)
     if args.tcp:
@@ -52,13 +52,10 @@ def _complete(args: argparse.Namespace) -> int:
     _setup_logging(settings)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    import threading
-
     from pygls.workspace import TextDocument
 
-    from .completion import kv_budget, run_pipeline
-    from .documents import cursor_context
-    from .engine import Engine, ModelLoadError, load_model
+    from .lsp.completion import CompletionService, run_pipeline
+    from .lsp.documents import cursor_context
 
     path = Path(args.file)
     try:
@@ -71,28 +68,54 @@ def _complete(args: argparse.Namespace) -> int:
     if ctx is None:
         print(f"error: line {args.line}, column {args.col} is not in {path}", file=sys.stderr)
         return 1
-    started = time.monotonic()
-    try:
-        loaded = load_model(settings.engine)
-    except ModelLoadError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+
+    async def complete_once():
+        service = CompletionService(settings)
+        started = time.monotonic()
+        await service.start()
+        if service.state != "ready":
+            return None, service.message, 0.0
+        load_seconds = time.monotonic() - started
+        try:
+            return await run_pipeline(service.backend, ctx, settings), "", load_seconds
+        finally:
+            await service.close()
+
+    import asyncio
+
+    suggestion, problem, load_seconds = asyncio.run(complete_once())
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 1
-    engine = Engine(loaded, settings.engine.context_tokens, kv_budget(False, 0, loaded.device), settings.engine.ignore_stops)
-    load_seconds = time.monotonic() - started
-    suggestion = run_pipeline(engine, ctx, settings, threading.Event())
     here = {"line": args.line, "character": args.col}
     print(json.dumps({"text": suggestion.text if suggestion else "", "range": {"start": here, "end": here}}))
     if suggestion:
         print(
-            f"load {load_seconds:.1f} s, completion {suggestion.total_ms:.0f} ms "
+            f"engine ready in {load_seconds:.1f} s, completion {suggestion.total_ms:.0f} ms "
             f"({suggestion.prompt_tokens} prompt tokens, {suggestion.new_tokens} new, ended by {suggestion.reason})",
             file=sys.stderr,
         )
     return 0
 
 
+def _engine(args: argparse.Namespace) -> int:
+    """phils engine serve|start|status|stop."""
+    settings, warnings = resolve_settings(args)
+    from . import engine_control
+
+    if args.action == "serve":
+        _setup_logging(settings)
+        for warning in warnings:
+            log.warning(warning)
+        return engine_control.serve(args, settings)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return {"start": engine_control.start, "status": engine_control.status, "stop": engine_control.stop}[args.action](
+        args, settings)
+
+
 def _make_test_model(args: argparse.Namespace) -> int:
-    from .testmodel import make_random_gptq, make_test_model
+    from .tools.testmodel import make_random_gptq, make_test_model
 
     started = time.monotonic()
     if args.gptq_bits:
@@ -107,14 +130,14 @@ def _make_test_model(args: argparse.Namespace) -> int:
 
 
 def _bench_keystrokes(args: argparse.Namespace) -> int:
-    from .bench import run
+    from .tools.bench import run
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     return run(args)
 
 
 def _bench_load(args: argparse.Namespace) -> int:
-    from . import bench_load
+    from .tools import bench_load
 
     server_args = ["--model", args.model, "--log-level", "warning"]
     for item in args.set or []:
@@ -131,7 +154,7 @@ def _bench_load(args: argparse.Namespace) -> int:
 
 
 def _eval_humaneval(args: argparse.Namespace) -> int:
-    from .eval_humaneval import run
+    from .tools.eval_humaneval import run
 
     # Long enough for whole function bodies; no warm-up: each problem is asked once.
     args.set = [*(args.set or []), f"engine.max_new_tokens={args.max_new_tokens}",
@@ -245,6 +268,18 @@ def _parser() -> argparse.ArgumentParser:
     complete.add_argument("--line", type=int, required=True, help="0-based line, as in LSP")
     complete.add_argument("--col", type=int, required=True, help="0-based column in UTF-16 units, as in LSP")
     complete.set_defaults(run=_complete)
+
+    engine = with_settings(commands.add_parser(
+        "engine", help="the shared engine: serve (run it here), start (detached), status, stop"))
+    engine.add_argument("action", choices=["serve", "start", "status", "stop"])
+    engine.add_argument("--socket", metavar="PATH", help="serve on this Unix socket (default: the per-user one)")
+    engine.add_argument("--tcp", action="store_true", help="serve on TCP (127.0.0.1) with a bearer token")
+    engine.add_argument("--host", default="127.0.0.1")
+    engine.add_argument("--port", type=int, default=8765)
+    engine.add_argument("--token-file", metavar="FILE", help="TCP: the bearer token file (default: in the runtime dir)")
+    engine.add_argument("--engine-json", metavar="JSON", help=argparse.SUPPRESS)  # how a front passes its settings
+    engine.add_argument("--all", action="store_true", help="stop: every engine of this user")
+    engine.set_defaults(run=_engine)
 
     make = commands.add_parser("make-test-model", help="build a random Phi model with an offline tokenizer")
     make.add_argument("directory")

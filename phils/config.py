@@ -33,6 +33,16 @@ def _int(default: int, lo: int, hi: int) -> Any:
 
 @dataclass
 class EngineSettings:
+    # Where the model runs: auto = the shared phils engine of this user and model
+    # settings (started when there is none); local = inside this process; phils =
+    # a running phils engine at ``url``; openai = vLLM or another OpenAI-compatible
+    # /v1/completions server at ``url``; llama-server = llama.cpp's server at ``url``.
+    backend: str = _choice("auto", "auto", "local", "phils", "openai", "llama-server")
+    url: str = ""  # the engine's address for backend phils/openai/llama-server, e.g. http://127.0.0.1:8000
+    api_key_env: str = ""  # the environment variable that holds the engine's API key or token
+    tokenizer: str = ""  # remote engines: tokenizer.json path or hub id to count prompt tokens ("" = estimate)
+    timeout_s: int = _int(60, 1, 3600)  # a remote engine that says nothing this long is unreachable
+    idle_exit_s: int = _int(600, 0, 10_000_000)  # the shared engine exits this long after its last window; 0 = never
     model: str = "microsoft/phi-2"  # hub id, local dir, .gguf file, or package:NAME[/FILE]
     revision: str = ""  # hub branch, tag or commit ("" = default branch)
     adapter: str = ""  # a LoRA/PEFT adapter (local dir or hub id) on the model ("" = none)
@@ -51,6 +61,18 @@ class EngineSettings:
     kv_cache: bool = True  # reuse each document's KV cache across keystrokes
     kv_cache_mb: int = _int(0, 0, 10_000_000)  # 0 = a quarter of free RAM (half of free VRAM)
     cache_dir: str = ""  # where converted GGUF copies go ("" = ~/.cache/phils)
+
+
+# Engine settings that do not change which model is loaded or how: two windows
+# that differ only in these share one engine.
+PER_WINDOW_ENGINE_KEYS = frozenset(
+    {"backend", "url", "api_key_env", "tokenizer", "timeout_s", "idle_exit_s", "max_new_tokens", "ignore_stops"}
+)
+
+
+def model_identity(engine: EngineSettings) -> dict[str, Any]:
+    """The engine settings that define a loaded model: the shared engine's identity."""
+    return {k: v for k, v in dataclasses.asdict(engine).items() if k not in PER_WINDOW_ENGINE_KEYS}
 
 
 @dataclass

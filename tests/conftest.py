@@ -20,10 +20,28 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_runtime_dir(tmp_path_factory):
+    """Shared engines started by the tests live in a runtime dir of their own, and stop at the end."""
+    import subprocess
+
+    directory = tmp_path_factory.mktemp("xdg-runtime")
+    directory.chmod(0o700)
+    previous = os.environ.get("XDG_RUNTIME_DIR")
+    os.environ["XDG_RUNTIME_DIR"] = str(directory)
+    yield directory
+    subprocess.run([sys.executable, "-m", "phils", "engine", "stop", "--all"], env=server_env(),
+                   capture_output=True, timeout=60)
+    if previous is None:
+        os.environ.pop("XDG_RUNTIME_DIR", None)
+    else:
+        os.environ["XDG_RUNTIME_DIR"] = previous
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A random tiny Phi with a tokenizer trained offline (about 8 s, once per run)."""
-    from phils.testmodel import make_test_model
+    from phils.tools.testmodel import make_test_model
 
     return make_test_model(tmp_path_factory.mktemp("tiny-phi"), shape="tiny")
 
@@ -125,7 +143,7 @@ async def inline(client, uri: str, line: int, character: int):
 
 async def stats(client) -> dict[str, Any]:
     """The server's ``phils/stats`` as plain dicts."""
-    from phils.lsp_client import plain
+    from phils.tools.lsp_client import plain
 
     return plain(await client.protocol.send_request_async("phils/stats", {}))
 

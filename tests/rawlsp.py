@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from conftest import ROOT, server_env
-from phils.raw_client import RawServer as _RawServer
+from phils.tools.raw_client import RawServer as _RawServer
 
 
 class RawServer(_RawServer):

@@ -3,7 +3,7 @@ from __future__ import annotations
 from lsprotocol import types
 from pygls.workspace import PositionCodec, TextDocument
 
-from phils.documents import cursor_context
+from phils.lsp.documents import cursor_context
 
 
 def doc(text: str, encoding=types.PositionEncodingKind.Utf16) -> TextDocument:

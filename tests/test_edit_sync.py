@@ -18,7 +18,7 @@ from lsprotocol import types
 from pygls.workspace import PositionCodec
 
 from conftest import inline, open_doc, phils_server, stats
-from phils.documents import cursor_context, open_text_document
+from phils.lsp.documents import cursor_context, open_text_document
 
 PIECES = ["a", "bc", " ", "    ", "\t", "\n", "\r\n", "\r", "é", "😀", "漢", "\x0c", "\u2028", "def f(x):\n    return x\n"]
 LINE_BREAK = re.compile(r"\r\n|\r|\n")

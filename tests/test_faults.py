@@ -70,7 +70,7 @@ def test_a_corrupt_model_is_an_error_and_a_good_one_can_follow(tiny_model, tmp_p
 def test_running_out_of_memory_in_a_prefill_is_survived(tmp_path):
     """The server's address space is capped after loading; a long prompt's KV cache
     (8 KB a token on the small shape) then cannot grow, and a short one afterwards works."""
-    from phils.testmodel import make_test_model
+    from phils.tools.testmodel import make_test_model
 
     long_window = make_test_model(tmp_path / "long-window", shape="small")
     config = json.loads((long_window / "config.json").read_text())

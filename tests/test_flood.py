@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 from conftest import ROOT, server_env
-from phils.bench_load import run_flood
+from phils.tools.bench_load import run_flood
 
 
 def test_a_flood_of_edits_never_waits_behind_generation(tiny_model):

@@ -163,7 +163,7 @@ def test_a_random_packed_gptq_model_loads_and_generates(tmp_path):
     from phils.config import EngineSettings
     from phils.engine import Engine, GenerationRequest
     from phils.engine.loader import load_model
-    from phils.testmodel import make_random_gptq
+    from phils.tools.testmodel import make_random_gptq
 
     directory = make_random_gptq(tmp_path / "random-gptq", shape="tiny", bits=4, group_size=32)
     loaded = load_model(EngineSettings(model=str(directory), threads=1))

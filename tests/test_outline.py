@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from phils import outline
+from phils.lsp import outline
 
 
 def test_empty_body_indent_after_a_header_or_a_bare_docstring():

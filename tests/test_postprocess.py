@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pygls.workspace import TextDocument
 
-from phils import postprocess
-from phils.documents import cursor_context
+from phils.lsp import postprocess
+from phils.lsp.documents import cursor_context
 
 CURSOR = "█"
 

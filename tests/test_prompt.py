@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from pygls.workspace import TextDocument
 
-from phils import prompt
-from phils.documents import cursor_context
+from phils.lsp import prompt
+from phils.lsp.documents import cursor_context
 
 
 def words(text: str) -> int:

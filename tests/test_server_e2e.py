@@ -52,7 +52,8 @@ async def test_completion_fallback_gives_the_same_suggestion_as_a_text_edit(tiny
 
 
 async def test_progress_and_status_while_the_model_loads(tiny_model):
-    async with phils_server("--model", str(tiny_model)) as client:
+    # A model configuration no shared engine has loaded yet: this window's engine loads it.
+    async with phils_server("--model", str(tiny_model), "--set", "engine.kv_cache_mb=33") as client:
         states = [s["state"] for s in client.status.states]
         assert states[0] == "loading" and states[-1] == "ready"
         # Status bars get the load's progress in phils/status too, rising to the end.

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from pygls.workspace import TextDocument
 
-from phils.documents import cursor_context
-from phils.stats import Stats
-from phils.typed_through import Shown, rest_of
+from phils.lsp.documents import cursor_context
+from phils.lsp.stats import Stats
+from phils.lsp.typed_through import Shown, rest_of
 
 
 def ctx_at_end(before: str, after: str = "\n"):
@@ -44,7 +44,7 @@ def test_stats_report_fractions_and_percentiles():
 
 
 def test_the_kv_cache_budget_counts_reclaimable_memory():
-    from phils.completion import MIN_KV_BUDGET, kv_budget
+    from phils.engine.service import MIN_KV_BUDGET, kv_budget
     from phils.machine import available_memory
 
     assert kv_budget(False, 0, "cpu") == 0

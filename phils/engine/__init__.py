@@ -4,7 +4,8 @@ It never imports pygls: the server and the pipeline talk to it in plain data.
 """
 
 from .errors import ModelLoadError
-from .generate import Engine, GenerationRequest, GenerationResult
+from ..protocol import GenerationResult
+from .generate import Engine, GenerationRequest
 from .loader import LoadedModel, load_model
 from .worker import ModelWorker
 

@@ -15,7 +15,8 @@ from typing import Any, Callable
 
 from . import healing
 from .loader import LoadedModel
-from .prefix_cache import CachedPrefix, PrefixCache
+from ..protocol import GenerationResult
+from .prefix_cache import CachedPrefix, PrefixCache, common_prefix
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 # completion request must preempt quickly, use smaller steps.
 PREFILL_CHUNK = 64
 WARMUP_CHUNK = 16
+# Another document's cache is taken over only when it shares at least this much.
+MIN_SHARED_TOKENS = 32
 
 
 @dataclass
@@ -35,21 +38,7 @@ class GenerationRequest:
     cancel: threading.Event = field(default_factory=threading.Event)
     deadline: float | None = None  # time.monotonic() after which decoding stops
     heal: bool = True  # redo the prompt's last token when it ends mid-word (token healing)
-
-
-@dataclass
-class GenerationResult:
-    text: str
-    reason: str  # stop | eos | length | cancelled | deadline
-    prompt_tokens: int = 0
-    reused_tokens: int = 0
-    prefill_tokens: int = 0
-    new_tokens: int = 0
-    prefill_ms: float = 0.0
-    decode_ms: float = 0.0
-    first_token_ms: float | None = None  # from the request's start to its first token
-    decode_steps: int = 0  # forward passes of one token each
-    healed: str = ""  # the prompt's last token, backed off and generated again
+    ignore_stops: bool = False  # decode max_new_tokens whatever the stop rule and EOS say (benchmarks)
 
 
 def greedy(logits: Any) -> int:
@@ -66,7 +55,7 @@ class Engine:
         self.tokenizer = loaded.tokenizer
         self.context_tokens = min(context_tokens, _model_window(self.model, context_tokens))
         self.cache = PrefixCache(cache_bytes)
-        self.ignore_stops = ignore_stops
+        self.ignore_stops = ignore_stops  # for every request (benchmarks, tests); requests can ask for it too
         self.eos_ids = _eos_ids(self.model, self.tokenizer)
         self._vocabulary: healing.Vocabulary | None = None
 
@@ -132,13 +121,17 @@ class Engine:
         return result
 
     def _reusable_kv(self, key: str, ids: list[int]) -> tuple[Any, int]:
-        """The document's cache cropped to the longest prefix it shares with ``ids``."""
+        """The document's cache cropped to the longest prefix it shares with ``ids``.
+
+        A document with no entry of its own (the same file just opened in a
+        second window) takes over the entry that shares the most tokens.
+        """
         from .kv import new_cache  # torch and transformers load with the model, not with the server
 
-        entry = self.cache.take(key)
+        entry = self.cache.take(key) or self.cache.take_longest_prefix(ids, MIN_SHARED_TOKENS)
         if entry is not None:
             # Keep at least one prompt token to run: its logits start the decode.
-            shared = min(_common_prefix(entry.ids, ids), len(ids) - 1)
+            shared = min(common_prefix(entry.ids, ids), len(ids) - 1)
             if shared > 0 and _crop(entry.kv, shared):
                 return entry.kv, shared
         return new_cache(self.model.config), 0
@@ -157,11 +150,12 @@ class Engine:
     def _decode(self, logits: Any, kv: Any, request: GenerationRequest, result: GenerationResult, max_new: int):
         generated: list[int] = []
         text = ""
+        ignore_stops = request.ignore_stops or self.ignore_stops
         pending = result.healed  # text the first tokens must spell out again
         result.reason = "length"
         for step in range(max_new):
             token = self._constrained(logits, pending) if pending else greedy(logits)
-            if token in self.eos_ids and not self.ignore_stops:
+            if token in self.eos_ids and not ignore_stops:
                 result.reason = "eos"
                 break
             generated.append(token)
@@ -172,7 +166,7 @@ class Engine:
                 text, result.reason = "", "stop"
                 break
             text = full[len(result.healed) :]
-            cut = None if self.ignore_stops or pending else request.stop(text)
+            cut = None if ignore_stops or pending else request.stop(text)
             if cut is not None:
                 text, result.reason = text[:cut], "stop"
                 break
@@ -217,14 +211,6 @@ def _crop(kv: Any, length: int) -> bool:
         log.debug("KV cache not reusable: %s", exc)
         return False
     return kv.get_seq_length() == length
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
 
 
 def _model_window(model: Any, fallback: int) -> int:

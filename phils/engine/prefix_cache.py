@@ -53,6 +53,24 @@ class PrefixCache:
             entry = self._entries.pop(key, None)
         return entry.value if entry else None
 
+    def take_longest_prefix(self, ids: list[int], minimum: int) -> CachedPrefix | None:
+        """Take the entry that shares the longest token prefix with ``ids`` (at least ``minimum``)."""
+        with self._lock:
+            best_key, best = None, minimum - 1
+            for key, entry in self._entries.items():
+                if entry.value.ids[:1] == ids[:1] and (shared := common_prefix(entry.value.ids, ids)) > best:
+                    best_key, best = key, shared
+            entry = self._entries.pop(best_key, None) if best_key is not None else None
+        return entry.value if entry else None
+
+    def drop_where(self, predicate) -> int:
+        """Drop every entry whose key matches ``predicate`` (a window went away); returns how many."""
+        with self._lock:
+            keys = [key for key in self._entries if predicate(key)]
+            for key in keys:
+                self._entries.pop(key, None)
+        return len(keys)
+
     def put(self, key: str, prefix: CachedPrefix) -> None:
         size = prefix.nbytes
         if size > self.max_bytes:
@@ -75,6 +93,14 @@ class PrefixCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
 
 
 @dataclass

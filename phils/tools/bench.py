@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .lsp_client import start_server, stop_server
-from .machine import usable_cores
+from ..machine import usable_cores
 from .lsp_client import stats as server_stats
 
 MODES = {

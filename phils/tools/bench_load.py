@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from .raw_client import RawServer
-from .machine import process_figures
-from .stats import percentiles
+from ..machine import process_figures
+from ..lsp.stats import percentiles
 
 REQUEST_CANCELLED = -32800
 ALPHABET = "abcdefghij klmnop(qrs)tuv, wxyz = 0123456789 +-*"

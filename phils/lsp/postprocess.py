@@ -1,27 +1,17 @@
 """Small pure filters that turn raw model output into the suggestion to show.
 
-``stop_index`` is also called by the decode loop after every token, so
-generation ends as soon as the suggestion is complete; ``apply`` runs the
-ordered filters on the final text.
+``shape_of`` derives the stop rule's shape from the cursor (the rule itself,
+``stoprule.stop_index``, also runs in the engine's decode loop); ``apply``
+runs the ordered filters on the final text.
 """
 
 from __future__ import annotations
 
 import ast
-from dataclasses import dataclass
 from typing import Callable
 
+from ..stoprule import Shape, indent_width, stop_index
 from .documents import CursorContext
-
-
-@dataclass(frozen=True)
-class Shape:
-    """What the suggestion may look like at this cursor, derived once per request."""
-
-    single_line: bool  # text follows the cursor: finish this line only
-    min_indent: int  # a later line indented less than this ends the block
-    line_prefix: str  # what precedes the suggestion on its first line
-    max_lines: int
 
 
 def shape_of(ctx: CursorContext, multiline: bool = True, max_lines: int = 24) -> Shape:
@@ -33,58 +23,9 @@ def shape_of(ctx: CursorContext, multiline: bool = True, max_lines: int = 24) ->
     )
 
 
-def stop_index(text: str, shape: Shape) -> int | None:
-    """Where the suggestion ``text`` must end, or None while it may go on.
-
-    Stops: end of line in single-line mode; a non-blank line indented less than
-    the block (the block is over); two blank lines in a row; ``max_lines``.
-    """
-    if shape.single_line:
-        cut = text.find("\n")
-        return cut if cut >= 0 else None
-    lines = text.split("\n")
-    if (loop := _repetition_start(lines)) is not None:
-        return loop
-    offset = 0
-    blank_run = 0
-    for number, line in enumerate(lines):
-        whole = shape.line_prefix + line if number == 0 else line
-        complete = number < len(lines) - 1
-        if whole.strip():
-            blank_run = 0
-            if (number > 0 or not shape.line_prefix.strip()) and _indent(whole) < shape.min_indent:
-                return max(offset - 1, 0) if number > 0 else 0
-            if number >= shape.max_lines:
-                return offset - 1
-        elif complete and number > 0:
-            blank_run += 1
-            if blank_run >= 2:
-                return offset - 1 - len(lines[number - 1]) - 1
-        offset += len(line) + 1
-    return None
-
-
 def drop_unfinished_line(text: str) -> str:
     """Generation was cut short (token limit, deadline): keep only whole lines."""
     return text.rsplit("\n", 1)[0] if "\n" in text.rstrip() else text
-
-
-REPEATS = 3  # a block of lines seen this many times in a row is a loop
-
-
-def _repetition_start(lines: list[str]) -> int | None:
-    """Where a loop begins: the offset after the first of REPEATS identical blocks of 1-4 lines."""
-    complete = [line.strip() for line in lines[:-1]]
-    for size in range(1, 5):
-        span = size * REPEATS
-        if len(complete) < span:
-            break
-        tail = complete[-span:]
-        block = tail[:size]
-        if any(block) and all(tail[i] == block[i % size] for i in range(span)):
-            keep = len(complete) - span + size  # lines up to and including the first block
-            return len("\n".join(lines[:keep]))
-    return None
 
 
 # --- the filters, in order --------------------------------------------------
@@ -216,7 +157,7 @@ def _block_indent(ctx: CursorContext) -> int:
         line = _last_code_line(ctx.prefix[: len(ctx.prefix) - len(ctx.line_prefix)])
         if line is None:
             return 0
-    indent = _indent(line)
+    indent = indent_width(line)
     return indent + 1 if line.rstrip().endswith(":") else indent
 
 
@@ -225,8 +166,3 @@ def _last_code_line(text: str) -> str | None:
         if line.strip():
             return line
     return None
-
-
-def _indent(line: str) -> int:
-    expanded = line.expandtabs(4)
-    return len(expanded) - len(expanded.lstrip(" "))

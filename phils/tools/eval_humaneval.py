@@ -101,7 +101,7 @@ def complete_raw(settings: Any, rows: list[dict[str, Any]], max_new_tokens: int,
     import torch
     from transformers import StoppingCriteria
 
-    from .engine import load_model
+    from ..engine import load_model
 
     loaded = load_model(settings.engine)
     model, tokenizer = loaded.model, loaded.tokenizer

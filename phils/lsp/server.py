@@ -17,9 +17,9 @@ from pygls.exceptions import JsonRpcException
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 
-from . import __version__
+from .. import __version__
 from .completion import CompletionService, Suggestion
-from .config import Settings, client_settings, merge
+from ..config import Settings, client_settings, merge
 from .documents import use_lsp_line_breaks
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,8 @@ class PhilsServer(LanguageServer):
         self.service = CompletionService(settings, on_status=self._status_from_any_thread)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._progress_ids = itertools.count(1)
+        self._progress_token: str | None = None
+        self._last_status: tuple | None = None
         self.load_needed = True
 
     # --- settings ----------------------------------------------------------
@@ -82,11 +84,14 @@ class PhilsServer(LanguageServer):
     # --- model loading, status and progress --------------------------------
 
     async def load_model(self) -> None:
-        token = await self._begin_progress(f"phils: loading {self.service.settings.engine.model}")
-        future = self.service.load(progress=lambda message, percent: self._report_progress(token, message, percent))
-        await asyncio.wrap_future(future)
-        if token is not None:
-            self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=self.service.message))
+        """Start the engine client (the shared engine, a remote one, or the model in this process)."""
+        self._progress_token = await self._begin_progress(f"phils: loading {self.service.settings.engine.model}")
+        try:
+            await self.service.start()
+        finally:
+            token, self._progress_token = self._progress_token, None
+            if token is not None:
+                self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=self.service.message))
 
     async def _begin_progress(self, title: str) -> str | None:
         window = self.client_capabilities.window
@@ -101,20 +106,19 @@ class PhilsServer(LanguageServer):
         self.work_done_progress.begin(token, types.WorkDoneProgressBegin(title=title, percentage=0, cancellable=False))
         return token
 
-    def _report_progress(self, token: str | None, message: str, percent: int) -> None:
-        # Status bars that cannot read $/progress (the editors' own UI can) get it here too.
-        self._on_loop(self._send_status, "loading", message, percent)
-        if token is not None:
-            report = types.WorkDoneProgressReport(message=message, percentage=percent)
-            self._on_loop(self.work_done_progress.report, token, report)
-
-    def _status_from_any_thread(self, state: str, message: str) -> None:
-        self._on_loop(self._send_status, state, message)
+    def _status_from_any_thread(self, state: str, message: str, percent: int | None = None) -> None:
+        self._on_loop(self._send_status, state, message, percent)
 
     def _send_status(self, state: str, message: str, percent: int | None = None) -> None:
         params: dict[str, Any] = {"state": state, "message": message}
         if percent is not None:
             params["percent"] = percent
+        if state == "loading" and percent is not None and (token := self._progress_token) is not None:
+            # Editors show $/progress themselves; status bars read phils/status.
+            self.work_done_progress.report(token, types.WorkDoneProgressReport(message=message, percentage=percent))
+        if (state, message, percent) == self._last_status:
+            return
+        self._last_status = (state, message, percent)
         self.protocol.notify(STATUS_NOTIFICATION, params)
         if state == "error":
             self.window_show_message(types.ShowMessageParams(type=types.MessageType.Error, message=f"phils: {message}"))
@@ -216,10 +220,11 @@ class PhilsServer(LanguageServer):
 
     def client_gone(self) -> None:
         """Drop the departed client's work and documents; keep the model."""
-        self.service.cancel_all()
         for uri in list(self.workspace.text_documents):
             self.service.forget(uri)
+        self.service.client_gone()
         self.client_options = {}
+        self._last_status = None
 
     def open_document(self, uri: str):
         """An open document, or None: phils never completes files the editor has not opened."""
@@ -241,7 +246,7 @@ def create_server(settings: Settings, warnings: list[str] | None = None) -> Phil
         ls.flush_warnings()
         if ls.load_needed:
             await ls.load_model()
-        else:  # a later TCP client: the model is loaded (or loading) already
+        else:  # a later TCP client: the engine is started (or starting) already
             ls._send_status(ls.service.state, ls.service.message)
 
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
@@ -272,12 +277,12 @@ def create_server(settings: Settings, warnings: list[str] | None = None) -> Phil
         return types.CompletionList(is_incomplete=True, items=[_completion_item(suggestion)] if suggestion else [])
 
     @server.feature(STATS_REQUEST)
-    def stats(ls: PhilsServer, params: Any) -> dict[str, Any]:
-        return ls.service.stats_report()
+    async def stats(ls: PhilsServer, params: Any) -> dict[str, Any]:
+        return await ls.service.stats_report()
 
     @server.feature(types.SHUTDOWN)
-    def shutdown(ls: PhilsServer, *args: Any) -> None:
-        ls.service.close()
+    async def shutdown(ls: PhilsServer, *args: Any) -> None:
+        await ls.service.close()
 
     return server
 

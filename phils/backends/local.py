@@ -1,0 +1,55 @@
+"""The model in this process (``engine.backend = "local"``): for tests, ``phils complete``, and users who want it."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+from ..config import EngineSettings
+from ..engine.service import EngineService
+from ..protocol import EngineError, EngineJob, GenerationResult
+from . import StatusCallback, tokens
+
+
+class LocalBackend:
+    heals = True  # the decode loop can constrain tokens
+    warms = True
+
+    def __init__(self, settings: EngineSettings, on_status: StatusCallback):
+        self.service = EngineService(settings)
+        self.service.subscribe(lambda s: on_status(s["state"], s["message"], s.get("percent")))
+        self.count_tokens = tokens.estimate
+        self.description = "in this process"
+
+    @property
+    def context_tokens(self) -> int:
+        return self.service.model_info()["context_tokens"]
+
+    async def start(self) -> None:
+        await asyncio.wrap_future(self.service.load())
+        if self.service.state == "ready":
+            # Its own copy: a fast tokenizer used from two threads at once can fail ("Already borrowed").
+            self.count_tokens = tokens.from_json(self.service.tokenizer_json())
+
+    async def generate(self, job: EngineJob) -> GenerationResult:
+        if self.service.state != "ready":
+            raise EngineError(f"the model is {self.service.state}", "loading")
+        cancel = threading.Event()
+        try:
+            return await asyncio.wrap_future(self.service.submit(job, cancel))
+        except asyncio.CancelledError:  # superseded or $/cancelRequest: stop the decode loop too
+            cancel.set()
+            raise
+
+    async def forget(self, document: str) -> None:
+        self.service.forget("", document)
+
+    def forget_all(self) -> None:
+        self.service.window_left("")
+
+    async def report(self) -> dict[str, Any]:
+        return {"busy": self.service.busy, "cache": self.service.cache_report()}
+
+    async def close(self) -> None:
+        self.service.close()

@@ -1,0 +1,317 @@
+"""The completion pipeline: cursor context → prompt → engine → filters.
+
+This is the one module that knows all the others. It also owns the engine
+client's life cycle (start, report status, replace it on new settings), the
+rule that a newer request for a document cancels the older one, and the
+warm-ups sent while the user types. It knows nothing of LSP types, and
+nothing of which engine answers: that is chosen once, in ``backends``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+from .. import backends
+from ..config import Settings
+from ..machine import process_figures
+from ..protocol import EngineError, EngineJob
+from . import postprocess, prompt
+from .documents import CursorContext, cursor_context
+from .stats import Stats
+from .typed_through import Shown, rest_of
+
+log = logging.getLogger(__name__)
+
+StatusCallback = Callable[[str, str, Any], None]  # (state, message, percent), called from any thread
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    text: str
+    line: int  # where it is inserted (the cursor), in the client's units
+    character: int
+    reason: str = ""  # why generation ended
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+    new_tokens: int = 0
+    total_ms: float = 0.0
+
+
+class CompletionService:
+    def __init__(self, settings: Settings, on_status: StatusCallback = lambda state, message, percent=None: None):
+        self.settings = settings
+        self.on_status = on_status
+        self.state = "idle"  # idle | loading | ready | error
+        self.message = ""
+        self.backend: Any = None
+        self._in_flight: dict[str, asyncio.Task] = {}
+        self._warming: dict[str, asyncio.Task] = {}
+        self._warm_timers: dict[str, asyncio.TimerHandle] = {}
+        self._shown: dict[str, Shown] = {}
+        self._tail_starts: dict[str, int] = {}  # per document: where its prompt's tail starts
+        self._faulted = False  # the last completion failed: the editor shows an error until one works
+        self.stats = Stats()
+        self.doc_stats: dict[str, Stats] = defaultdict(Stats)
+
+    # --- the engine's life cycle ---------------------------------------------
+
+    async def start(self) -> None:
+        """Start (or restart, on new engine settings) the engine client; returns when ready or failed."""
+        self.cancel_all()
+        if self.backend is not None:
+            old, self.backend = self.backend, None
+            await old.close()
+        self._set_state("loading", f"loading {self.settings.engine.model}")
+        backend = backends.make_backend(self.settings.engine, self._backend_status)
+        self.backend = backend
+        try:
+            await backend.start()
+        except Exception as exc:  # never let a start failure take the server down
+            log.exception("engine start failed")
+            self._set_state("error", f"cannot start the engine: {type(exc).__name__}: {exc}")
+
+    def _backend_status(self, state: str, message: str, percent: Any = None) -> None:
+        self._set_state(state, message, percent)
+
+    def update_settings(self, settings: Settings) -> bool:
+        """Apply new settings; True when the engine client must be replaced for them."""
+        restart = settings.engine != self.settings.engine
+        self.settings = settings
+        return restart
+
+    def _set_state(self, state: str, message: str, percent: int | None = None) -> None:
+        changed = (state, message) != (self.state, self.message)
+        self.state, self.message = state, message
+        if changed and state != "loading":
+            (log.error if state == "error" else log.info)("engine %s: %s", state, message)
+        self.on_status(state, message, percent)
+
+    # --- completions -------------------------------------------------------
+
+    async def complete(self, doc: Any, line: int, character: int) -> Suggestion | None:
+        """The suggestion at (line, character) of a pygls document, or None."""
+        backend = self.backend
+        if not self.settings.completion.enabled or self.state != "ready" or backend is None:
+            return None
+        ctx = cursor_context(doc, line, character)
+        if ctx is None:
+            return None
+        if (rest := rest_of(self._shown.get(ctx.uri), ctx)) is not None:
+            for stats in (self.stats, self.doc_stats[ctx.uri]):
+                stats.record_typed_through()
+            return Suggestion(text=rest, line=line, character=character, reason="typed-through")
+        self._preempt_warmups()
+        if (older := self._in_flight.get(ctx.uri)) is not None:
+            older.cancel()  # a newer request supersedes it, and closing its stream stops the engine
+        run = asyncio.ensure_future(
+            run_pipeline(backend, ctx, self.settings, (self.stats, self.doc_stats[ctx.uri]), self._tail_starts)
+        )
+        self._in_flight[ctx.uri] = run
+        try:
+            suggestion = await run  # $/cancelRequest cancels this task, and with it ``run``
+        except asyncio.CancelledError:
+            if run.cancelled() and not _cancelling():  # superseded: the editor gets an empty answer
+                return None
+            raise
+        except EngineError as exc:
+            if exc.status == "error":
+                self._fault(str(exc))
+            return None
+        except Exception as exc:  # a fault in one request must not end the server
+            log.exception("completion failed")
+            self._fault(f"completion failed: {type(exc).__name__}: {exc}")
+            return None
+        finally:
+            if self._in_flight.get(ctx.uri) is run:
+                del self._in_flight[ctx.uri]
+        if self._faulted and self.state == "ready":  # the engine works again: clear the editor's error
+            self._faulted = False
+            self.on_status("ready", self.message, None)
+        if suggestion is not None:
+            self._shown[ctx.uri] = Shown(ctx.prefix, ctx.suffix, suggestion.text)
+        return suggestion
+
+    def _fault(self, message: str) -> None:
+        self._faulted = True
+        self.on_status("error", message[:300], None)
+
+    # --- warm-up: prefill while the user types -----------------------------
+
+    def schedule_warmup(self, doc: Any, line: int, character: int) -> None:
+        """After an edit, prefill the prompt at (line, character) once typing pauses.
+
+        Call on the event loop. A warm-up is sent only when this window waits
+        for nothing, and any completion request preempts it.
+        """
+        delay = self.settings.completion.warmup_ms
+        backend = self.backend
+        if delay <= 0 or not self.settings.engine.kv_cache or self.state != "ready" or not backend or not backend.warms:
+            return
+        if (timer := self._warm_timers.pop(doc.uri, None)) is not None:
+            timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._warm_timers[doc.uri] = loop.call_later(delay / 1000, self._start_warmup, doc, line, character)
+
+    def _start_warmup(self, doc: Any, line: int, character: int) -> None:
+        self._warm_timers.pop(doc.uri, None)
+        backend = self.backend
+        if backend is None or self._in_flight or self._warming:
+            return
+        ctx = cursor_context(doc, line, character)  # a snapshot: the loop owns the text
+        if ctx is None:
+            return
+        task = asyncio.ensure_future(self._warm(backend, ctx))
+        self._warming[ctx.uri] = task
+        task.add_done_callback(lambda t: self._warming.pop(ctx.uri, None) if self._warming.get(ctx.uri) is t else None)
+
+    async def _warm(self, backend: Any, ctx: CursorContext) -> None:
+        try:
+            built = build_prompt(backend, ctx, self.settings, self._tail_starts)
+            text = built.text if backend.heals else built.text[: len(built.text) - len(built.forced)]
+            job = EngineJob(document=ctx.uri, prompt=text, max_new_tokens=self.settings.engine.max_new_tokens,
+                            warmup=True)
+            result = await backend.generate(job)
+            for stats in (self.stats, self.doc_stats[ctx.uri]):
+                stats.record_warmup(result.prefill_tokens, result.reason == "cancelled")
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # a warm-up is optional work: note it, and the request will tell the editor
+            log.warning("warm-up failed", exc_info=True)
+
+    def _preempt_warmups(self) -> None:
+        for task in list(self._warming.values()):
+            task.cancel()
+
+    def forget(self, uri: str) -> None:
+        """The document closed: drop its in-flight work and cached state."""
+        for table in (self._in_flight, self._warming):
+            if (task := table.pop(uri, None)) is not None:
+                task.cancel()
+        if (timer := self._warm_timers.pop(uri, None)) is not None:
+            timer.cancel()
+        self._shown.pop(uri, None)
+        self._tail_starts.pop(uri, None)
+        self.doc_stats.pop(uri, None)
+        if self.backend is not None:
+            asyncio.ensure_future(self.backend.forget(uri))
+
+    def client_gone(self) -> None:
+        """A TCP client left: its documents' caches go, the engine stays."""
+        self.cancel_all()
+        for uri in list(self._shown) + list(self._tail_starts):
+            self.forget(uri)
+        if self.backend is not None:
+            self.backend.forget_all()
+
+    def cancel_all(self) -> None:
+        for task in [*self._in_flight.values(), *self._warming.values()]:
+            task.cancel()
+        for timer in self._warm_timers.values():
+            timer.cancel()
+        self._warm_timers.clear()
+
+    async def stats_report(self) -> dict[str, Any]:
+        engine = await self.backend.report() if self.backend is not None else {}
+        return {
+            "state": self.state,
+            "backend": self.settings.engine.backend,
+            "busy": bool(engine.get("busy")) or bool(self._in_flight),
+            "process": process_figures(),
+            "queued": len(self._in_flight),
+            **self.stats.as_dict(),
+            "cache": {"bytes": 0, "budget_bytes": 0, "documents": 0, "evictions": 0, **engine.get("cache", {})},
+            "engine": engine.get("engine", {}),
+            # A list, not a map keyed by URI: clients that turn objects into records lose such keys.
+            "documents": [{"uri": uri, **stats.as_dict()} for uri, stats in list(self.doc_stats.items())],
+        }
+
+    async def close(self) -> None:
+        self.cancel_all()
+        if self.backend is not None:
+            await self.backend.close()
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return bool(task is not None and task.cancelling())
+
+
+def build_prompt(backend: Any, ctx: CursorContext, settings: Settings, tail_starts: dict[str, int]) -> prompt.Prompt:
+    """The document's prompt, its tail starting where the last one did if it still fits."""
+    budget = backend.context_tokens - settings.engine.max_new_tokens
+    built = prompt.build(ctx, backend.count_tokens, budget, keep_start=tail_starts.get(ctx.uri))
+    if built.tail_start is not None:
+        tail_starts[ctx.uri] = built.tail_start
+    return built
+
+
+async def run_pipeline(
+    backend: Any,
+    ctx: CursorContext,
+    settings: Settings,
+    stats: tuple[Stats, ...] = (),
+    tail_starts: dict[str, int] | None = None,
+) -> Suggestion | None:
+    """One completion, start to end: context → prompt → engine → filters."""
+    started = time.monotonic()
+    built = build_prompt(backend, ctx, settings, {} if tail_starts is None else tail_starts)
+    shape = postprocess.shape_of(ctx, settings.completion.multiline, settings.completion.max_lines)
+    text, held_back, forced = built.text, built.held_back, built.forced
+    if forced and not backend.heals:
+        # An engine that cannot heal would continue the indentation oddly: leave it
+        # out of the prompt and take it back from the model's own first line.
+        text, held_back = text[: len(text) - len(forced)], forced
+    # The model continues the prompt, which ends before any held-back indentation
+    # and after any indentation an empty body needs (which begins the suggestion).
+    model_shape = replace(shape, line_prefix=built.forced if backend.heals else "") if held_back or forced else shape
+    timeout = settings.completion.timeout_ms
+    job = EngineJob(
+        document=ctx.uri,
+        prompt=text,
+        max_new_tokens=settings.engine.max_new_tokens,
+        shape=model_shape,
+        heal=backend.heals,
+        ignore_stops=settings.engine.ignore_stops,
+        deadline_ms=timeout,
+    )
+    try:
+        result = await backend.generate(job)
+    except asyncio.CancelledError:
+        for counters in stats:
+            counters.cancelled += 1
+            counters.requests += 1
+        raise
+    raw = result.text if backend.heals or not forced else prompt.heal(result.text, forced)
+    text = (built.forced if backend.heals else forced) + prompt.heal(raw, built.held_back)
+    if result.reason in ("length", "deadline") and not shape.single_line:
+        text = postprocess.drop_unfinished_line(text)
+    text = postprocess.apply(text, ctx, shape)
+    total_ms = (time.monotonic() - started) * 1000
+    suggestion = None
+    if text and result.reason != "cancelled":
+        suggestion = Suggestion(
+            text=text,
+            line=ctx.line,
+            character=ctx.character,
+            reason=result.reason,
+            prompt_tokens=result.prompt_tokens,
+            reused_tokens=result.reused_tokens,
+            new_tokens=result.new_tokens,
+            total_ms=total_ms,
+        )
+    for counters in stats:
+        counters.record(result, suggestion is not None, total_ms)
+    log.info(
+        "completion %s:%d:%d prompt=%d reused=%d prefill=%d new=%d end=%s %.0f ms",
+        os.path.basename(ctx.uri), ctx.line, ctx.character, result.prompt_tokens, result.reused_tokens,
+        result.prefill_tokens, result.new_tokens, result.reason, total_ms,
+    )
+    if settings.log.buffer_text:
+        log.info("prompt tail %r → suggestion %r", built.text[-200:], text)
+    return suggestion

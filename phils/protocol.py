@@ -1,0 +1,69 @@
+"""The data that crosses the engine boundary, in both processes: a job and its result.
+
+Plain dataclasses (no torch, no pygls): the front builds an ``EngineJob``,
+any engine (in-process, phils' own over HTTP, vLLM, llama-server) answers
+with a ``GenerationResult``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .stoprule import Shape
+
+KEY_SEPARATOR = "\x1f"  # between a window's id and a document's URI in an engine's cache key
+
+
+@dataclass(frozen=True)
+class EngineJob:
+    """One completion, or a warm-up: the prompt's KV computed ahead of the request that will follow."""
+
+    document: str  # the document's URI (or any name): whose KV prefix to reuse
+    prompt: str
+    max_new_tokens: int  # a warm-up keeps room for this many, as the completion after it will
+    warmup: bool = False
+    shape: Shape | None = None  # the stop rule, as data; None: stop at EOS or the token limit only
+    stop_strings: tuple[str, ...] = ()  # OpenAI's "stop": end before the first of these
+    heal: bool = True  # token healing, where the engine can constrain tokens
+    ignore_stops: bool = False  # decode max_new_tokens whatever the stop rule and EOS say (benchmarks)
+    deadline_ms: int = 0  # longest the decode may take; 0 = no limit
+    window: str = ""  # the editor window that asked; its departure cancels the job
+
+    @property
+    def key(self) -> str:
+        return f"{self.window}{KEY_SEPARATOR}{self.document}"
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    reason: str  # stop | eos | length | cancelled | deadline | warmup
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+    prefill_tokens: int = 0
+    new_tokens: int = 0
+    prefill_ms: float = 0.0
+    decode_ms: float = 0.0
+    first_token_ms: float | None = None  # from the request's start to its first token
+    decode_steps: int = 0  # forward passes of one token each
+    healed: str = ""  # the prompt's last token, backed off and generated again
+
+    @classmethod
+    def from_dict(cls, text: str, data: Any) -> "GenerationResult":
+        """A result from an engine's answer; unknown or malformed fields are ignored."""
+        result = cls(text=text, reason="stop")
+        if isinstance(data, dict):
+            for f in fields(cls):
+                value = data.get(f.name)
+                if f.name != "text" and value is not None and isinstance(value, (int, float, str)):
+                    setattr(result, f.name, value)
+        return result
+
+
+class EngineError(RuntimeError):
+    """An engine refused or failed a request; ``status`` is the editor-facing state it implies."""
+
+    def __init__(self, message: str, status: str = "error"):
+        super().__init__(message)
+        self.status = status  # "loading" (try again later) or "error"

@@ -1,0 +1,95 @@
+"""The stop rule: where a suggestion must end, as a pure function of its text and a shape.
+
+The front derives the ``Shape`` from the cursor; the engine runs ``stop_index``
+after every decoded token, so generation ends as soon as the suggestion is
+complete. The shape travels between the two processes as plain data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the suggestion may look like at this cursor, derived once per request."""
+
+    single_line: bool  # text follows the cursor: finish this line only
+    min_indent: int  # a later line indented less than this ends the block
+    line_prefix: str  # what precedes the suggestion on its first line
+    max_lines: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "Shape":
+        """A shape sent by a front; raises ValueError when it is not one."""
+        if not isinstance(data, dict):
+            raise ValueError("the stop rule must be an object")
+        try:
+            shape = cls(
+                single_line=bool(data["single_line"]),
+                min_indent=int(data["min_indent"]),
+                line_prefix=str(data.get("line_prefix", "")),
+                max_lines=int(data["max_lines"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"bad stop rule: {exc}") from None
+        return shape
+
+
+def stop_index(text: str, shape: Shape) -> int | None:
+    """Where the suggestion ``text`` must end, or None while it may go on.
+
+    Stops: end of line in single-line mode; a non-blank line indented less than
+    the block (the block is over); two blank lines in a row; ``max_lines``.
+    """
+    if shape.single_line:
+        cut = text.find("\n")
+        return cut if cut >= 0 else None
+    lines = text.split("\n")
+    if (loop := _repetition_start(lines)) is not None:
+        return loop
+    offset = 0
+    blank_run = 0
+    for number, line in enumerate(lines):
+        whole = shape.line_prefix + line if number == 0 else line
+        complete = number < len(lines) - 1
+        if whole.strip():
+            blank_run = 0
+            if (number > 0 or not shape.line_prefix.strip()) and indent_width(whole) < shape.min_indent:
+                return max(offset - 1, 0) if number > 0 else 0
+            if number >= shape.max_lines:
+                return offset - 1
+        elif complete and number > 0:
+            blank_run += 1
+            if blank_run >= 2:
+                return offset - 1 - len(lines[number - 1]) - 1
+        offset += len(line) + 1
+    return None
+
+
+REPEATS = 3  # a block of lines seen this many times in a row is a loop
+
+
+def _repetition_start(lines: list[str]) -> int | None:
+    """Where a loop begins: the offset after the first of REPEATS identical blocks of 1-4 lines."""
+    complete = [line.strip() for line in lines[:-1]]
+    for size in range(1, 5):
+        span = size * REPEATS
+        if len(complete) < span:
+            break
+        tail = complete[-span:]
+        block = tail[:size]
+        if any(block) and all(tail[i] == block[i % size] for i in range(span)):
+            keep = len(complete) - span + size  # lines up to and including the first block
+            return len("\n".join(lines[:keep]))
+    return None
+
+
+def indent_width(line: str) -> int:
+    expanded = line.expandtabs(4)
+    return len(expanded) - len(expanded.lstrip(" "))

@@ -1,0 +1,1 @@
+"""Benchmarks, evals and test-model tools: not needed to serve completions."""
