@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from typing import Any
 
 from ..config import EngineSettings
-from ..engine.service import EngineService
+from ..engine.service import CancelFlag, EngineService
 from ..protocol import EngineError, EngineJob, GenerationResult
 from . import StatusCallback, tokens
 
@@ -35,7 +34,7 @@ class LocalBackend:
     async def generate(self, job: EngineJob) -> GenerationResult:
         if self.service.state != "ready":
             raise EngineError(f"the model is {self.service.state}", "loading")
-        cancel = threading.Event()
+        cancel = CancelFlag()
         try:
             return await asyncio.wrap_future(self.service.submit(job, cancel))
         except asyncio.CancelledError:  # superseded or $/cancelRequest: stop the decode loop too

@@ -39,6 +39,7 @@ class GenerationRequest:
     deadline: float | None = None  # time.monotonic() after which decoding stops
     heal: bool = True  # redo the prompt's last token when it ends mid-word (token healing)
     ignore_stops: bool = False  # decode max_new_tokens whatever the stop rule and EOS say (benchmarks)
+    on_token: Callable[[int], None] | None = None  # told the count of new tokens after each one
 
 
 def greedy(logits: Any) -> int:
@@ -159,6 +160,8 @@ class Engine:
                 result.reason = "eos"
                 break
             generated.append(token)
+            if request.on_token is not None:
+                request.on_token(len(generated))
             if pending:
                 pending = healing.consume(pending, self.tokenizer.decode([token], skip_special_tokens=True))
             full = self.tokenizer.decode(generated, skip_special_tokens=True)

@@ -19,7 +19,6 @@ import os
 import secrets
 import signal
 import socket
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -33,7 +32,7 @@ from ..machine import process_figures
 from ..runtime import settings_hash
 from ..stoprule import Shape
 from ..protocol import EngineJob, GenerationResult
-from .service import EngineService
+from .service import CancelFlag, EngineService
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +126,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     if stream:  # headers now: the client knows it is queued, however long the prefill takes
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
-    cancel = threading.Event()
+    cancel = CancelFlag()
     future = service.submit(job, cancel)
     try:
         result: GenerationResult = await asyncio.wrap_future(future)

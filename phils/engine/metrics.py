@@ -20,6 +20,9 @@ class EngineMetrics:
                                  buckets=LATENCY_BUCKETS, registry=registry)
         self.first_token = Histogram("phils_first_token_seconds", "From started to the first new token",
                                      buckets=LATENCY_BUCKETS, registry=registry)
+        self.after_cancel = Counter("phils_tokens_after_cancel",
+                                    "Tokens decoded after a request was cancelled (at most one each)",
+                                    registry=registry)
         self.windows = Gauge("phils_windows_attached", "Editor windows attached to this engine", registry=registry)
         Gauge("phils_kv_cache_bytes", "Bytes held by the per-document KV caches",
               registry=registry).set_function(lambda: service.cache_report()["bytes"])

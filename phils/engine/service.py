@@ -31,6 +31,22 @@ log = logging.getLogger(__name__)
 StatusListener = Callable[[dict[str, Any]], None]  # called from any thread
 
 
+class CancelFlag(threading.Event):
+    """A job's cancel flag that remembers how far the decode loop was when it was set.
+
+    The tokens decoded after that point are the cost of a cancellation: the
+    loop checks the flag between tokens, so it should never exceed one.
+    """
+
+    decoded = 0  # new tokens so far, written by the decode loop
+    decoded_at_cancel: int | None = None
+
+    def set(self) -> None:
+        if self.decoded_at_cancel is None:
+            self.decoded_at_cancel = self.decoded
+        super().set()
+
+
 class EngineService:
     def __init__(self, settings: EngineSettings):
         self.settings = settings
@@ -42,9 +58,9 @@ class EngineService:
         self._worker = ModelWorker()
         self._lock = threading.Lock()
         self._listeners: list[StatusListener] = []
-        self._newest: dict[str, threading.Event] = {}  # key → the cancel flag of its newest completion
-        self._warmups: set[threading.Event] = set()
-        self._by_window: dict[str, set[threading.Event]] = {}
+        self._newest: dict[str, CancelFlag] = {}  # key → the cancel flag of its newest completion
+        self._warmups: set[CancelFlag] = set()
+        self._by_window: dict[str, set[CancelFlag]] = {}
         self.last_activity = time.monotonic()
 
     # --- status ------------------------------------------------------------
@@ -102,9 +118,9 @@ class EngineService:
 
     # --- work --------------------------------------------------------------
 
-    def submit(self, job: EngineJob, cancel: threading.Event | None = None) -> Future:
+    def submit(self, job: EngineJob, cancel: CancelFlag | None = None) -> Future:
         """Queue a job; its Future gives a GenerationResult. Setting ``cancel`` stops it between tokens."""
-        cancel = cancel or threading.Event()
+        cancel = cancel or CancelFlag()
         self.last_activity = time.monotonic()
         with self._lock:
             if job.warmup:
@@ -121,7 +137,7 @@ class EngineService:
         future.add_done_callback(lambda _: self._finished(job, cancel))
         return future
 
-    def _finished(self, job: EngineJob, cancel: threading.Event) -> None:
+    def _finished(self, job: EngineJob, cancel: CancelFlag) -> None:
         with self._lock:
             self._warmups.discard(cancel)
             if self._newest.get(job.key) is cancel:
@@ -132,7 +148,7 @@ class EngineService:
                     del self._by_window[job.window]
         self.last_activity = time.monotonic()
 
-    def _run(self, job: EngineJob, cancel: threading.Event, queued_at: float) -> GenerationResult:
+    def _run(self, job: EngineJob, cancel: CancelFlag, queued_at: float) -> GenerationResult:
         engine = self.engine
         if engine is None:
             raise RuntimeError(f"the model is not loaded ({self.state}: {self.message})")
@@ -151,8 +167,11 @@ class EngineService:
                 deadline=time.monotonic() + job.deadline_ms / 1000 if job.deadline_ms else None,
                 heal=job.heal,
                 ignore_stops=job.ignore_stops,
+                on_token=partial(setattr, cancel, "decoded"),
             ))
         self.metrics.record(job, result, (time.monotonic() - queued_at) * 1000)
+        if cancel.decoded_at_cancel is not None and not job.warmup:
+            self.metrics.after_cancel.inc(max(result.new_tokens - cancel.decoded_at_cancel, 0))
         return result
 
     def forget(self, window: str, document: str) -> None:
