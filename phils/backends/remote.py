@@ -63,6 +63,7 @@ def _llama_body(job: EngineJob, model: str) -> dict[str, Any]:
         "cache_prompt": True, "temperature": 0.0, "top_k": 1, "samplers": ["top_k"],
         "stop": ["\n"] if job.shape is not None and job.shape.single_line else [],
         "ignore_eos": job.ignore_stops,
+        "timings_per_token": True,  # cache figures even when phils closes the stream early
     }
     if job.deadline_ms:
         body["t_max_predict_ms"] = job.deadline_ms
