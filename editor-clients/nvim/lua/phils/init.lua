@@ -152,10 +152,18 @@ local function on_detach(args)
   end
 end
 
+-- Grey in every terminal: Comment has only a GUI colour in Neovim's default scheme,
+-- so in a 256-colour terminal without termguicolors a suggestion linked to it looked
+-- exactly like typed code. cterm 244 / #808080 is copilot.vim's choice.
+local function define_highlight()
+  api.nvim_set_hl(0, "PhilsGhostText", { ctermfg = 244, fg = "#808080", italic = true, default = true })
+end
+
 function M.setup(opts)
   config.set(opts)
-  api.nvim_set_hl(0, "PhilsGhostText", { link = "Comment", default = true })
+  define_highlight()
   local group = api.nvim_create_augroup("phils", { clear = true })
+  api.nvim_create_autocmd("ColorScheme", { group = group, callback = define_highlight })
   api.nvim_create_autocmd("FileType", {
     group = group,
     pattern = config.options.filetypes,
