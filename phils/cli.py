@@ -49,6 +49,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _complete(args: argparse.Namespace) -> int:
     settings, warnings = resolve_settings(args)
+    if settings.engine.backend == "auto" and not args.shared:
+        settings.engine.backend = "local"  # one completion: no engine left running afterwards
     _setup_logging(settings)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -131,6 +133,13 @@ def _make_test_model(args: argparse.Namespace) -> int:
 
 def _bench_keystrokes(args: argparse.Namespace) -> int:
     from .tools.bench import run
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    return run(args)
+
+
+def _bench_windows(args: argparse.Namespace) -> int:
+    from .tools.bench_windows import run
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     return run(args)
@@ -267,6 +276,8 @@ def _parser() -> argparse.ArgumentParser:
     complete.add_argument("file")
     complete.add_argument("--line", type=int, required=True, help="0-based line, as in LSP")
     complete.add_argument("--col", type=int, required=True, help="0-based column in UTF-16 units, as in LSP")
+    complete.add_argument("--shared", action="store_true",
+                          help="use (or start) the shared engine instead of loading the model in this process")
     complete.set_defaults(run=_complete)
 
     engine = with_settings(commands.add_parser(
@@ -315,6 +326,16 @@ def _parser() -> argparse.ArgumentParser:
         load.add_argument("--name", help="results file name (default: the model's name)")
         load.add_argument("--out", default="bench/results")
         load.set_defaults(run=_bench_load)
+
+    windows = bench.add_parser("windows", help="N windows typing at once: one shared engine vs a server each")
+    windows.add_argument("--model", help="model for every window")
+    windows.add_argument("--profile", help="or a profile (e.g. gemma3)")
+    windows.add_argument("--windows", default="1,2,4", help="window counts to run (comma-separated)")
+    windows.add_argument("--new-tokens", type=int, default=16, help="tokens generated per request")
+    windows.add_argument("--set", action="append", metavar="KEY=VALUE", help="extra server settings")
+    windows.add_argument("--name", help="results file name (default: the model's name)")
+    windows.add_argument("--out", default="bench/results")
+    windows.set_defaults(run=_bench_windows)
 
     doctor = commands.add_parser("doctor", help="what this machine has for running a model, and what to use")
     doctor.add_argument("--json", action="store_true")

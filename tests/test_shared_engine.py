@@ -326,3 +326,19 @@ def _metrics(port: int, token: str) -> dict[str, float]:
             name, value = line.rsplit(" ", 1)
             values[name] = float(value)
     return values
+
+
+def test_a_runtime_dir_that_is_not_ours_is_refused_with_an_error(tiny_model, tmp_path):
+    from phils.tools.raw_client import RawServer as Raw
+
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    (tmp_path / "elsewhere").mkdir()
+    (runtime / "phils").symlink_to(tmp_path / "elsewhere")  # planted: not a directory of ours
+    server = Raw("--model", str(tiny_model), env={**server_env(), "XDG_RUNTIME_DIR": str(runtime)}, cwd=str(ROOT))
+    try:
+        server.initialize(wait_ready=False)
+        assert "refusing" in server.wait_status("error", timeout=30)["message"]
+        assert server.alive()
+    finally:
+        server.close()

@@ -8,7 +8,8 @@ from typing import Any
 from ..config import EngineSettings
 from ..engine.service import CancelFlag, EngineService
 from ..protocol import EngineError, EngineJob, GenerationResult
-from . import StatusCallback, tokens
+from .. import tokens
+from . import StatusCallback
 
 
 class LocalBackend:
@@ -28,8 +29,7 @@ class LocalBackend:
     async def start(self) -> None:
         await asyncio.wrap_future(self.service.load())
         if self.service.state == "ready":
-            # Its own copy: a fast tokenizer used from two threads at once can fail ("Already borrowed").
-            self.count_tokens = tokens.from_json(self.service.tokenizer_json())
+            self.count_tokens = self.service.count_tokens
 
     async def generate(self, job: EngineJob) -> GenerationResult:
         if self.service.state != "ready":

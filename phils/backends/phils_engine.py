@@ -21,8 +21,9 @@ import aiohttp
 
 from ..config import EngineSettings
 from ..protocol import EngineError, EngineJob, GenerationResult
-from ..runtime import read_or_make_token, token_file
-from . import StatusCallback, autostart, sse, tokens
+from ..runtime import RuntimeDirError, read_or_make_token, token_file
+from .. import tokens
+from . import StatusCallback, autostart, sse
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +95,11 @@ class PhilsEngineBackend:
                 reason = "the engine went away"
             except asyncio.CancelledError:
                 raise
-            except (autostart.EngineStartError, aiohttp.ClientError, OSError, ValueError) as exc:
+            except Exception as exc:  # EngineStartError, RuntimeDirError, a refused token, a dropped stream...
                 failures += 1
                 reason = str(exc) or type(exc).__name__
+                if isinstance(exc, RuntimeDirError):
+                    failures = RESTARTS  # retrying cannot make the directory ours
             if self._closed:
                 return
             if not self.autostart or failures >= RESTARTS:
@@ -126,10 +129,12 @@ class PhilsEngineBackend:
 
     async def _fetch_model_facts(self) -> None:
         assert self._session is not None
-        async with self._session.get(f"{self._base()}/phils/v1/tokenizer") as response:
-            facts = await response.json(content_type=None) if response.status == 200 else {}
-        self.count_tokens = await asyncio.to_thread(tokens.from_json, facts.get("tokenizer"))
-        self.context_tokens = int(facts.get("context_tokens") or self.settings.context_tokens)
+        async with self._session.get(f"{self._base()}/v1/models") as response:
+            models = await response.json(content_type=None) if response.status == 200 else {}
+        meta = ((models.get("data") or [{}])[0]).get("meta") or {}
+        self.context_tokens = int(meta.get("context_tokens") or self.settings.context_tokens)
+        headers = {"Authorization": f"Bearer {self._token()}"} if self._socket is None else {}
+        self.count_tokens = tokens.RemoteCounter(str(self._socket) if self._socket else None, self.settings.url, headers)
 
     def _status(self, state: str, message: str, percent: Any = None) -> None:
         self.state = state

@@ -24,7 +24,8 @@ import aiohttp
 from ..config import EngineSettings
 from ..protocol import EngineError, EngineJob, GenerationResult
 from ..stoprule import stop_index
-from . import StatusCallback, sse, tokens
+from .. import tokens
+from . import StatusCallback, sse
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ data, healing, warm-up). Closing the connection cancels the request between
 two tokens. Besides: ``GET /health`` (503 while loading, like llama-server),
 ``GET /v1/models``, ``GET /metrics`` (Prometheus), and under ``/phils/v1/``
 the window attachment (a status event stream whose end means the window
-left), the tokenizer for counting prompt tokens, forget and shutdown.
+left), forget and shutdown; ``POST /tokenize`` counts a prompt's tokens.
 """
 
 from __future__ import annotations
@@ -218,11 +218,18 @@ async def metrics(request: web.Request) -> web.Response:
                         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
-async def tokenizer(request: web.Request) -> web.Response:
+async def tokenize(request: web.Request) -> web.Response:
+    """``{"prompt": text}`` → ``{"count": n}``, as vLLM's /tokenize answers (without the ids)."""
     service = request.app[SERVICE]
+    try:
+        text = (await request.json())["prompt"]
+        if not isinstance(text, str):
+            raise TypeError
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+        return _error(400, "expected {prompt: string}", "invalid_request_error")
     if service.state != "ready":
         return _error(503, f"the model is {service.state}", "unavailable_error")
-    return web.json_response({"tokenizer": service.tokenizer_json(), **service.model_info()})
+    return web.json_response({"count": service.count_tokens(text), "max_model_len": service.model_info()["context_tokens"]})
 
 
 async def forget(request: web.Request) -> web.Response:
@@ -275,7 +282,7 @@ def make_app(service: EngineService, token: str | None = None) -> web.Applicatio
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/phils/v1/attach", attach)
-    app.router.add_get("/phils/v1/tokenizer", tokenizer)
+    app.router.add_post("/tokenize", tokenize)
     app.router.add_post("/phils/v1/forget", forget)
     app.router.add_post("/phils/v1/shutdown", shutdown)
     return app

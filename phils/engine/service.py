@@ -17,6 +17,7 @@ from functools import partial
 from typing import Any, Callable
 
 from ..config import EngineSettings
+from .. import tokens
 from ..machine import available_memory
 from ..stoprule import Shape, stop_index
 from .errors import ModelLoadError
@@ -54,6 +55,7 @@ class EngineService:
         self.message = ""
         self.percent: int | None = None
         self.engine: Engine | None = None
+        self._counter: Callable[[str], int] | None = None
         self.metrics = EngineMetrics(self)
         self._worker = ModelWorker()
         self._lock = threading.Lock()
@@ -97,7 +99,7 @@ class EngineService:
         return self._worker.submit(self._load)
 
     def _load(self) -> None:
-        self.engine = None
+        self.engine, self._counter = None, None
         gc.collect()
         settings = self.settings
         try:
@@ -114,6 +116,10 @@ class EngineService:
             self._set_state("error", f"cannot load {settings.model}: {type(exc).__name__}: {exc}")
             return
         self.engine = engine
+        # A tokenizer of its own for counting: one shared with the worker can fail when
+        # two threads use it at once ("Already borrowed").
+        described = self.tokenizer_json()
+        self._counter = tokens.from_json(described) if described else engine.count_tokens
         self._set_state("ready", f"{settings.model} on {loaded.device} ({loaded.dtype}), loaded in {loaded.seconds:.1f} s")
 
     # --- work --------------------------------------------------------------
@@ -205,8 +211,15 @@ class EngineService:
     def busy(self) -> bool:
         return self._worker.busy or self._worker.pending > 0
 
+    def count_tokens(self, text: str) -> int:
+        """Prompt tokens in ``text``, for fronts sizing a prompt; safe from any thread."""
+        counter = self._counter
+        if counter is None:
+            raise RuntimeError(f"the model is {self.state}")
+        return counter(text)
+
     def tokenizer_json(self) -> str | None:
-        """The model's tokenizer as tokenizer.json text, for fronts that count prompt tokens."""
+        """The model's tokenizer as tokenizer.json text (for a counting copy)."""
         engine = self.engine
         backend = getattr(engine.tokenizer, "backend_tokenizer", None) if engine else None
         return backend.to_str() if backend is not None else None

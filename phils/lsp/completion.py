@@ -172,7 +172,7 @@ class CompletionService:
 
     async def _warm(self, backend: Any, ctx: CursorContext) -> None:
         try:
-            built = build_prompt(backend, ctx, self.settings, self._tail_starts)
+            built = await asyncio.to_thread(build_prompt, backend, ctx, self.settings, self._tail_starts)
             text = built.text if backend.heals else built.text[: len(built.text) - len(built.forced)]
             job = EngineJob(document=ctx.uri, prompt=text, max_new_tokens=self.settings.engine.max_new_tokens,
                             warmup=True)
@@ -260,7 +260,8 @@ async def run_pipeline(
 ) -> Suggestion | None:
     """One completion, start to end: context → prompt → engine → filters."""
     started = time.monotonic()
-    built = build_prompt(backend, ctx, settings, {} if tail_starts is None else tail_starts)
+    # In a thread: counting tokens may ask the engine, and the event loop must stay free for edits.
+    built = await asyncio.to_thread(build_prompt, backend, ctx, settings, {} if tail_starts is None else tail_starts)
     shape = postprocess.shape_of(ctx, settings.completion.multiline, settings.completion.max_lines)
     text, held_back, forced = built.text, built.held_back, built.forced
     if forced and not backend.heals:

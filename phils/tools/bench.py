@@ -53,7 +53,10 @@ async def run_mode(
     from lsprotocol import types
 
     warmup = [f"completion.warmup_ms={warmup_ms}"] if mode == "cache-on+warmup" else []
-    settings = [*extra, *MODES[mode], *warmup, "engine.ignore_stops=true", f"engine.max_new_tokens={new_tokens}"]
+    # In-process by default: each mode's model is loaded fresh and let go at the end (two shared
+    # engines of Phi-2's shape would hold 22 GB); --set engine.backend=auto measures through one.
+    settings = ["engine.backend=local", *extra, *MODES[mode], *warmup, "engine.ignore_stops=true",
+                f"engine.max_new_tokens={new_tokens}"]
     command = ["--model", model, "--log-level", "warning"]
     for item in settings:
         command += ["--set", item]
