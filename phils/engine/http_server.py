@@ -64,7 +64,8 @@ def parse_job(body: Any, service: EngineService) -> tuple[EngineJob, bool]:
     stop = (stop,) if isinstance(stop, str) else stop
     if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) and s for s in stop):
         raise BadRequest("stop must be a string or a list of strings")
-    extra = body.get("phils") or {}
+    extra = body.get("phils")
+    extra = {} if extra is None else extra
     if not isinstance(extra, dict):
         raise BadRequest("phils must be an object")
     try:

@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
@@ -29,6 +30,8 @@ from .typed_through import Shown, rest_of
 log = logging.getLogger(__name__)
 
 StatusCallback = Callable[[str, str, Any], None]  # (state, message, percent), called from any thread
+# Prompts are built on one thread of their own, started with the service (a fixed thread count).
+PROMPT_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="phils-prompt")
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class CompletionService:
             old, self.backend = self.backend, None
             await old.close()
         self._set_state("loading", f"loading {self.settings.engine.model}")
+        await asyncio.get_running_loop().run_in_executor(PROMPT_THREAD, lambda: None)  # its thread, now
         backend = backends.make_backend(self.settings.engine, self._backend_status)
         self.backend = backend
         try:
@@ -172,7 +176,9 @@ class CompletionService:
 
     async def _warm(self, backend: Any, ctx: CursorContext) -> None:
         try:
-            built = await asyncio.to_thread(build_prompt, backend, ctx, self.settings, self._tail_starts)
+            loop = asyncio.get_running_loop()
+            built = await loop.run_in_executor(PROMPT_THREAD, build_prompt, backend, ctx, self.settings,
+                                               self._tail_starts)
             text = built.text if backend.heals else built.text[: len(built.text) - len(built.forced)]
             job = EngineJob(document=ctx.uri, prompt=text, max_new_tokens=self.settings.engine.max_new_tokens,
                             warmup=True)
@@ -259,9 +265,21 @@ async def run_pipeline(
     tail_starts: dict[str, int] | None = None,
 ) -> Suggestion | None:
     """One completion, start to end: context → prompt → engine → filters."""
+    try:
+        return await _pipeline(backend, ctx, settings, stats, {} if tail_starts is None else tail_starts)
+    except asyncio.CancelledError:  # superseded or $/cancelRequest, at any stage
+        for counters in stats:
+            counters.record_cancelled()
+        raise
+
+
+async def _pipeline(
+    backend: Any, ctx: CursorContext, settings: Settings, stats: tuple[Stats, ...], tail_starts: dict[str, int]
+) -> Suggestion | None:
     started = time.monotonic()
-    # In a thread: counting tokens may ask the engine, and the event loop must stay free for edits.
-    built = await asyncio.to_thread(build_prompt, backend, ctx, settings, {} if tail_starts is None else tail_starts)
+    # Off the event loop (counting tokens may ask the engine), on the one prompt thread.
+    loop = asyncio.get_running_loop()
+    built = await loop.run_in_executor(PROMPT_THREAD, build_prompt, backend, ctx, settings, tail_starts)
     shape = postprocess.shape_of(ctx, settings.completion.multiline, settings.completion.max_lines)
     text, held_back, forced = built.text, built.held_back, built.forced
     if forced and not backend.heals:
@@ -281,13 +299,7 @@ async def run_pipeline(
         ignore_stops=settings.engine.ignore_stops,
         deadline_ms=timeout,
     )
-    try:
-        result = await backend.generate(job)
-    except asyncio.CancelledError:
-        for counters in stats:
-            counters.cancelled += 1
-            counters.requests += 1
-        raise
+    result = await backend.generate(job)
     raw = result.text if backend.heals or not forced else prompt.heal(result.text, forced)
     text = (built.forced if backend.heals else forced) + prompt.heal(raw, built.held_back)
     if result.reason in ("length", "deadline") and not shape.single_line:

@@ -50,6 +50,11 @@ class Stats:
         else:
             self.empty += 1
 
+    def record_cancelled(self) -> None:
+        """A request cancelled before its result came back (its tokens are the engine's to count)."""
+        self.requests += 1
+        self.cancelled += 1
+
     def record_typed_through(self) -> None:
         self.requests += 1
         self.suggestions += 1
