@@ -181,6 +181,23 @@ def _eval_humaneval(args: argparse.Namespace) -> int:
     return run(args, settings, server_args)
 
 
+def _eval_infill(args: argparse.Namespace) -> int:
+    from .tools.eval_infill import run
+
+    args.set = [*(args.set or []), "completion.warmup_ms=0"]  # each case is asked once
+    settings, warnings = resolve_settings(args)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    server_args = ["--log-level", "warning"]
+    for flag in ("config", "profile", "model", "device"):
+        if getattr(args, flag):
+            server_args += [f"--{flag}", str(getattr(args, flag))]
+    for item in args.set:
+        server_args += ["--set", item]
+    return run(args, settings, server_args)
+
+
 def _doctor(args: argparse.Namespace) -> int:
     from .doctor import main
 
@@ -349,6 +366,15 @@ def _parser() -> argparse.ArgumentParser:
     humaneval.add_argument("--name", help="results file name (default: the model's name)")
     humaneval.add_argument("--out", default="bench/results")
     humaneval.set_defaults(run=_eval_humaneval)
+
+    infill = with_settings(evals.add_parser("infill", help="completions in the middle of tested code (blanked lines)"))
+    infill.add_argument("--limit", type=int, help="only the first N problems")
+    infill.add_argument("--kind", choices=["line", "span", "both"], default="both")
+    infill.add_argument("--raw", action="store_true", help="the baseline: the model's plain greedy continuation")
+    infill.add_argument("--max-new-tokens", type=int, default=64, help="raw baseline's token budget")
+    infill.add_argument("--name", help="results file name (default: the model's name)")
+    infill.add_argument("--out", default="bench/results")
+    infill.set_defaults(run=_eval_infill)
 
     config = with_settings(commands.add_parser("config", help="print the resolved settings"))
     config.set_defaults(run=_config)

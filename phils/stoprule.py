@@ -20,6 +20,8 @@ class Shape:
     min_indent: int  # a later line indented less than this ends the block
     line_prefix: str  # what precedes the suggestion on its first line
     max_lines: int
+    resume: str = ""  # the code below the cursor (its next line, stripped): a line that resumes it ends the text
+    avoid: tuple[str, ...] = ()  # lines that must not be written again (the enclosing signature and docstring)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -35,6 +37,8 @@ class Shape:
                 min_indent=int(data["min_indent"]),
                 line_prefix=str(data.get("line_prefix", "")),
                 max_lines=int(data["max_lines"]),
+                resume=str(data.get("resume", "")),
+                avoid=tuple(str(line) for line in data.get("avoid", ())),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"bad stop rule: {exc}") from None
@@ -45,7 +49,9 @@ def stop_index(text: str, shape: Shape) -> int | None:
     """Where the suggestion ``text`` must end, or None while it may go on.
 
     Stops: end of line in single-line mode; a non-blank line indented less than
-    the block (the block is over); two blank lines in a row; ``max_lines``.
+    the block (the block is over); a line that resumes the code below the
+    cursor, or repeats the signature or docstring; two blank lines in a row;
+    ``max_lines``.
     """
     if shape.single_line:
         cut = text.find("\n")
@@ -60,6 +66,9 @@ def stop_index(text: str, shape: Shape) -> int | None:
         complete = number < len(lines) - 1
         if whole.strip():
             blank_run = 0
+            written = number > 0 or not shape.line_prefix.strip()  # not the user's own text
+            if complete and written and _written_already(whole.strip(), shape):
+                return max(offset - 1, 0) if number > 0 else 0
             if (number > 0 or not shape.line_prefix.strip()) and indent_width(whole) < shape.min_indent:
                 return max(offset - 1, 0) if number > 0 else 0
             if number >= shape.max_lines:
@@ -70,6 +79,25 @@ def stop_index(text: str, shape: Shape) -> int | None:
                 return offset - 1 - len(lines[number - 1]) - 1
         offset += len(line) + 1
     return None
+
+
+SIMILAR = 0.9  # a line this similar to the next line of code resumes it
+MIN_SIMILAR_CHARS = 12  # shorter lines must match exactly
+
+
+def _written_already(line: str, shape: Shape) -> bool:
+    if line in shape.avoid:
+        return True
+    resume = shape.resume
+    if not resume:
+        return False
+    if line == resume:
+        return True
+    if min(len(line), len(resume)) < MIN_SIMILAR_CHARS:
+        return False
+    from difflib import SequenceMatcher
+
+    return SequenceMatcher(None, line, resume).ratio() >= SIMILAR
 
 
 REPEATS = 3  # a block of lines seen this many times in a row is a loop

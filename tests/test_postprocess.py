@@ -54,6 +54,17 @@ def finish(marked: str, raw: str, **options) -> str:
         ('def f(n):\n    """Doc."""\n    █', "\n    if n:\n        return 1", "if n:\n        return 1"),
         # Trailing whitespace goes.
         ("x = [█", "1, 2, 3]   \n\n\n", "1, 2, 3]"),
+        # Mid-code: the cursor's own indentation says where the code goes, not the line above it.
+        ("def f(xs):\n    for x in xs:\n        total = x\n    █\n    return total\n",
+         "print(total)\n    return total\n", "print(total)"),
+        # The suggestion ends where it resumes the code below the cursor (closely, not only exactly).
+        ("def f(a):\n    x = 1\n    █\n    return x + a\n", "x += 2\n    return (x + a)\n    print(x)",
+         "x += 2"),
+        # Never the signature or the docstring again.
+        ('def add(a, b):\n    """Sum of a and b."""\n    █', 'total = a + b\n    """Sum of a and b."""\n',
+         "total = a + b"),
+        ('def add(a, b):\n    """Sum."""\n    █', "total = a + b\n    def add(a, b):\n        return a + b",
+         "total = a + b"),
     ],
 )
 def test_golden(marked, raw, expected):
@@ -122,3 +133,18 @@ def test_a_repeating_block_of_lines_stops_after_its_first_copy():
     pairs = "a = 1\n    b = 2\n    a = 1\n    b = 2\n    a = 1\n    b = 2\n    "
     assert pairs[: postprocess.stop_index(pairs, shape)] == "a = 1\n    b = 2"
     assert postprocess.stop_index("a = 1\n    a = 1\n    b", shape) is None  # twice is not a loop
+
+
+def test_inside_a_block_that_continues_below_the_suggestion_is_capped_at_mid_block_lines():
+    ctx = context("def f(a):\n    x = 1\n    █\n    return x\n")
+    assert postprocess.shape_of(ctx, max_lines=24, mid_block_lines=1).max_lines == 1
+    at_the_end = context("def f(a):\n    x = 1\n    █\n\n\ndef g():\n    pass\n")
+    assert postprocess.shape_of(at_the_end, max_lines=24, mid_block_lines=1).max_lines == 24
+
+
+def test_the_shape_travels_as_data():
+    from phils.stoprule import Shape
+
+    shape = postprocess.shape_of(context('def add(a, b):\n    """Sum."""\n    █\n    return a\n'))
+    assert Shape.from_dict(shape.as_dict()) == shape
+    assert "def add(a, b):" in shape.avoid and shape.resume == "return a"

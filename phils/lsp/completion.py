@@ -280,7 +280,8 @@ async def _pipeline(
     # Off the event loop (counting tokens may ask the engine), on the one prompt thread.
     loop = asyncio.get_running_loop()
     built = await loop.run_in_executor(PROMPT_THREAD, build_prompt, backend, ctx, settings, tail_starts)
-    shape = postprocess.shape_of(ctx, settings.completion.multiline, settings.completion.max_lines)
+    shape = postprocess.shape_of(ctx, settings.completion.multiline, settings.completion.max_lines,
+                                 settings.completion.mid_block_lines)
     text, held_back, forced = built.text, built.held_back, built.forced
     if forced and not backend.heals:
         # An engine that cannot heal would continue the indentation oddly: leave it
@@ -304,7 +305,7 @@ async def _pipeline(
     text = (built.forced if backend.heals else forced) + prompt.heal(raw, built.held_back)
     if result.reason in ("length", "deadline") and not shape.single_line:
         text = postprocess.drop_unfinished_line(text)
-    text = postprocess.apply(text, ctx, shape)
+    text, emptied_by = postprocess.apply_explained(text, ctx, shape)
     total_ms = (time.monotonic() - started) * 1000
     suggestion = None
     if text and result.reason != "cancelled":
@@ -318,12 +319,15 @@ async def _pipeline(
             new_tokens=result.new_tokens,
             total_ms=total_ms,
         )
+    empty_reason = "" if suggestion is not None or result.reason == "cancelled" else (
+        emptied_by or ("eos" if result.reason == "eos" else "stop rule" if result.reason == "stop" else result.reason))
     for counters in stats:
-        counters.record(result, suggestion is not None, total_ms)
+        counters.record(result, suggestion is not None, total_ms, empty_reason)
     log.info(
-        "completion %s:%d:%d prompt=%d reused=%d prefill=%d new=%d end=%s %.0f ms",
+        "completion %s:%d:%d prompt=%d reused=%d prefill=%d new=%d end=%s%s %.0f ms",
         os.path.basename(ctx.uri), ctx.line, ctx.character, result.prompt_tokens, result.reused_tokens,
-        result.prefill_tokens, result.new_tokens, result.reason, total_ms,
+        result.prefill_tokens, result.new_tokens, result.reason, f" empty: {empty_reason}" if empty_reason else "",
+        total_ms,
     )
     if settings.log.buffer_text:
         log.info("prompt tail %r → suggestion %r", built.text[-200:], text)

@@ -11,16 +11,43 @@ import ast
 from typing import Callable
 
 from ..stoprule import Shape, indent_width, stop_index
+from . import outline
 from .documents import CursorContext
 
 
-def shape_of(ctx: CursorContext, multiline: bool = True, max_lines: int = 24) -> Shape:
+def shape_of(ctx: CursorContext, multiline: bool = True, max_lines: int = 24, mid_block_lines: int = 24) -> Shape:
+    """The stop rule's shape at the cursor.
+
+    Where the code being written ends here (an empty body, the end of its
+    block, the end of the file), a block of up to ``max_lines``; inside a
+    block that continues below, up to ``mid_block_lines``, ending where a
+    line resumes the code below. Never the enclosing signature or docstring again.
+    """
+    min_indent = _block_indent(ctx)
+    following = ctx.next_line
+    mid_block = bool(following.strip()) and indent_width(following) >= min_indent
     return Shape(
         single_line=ctx.single_line or not multiline,
-        min_indent=_block_indent(ctx),
+        min_indent=min_indent,
         line_prefix=ctx.line_prefix,
-        max_lines=max_lines,
+        max_lines=min(max_lines, mid_block_lines) if mid_block else max_lines,
+        resume=following.strip(),
+        avoid=_enclosing_lines(ctx),
     )
+
+
+def _enclosing_lines(ctx: CursorContext) -> tuple[str, ...]:
+    """The enclosing def/class headers and docstrings, stripped: not to be written again."""
+    lines = ctx.prefix[-MAX_OUTLINE_CHARS:].splitlines(keepends=True)
+    kept = []
+    for line in outline.enclosing_headers(lines).values():
+        stripped = line.strip()
+        if len(stripped.strip("\"'")) > 3 and not stripped.startswith("#"):
+            kept.append(stripped)
+    return tuple(dict.fromkeys(kept))
+
+
+MAX_OUTLINE_CHARS = 32_000
 
 
 def drop_unfinished_line(text: str) -> str:
@@ -132,9 +159,17 @@ FILTERS: tuple[Callable[[str, CursorContext, Shape], str], ...] = (
 
 
 def apply(text: str, ctx: CursorContext, shape: Shape) -> str:
+    return apply_explained(text, ctx, shape)[0]
+
+
+def apply_explained(text: str, ctx: CursorContext, shape: Shape) -> tuple[str, str]:
+    """The filtered text, and the name of the filter that emptied it ("" when none did)."""
     for step in FILTERS:
+        before = text
         text = step(text, ctx, shape)
-    return text
+        if before.strip() and not text.strip():
+            return text, step.__name__
+    return text, ""
 
 
 MAX_PARSE_CHARS = 100_000  # parsing is cheap, but not free for every keystroke in a huge file
@@ -150,7 +185,12 @@ def _parses(source: str) -> bool:
 
 
 def _block_indent(ctx: CursorContext) -> int:
-    """The least indentation a line of the suggestion may have and still be in the block."""
+    """The least indentation a line of the suggestion may have and still be in the block.
+
+    A cursor after indentation only says where the user's code goes: that indentation.
+    """
+    if ctx.line_prefix and not ctx.line_prefix.strip():
+        return indent_width(ctx.line_prefix)
     if ctx.line_prefix.strip():
         line = ctx.line_prefix
     else:

@@ -27,10 +27,11 @@ class Stats:
     decode_steps: int = 0
     warmups: int = 0
     warmup_tokens: int = 0
+    empty_reasons: dict = field(default_factory=dict)  # why answers were empty: eos, stop rule, a filter's name
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=2000))
     first_token_ms: deque = field(default_factory=lambda: deque(maxlen=2000))
 
-    def record(self, result: Any, suggested: bool, total_ms: float) -> None:
+    def record(self, result: Any, suggested: bool, total_ms: float, empty_reason: str = "") -> None:
         self.requests += 1
         self.prompt_tokens += result.prompt_tokens
         self.reused_tokens += result.reused_tokens
@@ -49,6 +50,8 @@ class Stats:
             self.suggestions += 1
         else:
             self.empty += 1
+            reason = empty_reason or "unknown"
+            self.empty_reasons[reason] = self.empty_reasons.get(reason, 0) + 1
 
     def record_cancelled(self) -> None:
         """A request cancelled before its result came back (its tokens are the engine's to count)."""
@@ -68,7 +71,8 @@ class Stats:
             self.cancelled_tokens += computed
 
     def as_dict(self) -> dict[str, Any]:
-        counters = {k: v for k, v in self.__dict__.items() if not isinstance(v, deque)}
+        counters = {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.__dict__.items()
+                    if not isinstance(v, deque)}
         reusable = self.prompt_tokens
         return {
             **counters,

@@ -1,0 +1,222 @@
+"""``phils eval infill``: completions in the middle of existing code, from real tested functions.
+
+Cases come from HumanEval's canonical solutions: one line, or a span of 2-4
+lines, in the middle of a body (code stays below it) is blanked; the cursor
+sits at that line's indentation, as an editor leaves it; the completion is
+inserted there and the problem's tests run in the sandbox of ``eval
+humaneval``. ``--raw`` is the baseline: the same model's greedy continuation
+of the text before the cursor, cut after the first line (or as many lines as
+the span had).
+
+Reported per kind (line, span): pass@1, exact answers (the same non-blank
+lines as the original, whitespace aside), empty answers, answers longer than
+the hole, answers that repeat the line after the cursor or a docstring line,
+and latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .eval_humaneval import passes, problems
+from .lsp_client import start_server, stop_server
+
+
+@dataclass(frozen=True)
+class Case:
+    task_id: str
+    kind: str  # line | span
+    document: str  # the problem's code with the hole
+    line: int  # the cursor, 0-based
+    character: int
+    original: list[str]  # the blanked lines
+    following: str  # the first non-blank line after the hole
+
+    @property
+    def offset(self) -> int:
+        lines = self.document.split("\n")
+        return sum(len(l) + 1 for l in lines[: self.line]) + self.character
+
+    def program(self, completion: str) -> str:
+        return self.document[: self.offset] + completion + self.document[self.offset :]
+
+
+def make_cases(rows: list[dict[str, Any]], kinds: tuple[str, ...] = ("line", "span")) -> list[Case]:
+    cases = []
+    for number, row in enumerate(rows):
+        body = row["canonical_solution"].rstrip("\n").split("\n")
+        code = [i for i, line in enumerate(body) if line.strip() and not line.strip().startswith("#")]
+        if "line" in kinds and len(code) >= 2:
+            cases.append(_hole(row, body, code[(len(code) - 1) // 2], 1, "line"))
+        if "span" in kinds and len(code) >= 4:
+            size = min(2 + number % 3, len(code) - 1)  # 2, 3 or 4 code lines, at least one left below
+            first = max((len(code) - size) // 2, 0)
+            start, end = code[first], code[first + size - 1] + 1
+            cases.append(_hole(row, body, start, end - start, "span"))
+    return cases
+
+
+def _hole(row: dict[str, Any], body: list[str], start: int, size: int, kind: str) -> Case:
+    indent = body[start][: len(body[start]) - len(body[start].lstrip())]
+    kept = body[:start] + [indent] + body[start + size :]
+    prompt = row["prompt"] if row["prompt"].endswith("\n") else row["prompt"] + "\n"
+    following = next((l for l in body[start + size :] if l.strip()), "")
+    return Case(task_id=row["task_id"], kind=kind, document=prompt + "\n".join(kept) + "\n",
+                line=prompt.count("\n") + start, character=len(indent),
+                original=[l for l in body[start : start + size] if l.strip()], following=following)
+
+
+# --- the two ways of completing --------------------------------------------
+
+
+async def complete_over_lsp(server_args: list[str], cases: list[Case], progress) -> list[tuple[str, float]]:
+    from lsprotocol import types
+
+    client = await start_server(server_args)
+    answers = []
+    for index, case in enumerate(cases):
+        uri = f"file:///infill/{case.task_id.replace('/', '_')}_{case.kind}.py"
+        client.text_document_did_open(types.DidOpenTextDocumentParams(
+            types.TextDocumentItem(uri=uri, language_id="python", version=1, text=case.document)))
+        started = time.monotonic()
+        result = await client.text_document_inline_completion_async(types.InlineCompletionParams(
+            text_document=types.TextDocumentIdentifier(uri=uri),
+            position=types.Position(line=case.line, character=case.character),
+            context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic)))
+        elapsed = time.monotonic() - started
+        client.text_document_did_close(types.DidCloseTextDocumentParams(types.TextDocumentIdentifier(uri=uri)))
+        answers.append((result.items[0].insert_text if result and result.items else "", elapsed))
+        progress(index, answers[-1])
+    await stop_server(client)
+    return answers
+
+
+def complete_raw(settings: Any, cases: list[Case], max_new_tokens: int, progress) -> list[tuple[str, float]]:
+    """The baseline: the model's greedy continuation of the text before the cursor, first line(s) kept."""
+    import torch
+
+    from ..engine import load_model
+
+    loaded = load_model(settings.engine)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    answers = []
+    for index, case in enumerate(cases):
+        started = time.monotonic()
+        lines_wanted = 1 if case.kind == "line" else len(case.original)
+        ids = tokenizer(case.document[: case.offset], return_tensors="pt").input_ids.to(model.device)
+        with torch.inference_mode():
+            out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+        text = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+        answers.append(("\n".join(text.split("\n")[:lines_wanted]).rstrip(), time.monotonic() - started))
+        progress(index, answers[-1])
+    return answers
+
+
+# --- scoring -------------------------------------------------------------------
+
+
+def score(case: Case, completion: str) -> dict[str, Any]:
+    ok, error = passes({"prompt": "", "test": _test_of(case), "entry_point": _entry_of(case)}, case.program(completion))
+    written = [l.strip() for l in completion.split("\n") if l.strip()]
+    docstring = _docstring_lines(case.document)
+    return {
+        "passed": ok,
+        "error": error,
+        "exact": written == [l.strip() for l in case.original],
+        "empty": not completion.strip(),
+        "longer": len(written) > len(case.original),
+        "repeats_next_line": bool(case.following.strip()) and case.following.strip() in written,
+        "repeats_docstring": any(l in docstring for l in written if len(l) > 3),
+    }
+
+
+_TESTS: dict[str, tuple[str, str]] = {}
+
+
+def _test_of(case: Case) -> str:
+    return _TESTS[case.task_id][0]
+
+
+def _entry_of(case: Case) -> str:
+    return _TESTS[case.task_id][1]
+
+
+def _docstring_lines(document: str) -> set[str]:
+    """Stripped lines inside triple-quoted strings (the problems' docstrings)."""
+    inside, found = False, set()
+    for line in document.split("\n"):
+        stripped = line.strip()
+        quotes = stripped.count('"""') + stripped.count("'''")
+        if inside or quotes:
+            text = stripped.strip("\"'").strip()
+            if text:
+                found.add(text)
+        if quotes % 2 == 1:
+            inside = not inside
+    return found
+
+
+def run(args: Any, settings: Any, server_args: list[str]) -> int:
+    rows = problems(args.limit)
+    for row in rows:
+        _TESTS[row["task_id"]] = (row["test"], row["entry_point"])
+    kinds = tuple(k for k in ("line", "span") if args.kind in (k, "both"))
+    cases = make_cases(rows, kinds)
+    mode = "raw" if args.raw else "phils"
+    started = time.monotonic()
+
+    def progress(index: int, answer: tuple[str, float]) -> None:
+        if (index + 1) % 20 == 0 or index + 1 == len(cases):
+            print(f"  {index + 1}/{len(cases)} completed ({time.monotonic() - started:.0f} s)", file=sys.stderr)
+
+    if args.raw:
+        answers = complete_raw(settings, cases, args.max_new_tokens, progress)
+    else:
+        answers = asyncio.run(complete_over_lsp(server_args, cases, progress))
+    results = [{"task_id": c.task_id, "kind": c.kind, "seconds": round(s, 3), "completion": a,
+                "original": c.original, **score(c, a)} for c, (a, s) in zip(cases, answers)]
+    summary = {"mode": mode, "model": settings.engine.model, "command": "phils " + " ".join(sys.argv[1:]),
+               "date": time.strftime("%Y-%m-%d %H:%M"), "kinds": {}}
+    for kind in kinds:
+        rows_of = [r for r in results if r["kind"] == kind]
+        if not rows_of:
+            continue
+        latencies = [r["seconds"] for r in rows_of]
+        summary["kinds"][kind] = {
+            "cases": len(rows_of),
+            **{name: sum(r[name] for r in rows_of) for name in
+               ("passed", "exact", "empty", "longer", "repeats_next_line", "repeats_docstring")},
+            "pass@1": round(sum(r["passed"] for r in rows_of) / len(rows_of), 4),
+            "latency_s": {"p50": round(statistics.median(latencies), 2),
+                          "p95": round(sorted(latencies)[min(int(0.95 * len(latencies)), len(latencies) - 1)], 2)},
+        }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = args.name or Path(settings.engine.model.split("/")[-1]).stem
+    (out / f"infill-{name}-{mode}.json").write_text(json.dumps({**summary, "results": results}, indent=2) + "\n")
+    (out / "infill.md").write_text(table(out))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def table(directory: Path) -> str:
+    rows = ["| model | mode | kind | cases | pass@1 | exact | empty | longer than the hole | repeats next line "
+            "| repeats docstring | latency p50 / p95 s | command |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for path in sorted(directory.glob("infill-*.json")):
+        s = json.loads(path.read_text())
+        for kind, k in s["kinds"].items():
+            rows.append(f"| {s['model']} | {s['mode']} | {kind} | {k['cases']} | {k['pass@1']:.3f} ({k['passed']}) "
+                        f"| {k['exact']} | {k['empty']} | {k['longer']} | {k['repeats_next_line']} "
+                        f"| {k['repeats_docstring']} | {k['latency_s']['p50']} / {k['latency_s']['p95']} "
+                        f"| `{s['command']}` |")
+    return ("# Completions in the middle of existing code (HumanEval bodies, blanked lines)\n\n"
+            + "\n".join(rows) + "\n")
