@@ -80,9 +80,10 @@ class CompletionSettings:
     enabled: bool = True
     multiline: bool = True  # False: every suggestion ends at the line's end
     max_lines: int = _int(24, 1, 1000)
-    # Inside a block that continues below the cursor: the longest suggestion, in lines
-    # (it also ends where a line resumes the code below).
-    mid_block_lines: int = _int(24, 1, 1000)
+    # Inside a block that continues below the cursor: "statement" ends the suggestion with
+    # the statement it starts (a line, or a compound statement's header and body);
+    # "block" goes on to the end of the block. Both end where a line resumes the code below.
+    mid_block: str = _choice("statement", "statement", "block")
     timeout_ms: int = _int(0, 0, 600_000)  # longest a request may decode; 0 = no limit
     warmup_ms: int = _int(150, 0, 60_000)  # prefill this long after the last edit; 0 = never
 

@@ -22,6 +22,7 @@ class Shape:
     max_lines: int
     resume: str = ""  # the code below the cursor (its next line, stripped): a line that resumes it ends the text
     avoid: tuple[str, ...] = ()  # lines that must not be written again (the enclosing signature and docstring)
+    statement: bool = False  # end with the first statement: at a later line indented no deeper than the first
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -39,6 +40,7 @@ class Shape:
                 max_lines=int(data["max_lines"]),
                 resume=str(data.get("resume", "")),
                 avoid=tuple(str(line) for line in data.get("avoid", ())),
+                statement=bool(data.get("statement", False)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"bad stop rule: {exc}") from None
@@ -50,8 +52,8 @@ def stop_index(text: str, shape: Shape) -> int | None:
 
     Stops: end of line in single-line mode; a non-blank line indented less than
     the block (the block is over); a line that resumes the code below the
-    cursor, or repeats the signature or docstring; two blank lines in a row;
-    ``max_lines``.
+    cursor, or repeats the signature or docstring; in ``statement`` mode, a line
+    back at the first line's indentation; two blank lines in a row; ``max_lines``.
     """
     if shape.single_line:
         cut = text.find("\n")
@@ -61,6 +63,7 @@ def stop_index(text: str, shape: Shape) -> int | None:
         return loop
     offset = 0
     blank_run = 0
+    first_indent = None  # the first written line's indentation, for ``statement``
     for number, line in enumerate(lines):
         whole = shape.line_prefix + line if number == 0 else line
         complete = number < len(lines) - 1
@@ -73,6 +76,10 @@ def stop_index(text: str, shape: Shape) -> int | None:
                 return max(offset - 1, 0) if number > 0 else 0
             if number >= shape.max_lines:
                 return offset - 1
+            if first_indent is None:
+                first_indent = indent_width(whole)
+            elif shape.statement and indent_width(whole) <= first_indent:
+                return offset - 1
         elif complete and number > 0:
             blank_run += 1
             if blank_run >= 2:
@@ -81,8 +88,10 @@ def stop_index(text: str, shape: Shape) -> int | None:
     return None
 
 
-SIMILAR = 0.9  # a line this similar to the next line of code resumes it
-MIN_SIMILAR_CHARS = 12  # shorter lines must match exactly
+# A line this similar to the next line of code resumes it. Short lines must match
+# exactly: `if n % 2 == 0:` is 93 % like `if n % k == 0:` and a different line.
+SIMILAR = 0.95
+MIN_SIMILAR_CHARS = 24
 
 
 def _written_already(line: str, shape: Shape) -> bool:

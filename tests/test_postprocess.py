@@ -58,8 +58,11 @@ def finish(marked: str, raw: str, **options) -> str:
         ("def f(xs):\n    for x in xs:\n        total = x\n    █\n    return total\n",
          "print(total)\n    return total\n", "print(total)"),
         # The suggestion ends where it resumes the code below the cursor (closely, not only exactly).
-        ("def f(a):\n    x = 1\n    █\n    return x + a\n", "x += 2\n    return (x + a)\n    print(x)",
-         "x += 2"),
+        ("def f(a):\n    x = 1\n    █\n    return compute(x, a, 'total')\n",
+         "x += 2\n    return compute(x, a, \"total\")\n    print(x)", "x += 2"),
+        # ... but a short line that differs in one place is another line.
+        ("def f(n):\n    █\n    if n % k == 0:\n        return 1\n", "if n % 2 == 0:\n        return 0\n",
+         "if n % 2 == 0:\n        return 0"),
         # Never the signature or the docstring again.
         ('def add(a, b):\n    """Sum of a and b."""\n    █', 'total = a + b\n    """Sum of a and b."""\n',
          "total = a + b"),
@@ -135,11 +138,25 @@ def test_a_repeating_block_of_lines_stops_after_its_first_copy():
     assert postprocess.stop_index("a = 1\n    a = 1\n    b", shape) is None  # twice is not a loop
 
 
-def test_inside_a_block_that_continues_below_the_suggestion_is_capped_at_mid_block_lines():
-    ctx = context("def f(a):\n    x = 1\n    █\n    return x\n")
-    assert postprocess.shape_of(ctx, max_lines=24, mid_block_lines=1).max_lines == 1
-    at_the_end = context("def f(a):\n    x = 1\n    █\n\n\ndef g():\n    pass\n")
-    assert postprocess.shape_of(at_the_end, max_lines=24, mid_block_lines=1).max_lines == 24
+@pytest.mark.parametrize(
+    "marked, raw, expected",
+    [
+        # Inside a block that goes on below: one statement, a simple line...
+        ("def f(a):\n    x = 1\n    █\n    return x\n", "x += a\n    x *= 2\n", "x += a"),
+        # ... or a compound statement's header and its body.
+        ("def f(xs):\n    n = 0\n    █\n    return n\n", "for x in xs:\n        n += x\n    print(n)\n",
+         "for x in xs:\n        n += x"),
+    ],
+)
+def test_mid_block_one_statement(marked, raw, expected):
+    assert finish(marked, raw) == expected
+
+
+def test_at_the_end_of_the_code_a_whole_block():
+    assert finish("def f(a):\n    x = 1\n    █\n\n\ndef g():\n    pass\n", "x += a\n    return x\n") == \
+        "x += a\n    return x"
+    assert finish("def f(a):\n    x = 1\n    █\n    return x\n", "x += a\n    x *= 2\n", mid_block="block") == \
+        "x += a\n    x *= 2"
 
 
 def test_the_shape_travels_as_data():

@@ -281,7 +281,7 @@ async def _pipeline(
     loop = asyncio.get_running_loop()
     built = await loop.run_in_executor(PROMPT_THREAD, build_prompt, backend, ctx, settings, tail_starts)
     shape = postprocess.shape_of(ctx, settings.completion.multiline, settings.completion.max_lines,
-                                 settings.completion.mid_block_lines)
+                                 settings.completion.mid_block)
     text, held_back, forced = built.text, built.held_back, built.forced
     if forced and not backend.heals:
         # An engine that cannot heal would continue the indentation oddly: leave it
@@ -330,5 +330,5 @@ async def _pipeline(
         total_ms,
     )
     if settings.log.buffer_text:
-        log.info("prompt tail %r → suggestion %r", built.text[-200:], text)
+        log.info("prompt tail %r → model %r → suggestion %r", built.text[-200:], result.text, text)
     return suggestion

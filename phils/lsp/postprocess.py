@@ -15,24 +15,26 @@ from . import outline
 from .documents import CursorContext
 
 
-def shape_of(ctx: CursorContext, multiline: bool = True, max_lines: int = 24, mid_block_lines: int = 24) -> Shape:
+def shape_of(ctx: CursorContext, multiline: bool = True, max_lines: int = 24, mid_block: str = "statement") -> Shape:
     """The stop rule's shape at the cursor.
 
     Where the code being written ends here (an empty body, the end of its
     block, the end of the file), a block of up to ``max_lines``; inside a
-    block that continues below, up to ``mid_block_lines``, ending where a
-    line resumes the code below. Never the enclosing signature or docstring again.
+    block that continues below, one statement (``mid_block = "statement"``)
+    or the rest of the block, ending where a line resumes the code below.
+    Never the enclosing signature or docstring again.
     """
     min_indent = _block_indent(ctx)
     following = ctx.next_line
-    mid_block = bool(following.strip()) and indent_width(following) >= min_indent
+    in_block = bool(following.strip()) and indent_width(following) >= min_indent
     return Shape(
         single_line=ctx.single_line or not multiline,
         min_indent=min_indent,
         line_prefix=ctx.line_prefix,
-        max_lines=min(max_lines, mid_block_lines) if mid_block else max_lines,
+        max_lines=max_lines,
         resume=following.strip(),
         avoid=_enclosing_lines(ctx),
+        statement=in_block and mid_block == "statement",
     )
 
 
