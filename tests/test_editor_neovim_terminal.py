@@ -13,11 +13,10 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, server_env
+from conftest import server_env
 from test_editor_neovim import NVIM, PLUGIN
 from test_shared_engine import _reads
 

@@ -152,6 +152,20 @@ def test_mid_block_one_statement(marked, raw, expected):
     assert finish(marked, raw) == expected
 
 
+@pytest.mark.parametrize(
+    "marked, raw, expected",
+    [
+        # The code below is the body of what is being written: its header only.
+        ("def f(xs):\n    n = 0\n    █\n        n += x\n    return n\n", "for x in xs:\n        n += x\n",
+         "for x in xs:"),
+        ("def f(n):\n    for i in range(n):\n        █\n            return i\n", "if i % 2 == 0:\n            print(i)\n",
+         "if i % 2 == 0:"),
+    ],
+)
+def test_the_header_of_a_body_that_is_already_there(marked, raw, expected):
+    assert finish(marked, raw) == expected
+
+
 def test_at_the_end_of_the_code_a_whole_block():
     assert finish("def f(a):\n    x = 1\n    █\n\n\ndef g():\n    pass\n", "x += a\n    return x\n") == \
         "x += a\n    return x"

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import threading
 import time
 
-import pytest
 from aiohttp import web
 
 from conftest import ROOT, server_env

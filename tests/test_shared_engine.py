@@ -6,7 +6,6 @@ so that it starts and sees its own shared engine.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -19,7 +18,6 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
 
 from conftest import ROOT, server_env
 from rawlsp import RawServer

@@ -28,10 +28,15 @@ class Vocabulary:
             self._by_text.setdefault(text, []).append(i)
 
     def allowed(self, pending: str) -> list[int]:
-        """Ids of tokens that start with ``pending``, or are a non-empty prefix of it."""
+        """Ids of tokens that start with ``pending``, or are a non-empty prefix of it.
+
+        Pending indentation is where the cursor is: a token may not indent further.
+        """
         lo = bisect.bisect_left(self._keys, pending)
         hi = bisect.bisect_left(self._keys, pending + "\U0010ffff")
-        ids = [i for _, i in self._sorted[lo:hi]]
+        indentation = pending.endswith((" ", "\t")) and not pending.rsplit("\n", 1)[-1].strip()
+        ids = [i for text, i in self._sorted[lo:hi]
+               if not (indentation and text[len(pending) : len(pending) + 1] in (" ", "\t"))]
         for end in range(1, len(pending)):
             ids.extend(self._by_text.get(pending[:end], ()))
         return ids

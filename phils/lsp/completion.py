@@ -179,8 +179,7 @@ class CompletionService:
             loop = asyncio.get_running_loop()
             built = await loop.run_in_executor(PROMPT_THREAD, build_prompt, backend, ctx, self.settings,
                                                self._tail_starts)
-            text = built.text if backend.heals else built.text[: len(built.text) - len(built.forced)]
-            job = EngineJob(document=ctx.uri, prompt=text, max_new_tokens=self.settings.engine.max_new_tokens,
+            job = EngineJob(document=ctx.uri, prompt=model_prompt(built, backend.heals)[0], max_new_tokens=self.settings.engine.max_new_tokens,
                             warmup=True)
             result = await backend.generate(job)
             for stats in (self.stats, self.doc_stats[ctx.uri]):
@@ -257,6 +256,21 @@ def build_prompt(backend: Any, ctx: CursorContext, settings: Settings, tail_star
     return built
 
 
+def model_prompt(built: prompt.Prompt, heals: bool) -> tuple[str, str, str]:
+    """What the model reads: (prompt, the text its first line follows, what to strip from its output).
+
+    The cursor's indentation (typed, or what an empty body needs) ends the prompt
+    where the engine can heal: it backs off that token and regenerates it, so the
+    model knows where the cursor is and does not add a stray space. An engine
+    that cannot heal gets the prompt up to the line break, writes the
+    indentation itself, and it is cut from the suggestion.
+    """
+    indentation = built.held_back + built.forced  # at most one of them
+    if heals:
+        return built.text + built.held_back, indentation, ""
+    return built.text[: len(built.text) - len(built.forced)], "", indentation
+
+
 async def run_pipeline(
     backend: Any,
     ctx: CursorContext,
@@ -282,14 +296,8 @@ async def _pipeline(
     built = await loop.run_in_executor(PROMPT_THREAD, build_prompt, backend, ctx, settings, tail_starts)
     shape = postprocess.shape_of(ctx, settings.completion.multiline, settings.completion.max_lines,
                                  settings.completion.mid_block)
-    text, held_back, forced = built.text, built.held_back, built.forced
-    if forced and not backend.heals:
-        # An engine that cannot heal would continue the indentation oddly: leave it
-        # out of the prompt and take it back from the model's own first line.
-        text, held_back = text[: len(text) - len(forced)], forced
-    # The model continues the prompt, which ends before any held-back indentation
-    # and after any indentation an empty body needs (which begins the suggestion).
-    model_shape = replace(shape, line_prefix=built.forced if backend.heals else "") if held_back or forced else shape
+    text, follows, strip = model_prompt(built, backend.heals)
+    model_shape = replace(shape, line_prefix=follows) if follows != shape.line_prefix else shape
     timeout = settings.completion.timeout_ms
     job = EngineJob(
         document=ctx.uri,
@@ -301,8 +309,7 @@ async def _pipeline(
         deadline_ms=timeout,
     )
     result = await backend.generate(job)
-    raw = result.text if backend.heals or not forced else prompt.heal(result.text, forced)
-    text = (built.forced if backend.heals else forced) + prompt.heal(raw, built.held_back)
+    text = built.forced + prompt.heal(result.text, strip)
     if result.reason in ("length", "deadline") and not shape.single_line:
         text = postprocess.drop_unfinished_line(text)
     text, emptied_by = postprocess.apply_explained(text, ctx, shape)

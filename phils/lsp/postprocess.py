@@ -16,25 +16,30 @@ from .documents import CursorContext
 
 
 def shape_of(ctx: CursorContext, multiline: bool = True, max_lines: int = 24, mid_block: str = "statement") -> Shape:
-    """The stop rule's shape at the cursor.
+    """The stop rule's shape at the cursor: the code after the cursor decides how much to write.
 
-    Where the code being written ends here (an empty body, the end of its
-    block, the end of the file), a block of up to ``max_lines``; inside a
-    block that continues below, one statement (``mid_block = "statement"``)
-    or the rest of the block, ending where a line resumes the code below.
-    Never the enclosing signature or docstring again.
+    - the next line of code is indented deeper than the cursor: it is the body
+      of the statement being written, so one line (its header);
+    - it is at the cursor's level (the block goes on below): one statement
+      (``mid_block = "statement"``: a line, or a compound statement's header
+      and body) or the rest of the block (``"block"``);
+    - the code being written ends here (an empty body, the end of its block,
+      the end of the file): a block of up to ``max_lines``.
+
+    Every kind ends where a line resumes the code below, and never writes the
+    enclosing signature or docstring again.
     """
     min_indent = _block_indent(ctx)
     following = ctx.next_line
-    in_block = bool(following.strip()) and indent_width(following) >= min_indent
+    below = indent_width(following) if following.strip() else -1
     return Shape(
         single_line=ctx.single_line or not multiline,
         min_indent=min_indent,
         line_prefix=ctx.line_prefix,
-        max_lines=max_lines,
+        max_lines=1 if below > min_indent else max_lines,
         resume=following.strip(),
         avoid=_enclosing_lines(ctx),
-        statement=in_block and mid_block == "statement",
+        statement=below == min_indent and mid_block == "statement",
     )
 
 

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..machine import process_figures, usable_cores
+from ..machine import usable_cores
 from .lsp_client import start_server, stats, stop_server
 
 MODES = {"shared": "engine.backend=auto", "separate": "engine.backend=local"}
