@@ -8,6 +8,9 @@ version="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 cache="${PHILS_LLAMA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/phils/llama-server-$version}"
 binary="$cache/bin/llama-server"
 if [[ -x "$binary" ]]; then echo "$binary"; exit 0; fi
+if ! command -v cmake >/dev/null || ! command -v g++ >/dev/null; then  # on these machines already
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake g++ >&2
+fi
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 python3 -m pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: \
