@@ -166,25 +166,19 @@ def _eval_humaneval(args: argparse.Namespace) -> int:
     from .tools.eval_humaneval import run
 
     # Long enough for whole function bodies; no warm-up: each problem is asked once.
-    args.set = [*(args.set or []), f"engine.max_new_tokens={args.max_new_tokens}",
-                "completion.max_lines=120", "completion.warmup_ms=0"]
-    settings, warnings = resolve_settings(args)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    server_args = ["--log-level", "warning"]
-    for flag in ("config", "profile", "model", "device"):
-        if getattr(args, flag):
-            server_args += [f"--{flag}", str(getattr(args, flag))]
-    for item in args.set:
-        server_args += ["--set", item]
-    return run(args, settings, server_args)
+    return _run_eval(args, run, f"engine.max_new_tokens={args.max_new_tokens}", "completion.max_lines=120",
+                     "completion.warmup_ms=0")
 
 
 def _eval_infill(args: argparse.Namespace) -> int:
     from .tools.eval_infill import run
 
-    args.set = [*(args.set or []), "completion.warmup_ms=0"]  # each case is asked once
+    return _run_eval(args, run, "completion.warmup_ms=0")  # each case is asked once
+
+
+def _run_eval(args: argparse.Namespace, run, *extra_settings: str) -> int:
+    """Resolve the settings with the eval's own on top, and pass the same to the servers it starts."""
+    args.set = [*(args.set or []), *extra_settings]
     settings, warnings = resolve_settings(args)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     for warning in warnings:

@@ -4,15 +4,12 @@ bad requests answered 400, models, health and Prometheus metrics."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import urllib.request
 
 import pytest
 
-from conftest import ROOT, server_env
 from phils.engine.http_server import BadRequest, parse_job
-from test_shared_engine import _free_port, _wait_for_port, _wait_ready
+from test_shared_engine import _wait_ready, spawn_tcp_engine
 
 
 class FakeService:
@@ -47,12 +44,8 @@ def test_an_openai_request_becomes_a_job():
 
 @pytest.fixture(scope="module")
 def engine(tiny_model, tmp_path_factory):
-    port = _free_port()
     token_file = tmp_path_factory.mktemp("engine") / "token"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "phils", "engine", "serve", "--tcp", "--port", str(port), "--token-file",
-         str(token_file), "--model", str(tiny_model), "--log-level", "warning"], env=server_env(), cwd=str(ROOT))
-    _wait_for_port(port)
+    process, port = spawn_tcp_engine(tiny_model, token_file)
     token = token_file.read_text().strip()
     _wait_ready(port, token)
     yield port, token

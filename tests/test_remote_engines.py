@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import threading
 import time
 
@@ -15,7 +13,7 @@ from aiohttp import web
 
 from conftest import ROOT, server_env
 from phils.tools.raw_client import RawServer
-from test_shared_engine import _free_port, _wait_for_port, _wait_ready
+from test_shared_engine import _free_port, _wait_ready, spawn_tcp_engine
 
 SOURCE = 'def add(a, b):\n    """Return the sum of a and b."""\n    '
 # What the stub "model" says after any prompt: the body, then a new function (past the block).
@@ -168,13 +166,9 @@ def test_an_engine_that_never_answers_times_out_with_an_error():
 
 
 def test_the_openai_adapter_works_against_phils_own_engine(tiny_model, tmp_path):
-    port = _free_port()
     token_file = tmp_path / "token"
-    engine = subprocess.Popen(
-        [sys.executable, "-m", "phils", "engine", "serve", "--tcp", "--port", str(port), "--token-file",
-         str(token_file), "--model", str(tiny_model), "--log-level", "warning"], env=server_env(), cwd=str(ROOT))
+    engine, port = spawn_tcp_engine(tiny_model, token_file)
     try:
-        _wait_for_port(port)
         token = token_file.read_text().strip()
         _wait_ready(port, token)
         for backend in ("openai", "phils"):
@@ -194,13 +188,8 @@ def test_the_openai_adapter_works_against_phils_own_engine(tiny_model, tmp_path)
 
 
 def test_the_phils_backend_without_its_token_is_an_error(tiny_model, tmp_path):
-    port = _free_port()
-    engine = subprocess.Popen(
-        [sys.executable, "-m", "phils", "engine", "serve", "--tcp", "--port", str(port), "--token-file",
-         str(tmp_path / "token"), "--model", str(tiny_model), "--log-level", "warning"],
-        env=server_env(), cwd=str(ROOT))
+    engine, port = spawn_tcp_engine(tiny_model, tmp_path / "token")
     try:
-        _wait_for_port(port)
         server = front("engine.backend=phils", f"engine.url=http://127.0.0.1:{port}",
                        "engine.api_key_env=PHILS_TEST_KEY", env={"PHILS_TEST_KEY": "wrong"})
         try:

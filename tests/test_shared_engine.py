@@ -222,13 +222,8 @@ def test_the_runtime_dir_is_private(private_runtime_dir):
 
 def test_tcp_mode_wants_the_token(tiny_model, tmp_path):
     token_file = tmp_path / "token"
-    port = _free_port()
-    engine = subprocess.Popen(
-        [sys.executable, "-m", "phils", "engine", "serve", "--tcp", "--port", str(port), "--token-file",
-         str(token_file), "--model", str(tiny_model), "--log-level", "warning"],
-        env=server_env(), cwd=str(ROOT))
+    engine, port = spawn_tcp_engine(tiny_model, token_file)
     try:
-        _wait_for_port(port)
         token = token_file.read_text().strip()
         assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
         assert _get(port, "/health") == 401
@@ -243,14 +238,9 @@ def test_tcp_mode_wants_the_token(tiny_model, tmp_path):
 
 def test_closing_the_stream_stops_decoding_within_one_token(tiny_model, tmp_path):
     """Completions whose connection closes mid-decode: the engine decodes at most one token more each."""
-    port = _free_port()
     token_file = tmp_path / "token"
-    engine = subprocess.Popen(
-        [sys.executable, "-m", "phils", "engine", "serve", "--tcp", "--port", str(port), "--token-file",
-         str(token_file), "--model", str(tiny_model), "--set", "engine.threads=1", "--log-level", "warning"],
-        env=server_env(), cwd=str(ROOT))
+    engine, port = spawn_tcp_engine(tiny_model, token_file, "--set", "engine.threads=1")
     try:
-        _wait_for_port(port)
         token = token_file.read_text().strip()
         _wait_ready(port, token)
         body = json.dumps({"prompt": "def f(x):\n    return", "max_tokens": 2000, "stream": True,
@@ -277,6 +267,16 @@ def test_closing_the_stream_stops_decoding_within_one_token(tiny_model, tmp_path
     finally:
         engine.terminate()
         engine.wait(30)
+
+
+def spawn_tcp_engine(model, token_file: Path, *extra: str) -> tuple[subprocess.Popen, int]:
+    """``phils engine serve --tcp`` on a free port, once that port listens."""
+    port = _free_port()
+    engine = subprocess.Popen(
+        [sys.executable, "-m", "phils", "engine", "serve", "--tcp", "--port", str(port), "--token-file",
+         str(token_file), "--model", str(model), *extra, "--log-level", "warning"], env=server_env(), cwd=str(ROOT))
+    _wait_for_port(port)
+    return engine, port
 
 
 def _free_port() -> int:

@@ -100,6 +100,7 @@ class RemoteBackend:
         self.context_tokens = settings.context_tokens
         self.model = settings.model
         self.state = "idle"
+        self._message = ""
         self._session: aiohttp.ClientSession | None = None
         self._watch: asyncio.Task | None = None
 
@@ -169,7 +170,7 @@ class RemoteBackend:
                 pass
 
     def _status(self, state: str, message: str) -> None:
-        if (state, message) != (self.state, getattr(self, "_message", None)):
+        if (state, message) != (self.state, self._message):
             self.state, self._message = state, message
             self.on_status(state, message, None)
 

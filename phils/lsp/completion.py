@@ -207,10 +207,13 @@ class CompletionService:
             asyncio.ensure_future(self.backend.forget(uri))
 
     def client_gone(self) -> None:
-        """A TCP client left: its documents' caches go, the engine stays."""
+        """A TCP client left: its work and documents' state go, the engine stays.
+
+        The backend frees the window's caches at once, so no per-document forget is sent.
+        """
         self.cancel_all()
-        for uri in list(self._shown) + list(self._tail_starts):
-            self.forget(uri)
+        for table in (self._in_flight, self._warming, self._shown, self._tail_starts, self.doc_stats):
+            table.clear()
         if self.backend is not None:
             self.backend.forget_all()
 

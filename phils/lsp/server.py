@@ -220,8 +220,6 @@ class PhilsServer(LanguageServer):
 
     def client_gone(self) -> None:
         """Drop the departed client's work and documents; keep the model."""
-        for uri in list(self.workspace.text_documents):
-            self.service.forget(uri)
         self.service.client_gone()
         self.client_options = {}
         self._last_status = None

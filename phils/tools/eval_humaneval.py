@@ -58,6 +58,17 @@ def passes(problem: dict[str, Any], completion: str) -> tuple[bool, str]:
     return False, lines[-1][:200] if lines else f"exit {done.returncode}"
 
 
+def progress_printer(total: int):
+    """A progress callback that prints every 20 answers and at the end, with the time taken."""
+    started = time.monotonic()
+
+    def progress(index: int, answer: tuple[str, float]) -> None:
+        if (index + 1) % 20 == 0 or index + 1 == total:
+            print(f"  {index + 1}/{total} completed ({time.monotonic() - started:.0f} s)", file=sys.stderr)
+
+    return progress
+
+
 def _limit_resources() -> None:
     import resource
 
@@ -145,12 +156,7 @@ def _cut_at_unindented(text: str) -> int | None:
 def run(args: Any, settings: Any, server_args: list[str]) -> int:
     rows = problems(args.limit)
     mode = "raw" if args.raw else "phils"
-    started = time.monotonic()
-
-    def progress(index: int, answer: tuple[str, float]) -> None:
-        if (index + 1) % 20 == 0 or index + 1 == len(rows):
-            print(f"  {index + 1}/{len(rows)} completed ({time.monotonic() - started:.0f} s)", file=sys.stderr)
-
+    progress = progress_printer(len(rows))
     if args.raw:
         answers = complete_raw(settings, rows, args.max_new_tokens, progress)
     else:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .eval_humaneval import passes, problems
+from .eval_humaneval import passes, problems, progress_printer
 from .lsp_client import start_server, stop_server
 
 
@@ -38,6 +38,8 @@ class Case:
     character: int
     original: list[str]  # the blanked lines
     following: str  # the first non-blank line after the hole
+    test: str  # the problem's tests
+    entry_point: str  # the function they check
 
     @property
     def offset(self) -> int:
@@ -70,7 +72,8 @@ def _hole(row: dict[str, Any], body: list[str], start: int, size: int, kind: str
     following = next((l for l in body[start + size :] if l.strip()), "")
     return Case(task_id=row["task_id"], kind=kind, document=prompt + "\n".join(kept) + "\n",
                 line=prompt.count("\n") + start, character=len(indent),
-                original=[l for l in body[start : start + size] if l.strip()], following=following)
+                original=[l for l in body[start : start + size] if l.strip()], following=following,
+                test=row["test"], entry_point=row["entry_point"])
 
 
 # --- the two ways of completing --------------------------------------------
@@ -134,7 +137,7 @@ def complete_raw(settings: Any, cases: list[Case], max_new_tokens: int, progress
 
 
 def score(case: Case, completion: str) -> dict[str, Any]:
-    ok, error = passes({"prompt": "", "test": _test_of(case), "entry_point": _entry_of(case)}, case.program(completion))
+    ok, error = passes({"prompt": "", "test": case.test, "entry_point": case.entry_point}, case.program(completion))
     written = [l.strip() for l in completion.split("\n") if l.strip()]
     docstring = _docstring_lines(case.document)
     return {
@@ -146,17 +149,6 @@ def score(case: Case, completion: str) -> dict[str, Any]:
         "repeats_next_line": bool(case.following.strip()) and case.following.strip() in written,
         "repeats_docstring": any(l in docstring for l in written if len(l) > 3),
     }
-
-
-_TESTS: dict[str, tuple[str, str]] = {}
-
-
-def _test_of(case: Case) -> str:
-    return _TESTS[case.task_id][0]
-
-
-def _entry_of(case: Case) -> str:
-    return _TESTS[case.task_id][1]
 
 
 def _docstring_lines(document: str) -> set[str]:
@@ -176,17 +168,10 @@ def _docstring_lines(document: str) -> set[str]:
 
 def run(args: Any, settings: Any, server_args: list[str]) -> int:
     rows = problems(args.limit)
-    for row in rows:
-        _TESTS[row["task_id"]] = (row["test"], row["entry_point"])
     kinds = tuple(k for k in ("line", "span") if args.kind in (k, "both"))
     cases = make_cases(rows, kinds)
     mode = "raw" if args.raw else "phils"
-    started = time.monotonic()
-
-    def progress(index: int, answer: tuple[str, float]) -> None:
-        if (index + 1) % 20 == 0 or index + 1 == len(cases):
-            print(f"  {index + 1}/{len(cases)} completed ({time.monotonic() - started:.0f} s)", file=sys.stderr)
-
+    progress = progress_printer(len(cases))
     if args.raw:
         answers = complete_raw(settings, cases, args.max_new_tokens, progress)
     else:
