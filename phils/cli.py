@@ -176,6 +176,12 @@ def _eval_infill(args: argparse.Namespace) -> int:
     return _run_eval(args, run, "completion.warmup_ms=0")  # each case is asked once
 
 
+def _eval_crossfile(args: argparse.Namespace) -> int:
+    from .tools.eval_crossfile import run
+
+    return _run_eval(args, run, "completion.warmup_ms=0")  # each case is asked once
+
+
 def _run_eval(args: argparse.Namespace, run, *extra_settings: str) -> int:
     """Resolve the settings with the eval's own on top, and pass the same to the servers it starts."""
     args.set = [*(args.set or []), *extra_settings]
@@ -369,6 +375,16 @@ def _parser() -> argparse.ArgumentParser:
     infill.add_argument("--name", help="results file name (default: the model's name)")
     infill.add_argument("--out", default="bench/results")
     infill.set_defaults(run=_eval_infill)
+
+    crossfile = with_settings(evals.add_parser(
+        "crossfile", help="lines that call another module of the same package, with and without its signatures"))
+    crossfile.add_argument("--packages", default="",
+                           help="installed packages to take cases from, comma-separated "
+                                "(default: aiohttp, pygls, prometheus_client, huggingface_hub)")
+    crossfile.add_argument("--per-package", type=int, default=25, help="cases per package")
+    crossfile.add_argument("--name", help="results file name (default: the model's name)")
+    crossfile.add_argument("--out", default="bench/results")
+    crossfile.set_defaults(run=_eval_crossfile)
 
     config = with_settings(commands.add_parser("config", help="print the resolved settings"))
     config.set_defaults(run=_config)

@@ -84,6 +84,13 @@ class CompletionSettings:
     # the statement it starts (a line, or a compound statement's header and body);
     # "block" goes on to the end of the block. Both end where a line resumes the code below.
     mid_block: str = _choice("statement", "statement", "block")
+    # Inside code that continues below the cursor, write candidates of up to a few lines and
+    # show the one (cut at any line end) under which the next lines are most likely.
+    fit_suffix: bool = True
+    candidates: int = _int(1, 1, 8)  # with fit_suffix: the greedy answer and the next best first tokens (3: ~3x the decoding)
+    # Signatures and docstrings of what the document imports from other modules of the
+    # workspace, at the top of the prompt (at most a quarter of it).
+    project_context: bool = True
     timeout_ms: int = _int(0, 0, 600_000)  # longest a request may decode; 0 = no limit
     warmup_ms: int = _int(150, 0, 60_000)  # prefill this long after the last edit; 0 = never
 

@@ -29,6 +29,8 @@ class EngineJob:
     ignore_stops: bool = False  # decode max_new_tokens whatever the stop rule and EOS say (benchmarks)
     deadline_ms: int = 0  # longest the decode may take; 0 = no limit
     window: str = ""  # the editor window that asked; its departure cancels the job
+    fit_suffix: str = ""  # the code after the cursor: answer with the candidate it follows best ("" = greedy)
+    candidates: int = 1  # with fit_suffix: how many first tokens to try (the greedy one and the next best)
 
     @property
     def key(self) -> str:
@@ -48,6 +50,7 @@ class GenerationResult:
     first_token_ms: float | None = None  # from the request's start to its first token
     decode_steps: int = 0  # forward passes of one token each
     healed: str = ""  # the prompt's last token, backed off and generated again
+    candidates: int = 0  # answers judged against fit_suffix (0: none were, e.g. it cannot rewind its cache)
 
     @classmethod
     def from_dict(cls, text: str, data: Any) -> "GenerationResult":

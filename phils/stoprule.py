@@ -21,6 +21,7 @@ class Shape:
     line_prefix: str  # what precedes the suggestion on its first line
     max_lines: int
     resume: str = ""  # the code below the cursor (its next line, stripped): a line that resumes it ends the text
+    resume_indent: int = -1  # that line's indentation: only a line at it resumes the code (-1: any)
     avoid: tuple[str, ...] = ()  # lines that must not be written again (the enclosing signature and docstring)
     statement: bool = False  # end with the first statement: at a later line indented no deeper than the first
 
@@ -39,6 +40,7 @@ class Shape:
                 line_prefix=str(data.get("line_prefix", "")),
                 max_lines=int(data["max_lines"]),
                 resume=str(data.get("resume", "")),
+                resume_indent=int(data.get("resume_indent", -1)),
                 avoid=tuple(str(line) for line in data.get("avoid", ())),
                 statement=bool(data.get("statement", False)),
             )
@@ -70,7 +72,7 @@ def stop_index(text: str, shape: Shape) -> int | None:
         if whole.strip():
             blank_run = 0
             written = number > 0 or not shape.line_prefix.strip()  # not the user's own text
-            if complete and written and _written_already(whole.strip(), shape):
+            if complete and written and _written_already(whole, shape):
                 return max(offset - 1, 0) if number > 0 else 0
             if (number > 0 or not shape.line_prefix.strip()) and indent_width(whole) < shape.min_indent:
                 return max(offset - 1, 0) if number > 0 else 0
@@ -94,11 +96,13 @@ SIMILAR = 0.95
 MIN_SIMILAR_CHARS = 24
 
 
-def _written_already(line: str, shape: Shape) -> bool:
+def _written_already(whole: str, shape: Shape) -> bool:
+    line = whole.strip()
     if line in shape.avoid:
         return True
     resume = shape.resume
-    if not resume:
+    # `return False` one level deeper than the `return False` below is another line.
+    if not resume or (shape.resume_indent >= 0 and indent_width(whole) != shape.resume_indent):
         return False
     if line == resume:
         return True

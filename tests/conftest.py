@@ -91,8 +91,9 @@ async def phils_server(
     progress: bool = True,
     wait: str | None = "ready",
     env: dict[str, str] | None = None,
+    root: Path | None = None,
 ):
-    """Start ``phils serve ARGS`` over stdio and initialize a session with it."""
+    """Start ``phils serve ARGS`` over stdio and initialize a session with it (in workspace ``root``)."""
     from lsprotocol import types
     from pytest_lsp import client_capabilities
     from pytest_lsp.client import make_test_lsp_client
@@ -106,7 +107,11 @@ async def phils_server(
     if not progress:
         capabilities.window = types.WindowClientCapabilities(work_done_progress=False)
     result = await client.initialize_session(
-        types.InitializeParams(capabilities=capabilities, initialization_options=init_options)
+        types.InitializeParams(
+            capabilities=capabilities, initialization_options=init_options,
+            root_uri=root.as_uri() if root is not None else None,
+            workspace_folders=[types.WorkspaceFolder(uri=root.as_uri(), name=root.name)] if root is not None else None,
+        )
     )
     client.init_result = result  # type: ignore[attr-defined]
     try:

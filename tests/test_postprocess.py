@@ -63,6 +63,9 @@ def finish(marked: str, raw: str, **options) -> str:
         # ... but a short line that differs in one place is another line.
         ("def f(n):\n    █\n    if n % k == 0:\n        return 1\n", "if n % 2 == 0:\n        return 0\n",
          "if n % 2 == 0:\n        return 0"),
+        # The same text one level deeper than the next line is another line (an `if` body before the loop).
+        ("def f(n):\n    for k in range(n):\n        if k > 1:\n            █\n        return False\n", "return False\n",
+         "return False"),
         # Never the signature or the docstring again.
         ('def add(a, b):\n    """Sum of a and b."""\n    █', 'total = a + b\n    """Sum of a and b."""\n',
          "total = a + b"),

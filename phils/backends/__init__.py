@@ -8,8 +8,9 @@ it talks to:
 - ``generate(job) -> GenerationResult``: cancelled by cancelling the
   awaiting task, which stops the engine's decoding too;
 - ``count_tokens(text)`` and ``context_tokens`` for the prompt's budget;
-- ``heals`` (the engine can constrain the first tokens: token healing) and
-  ``warms`` (warm-ups are worth sending);
+- ``heals`` (the engine can constrain the first tokens: token healing),
+  ``warms`` (warm-ups are worth sending) and ``fits`` (it can judge
+  candidates by the code after the cursor);
 - ``forget(document)``, ``forget_all()``, ``report()``, ``close()``.
 """
 

@@ -15,6 +15,7 @@ from . import StatusCallback
 class LocalBackend:
     heals = True  # the decode loop can constrain tokens
     warms = True
+    fits = True  # judges candidates by the code after the cursor (protocol.EngineJob.fit_suffix)
 
     def __init__(self, settings: EngineSettings, on_status: StatusCallback):
         self.service = EngineService(settings)

@@ -34,6 +34,7 @@ NO_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10, sock_connect=10)
 class PhilsEngineBackend:
     heals = True
     warms = True
+    fits = True  # judges candidates by the code after the cursor (protocol.EngineJob.fit_suffix)
 
     def __init__(self, settings: EngineSettings, on_status: StatusCallback, autostart_engine: bool):
         self.settings = settings
@@ -158,6 +159,7 @@ class PhilsEngineBackend:
                 "document": job.document, "window": self.window, "warmup": job.warmup,
                 "shape": job.shape.as_dict() if job.shape else None, "heal": job.heal,
                 "ignore_stops": job.ignore_stops, "deadline_ms": job.deadline_ms,
+                "fit_suffix": job.fit_suffix, "candidates": job.candidates,
             },
         }
         try:

@@ -88,6 +88,7 @@ DIALECTS = {
 
 class RemoteBackend:
     heals = False  # no way to constrain the first tokens of another engine
+    fits = False  # nor to branch its decoding and score the code after the cursor
 
     def __init__(self, settings: EngineSettings, on_status: StatusCallback):
         self.settings = settings

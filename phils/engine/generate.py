@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import healing
+from . import fitting, healing
 from .loader import LoadedModel
 from ..protocol import GenerationResult
 from .prefix_cache import CachedPrefix, PrefixCache, common_prefix
@@ -40,6 +40,19 @@ class GenerationRequest:
     heal: bool = True  # redo the prompt's last token when it ends mid-word (token healing)
     ignore_stops: bool = False  # decode max_new_tokens whatever the stop rule and EOS say (benchmarks)
     on_token: Callable[[int], None] | None = None  # told the count of new tokens after each one
+    fit_suffix: str = ""  # the code after the cursor: when set, answer with the candidate it follows best
+    candidates: int = 1  # with fit_suffix: the greedy answer and the best other first tokens
+
+
+@dataclass
+class Branch:
+    """A point in the decode loop where other candidates can take another token."""
+
+    generated: list[int]  # the tokens written before it
+    scores: list[tuple[int, float]]  # per token: the text's length after it, and its log-probability
+    pending: str  # healing text still to spell out
+    logits: Any  # the next token's logits there
+    kv_length: int  # tokens in the KV cache there
 
 
 def greedy(logits: Any) -> int:
@@ -71,6 +84,10 @@ class Engine:
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+
+    def encode_plain(self, text: str) -> list[int]:
+        """Tokens of text that continues a prompt: no BOS."""
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def forget(self, key: str) -> None:
         self.cache.drop(key)
@@ -116,7 +133,10 @@ class Engine:
                 return result
             result.first_token_ms = (time.monotonic() - started) * 1000
             decode_started = time.monotonic()
-            self._decode(logits, kv, request, result, max_new)
+            if request.fit_suffix:
+                fitting.choose(self, logits, kv, len(ids), request, result, max_new)
+            else:
+                self._decode(logits, kv, request, result, max_new)
             result.decode_ms = (time.monotonic() - decode_started) * 1000
             self._store(request.key, ids, kv)
         return result
@@ -133,7 +153,7 @@ class Engine:
         if entry is not None:
             # Keep at least one prompt token to run: its logits start the decode.
             shared = min(common_prefix(entry.ids, ids), len(ids) - 1)
-            if shared > 0 and _crop(entry.kv, shared):
+            if shared > 0 and crop(entry.kv, shared):
                 return entry.kv, shared
         return new_cache(self.model.config), 0
 
@@ -148,18 +168,35 @@ class Engine:
             done += len(chunk)
         return logits, done
 
-    def _decode(self, logits: Any, kv: Any, request: GenerationRequest, result: GenerationResult, max_new: int):
-        generated: list[int] = []
+    def _decode(self, logits: Any, kv: Any, request: GenerationRequest, result: GenerationResult, max_new: int,
+                start: "Branch | None" = None, force: int | None = None,
+                on_branch: Callable[["Branch"], None] | None = None,
+                scores: list[tuple[int, float]] | None = None) -> list[int]:
+        """Greedy decoding from ``logits`` (the prompt's, or a branch point's); returns the tokens.
+
+        ``start`` resumes at a branch point with ``force`` as its token;
+        ``on_branch`` is told each step before the first one that writes code
+        (past indentation): the last of them is where other candidates branch off.
+        ``scores`` gets each token's (text length after it, log-probability).
+        """
+        generated: list[int] = list(start.generated) if start else []
         text = ""
         ignore_stops = request.ignore_stops or self.ignore_stops
-        pending = result.healed  # text the first tokens must spell out again
+        pending = start.pending if start else result.healed  # text the first tokens must spell out again
         result.reason = "length"
-        for step in range(max_new):
-            token = self._constrained(logits, pending) if pending else greedy(logits)
+        for step in range(max_new - len(generated)):
+            if on_branch is not None and not text.strip():  # the last such step is the one that writes code
+                on_branch(Branch(list(generated), list(scores or ()), pending, logits, kv.get_seq_length()))
+            if force is not None and step == 0:
+                token = force
+            else:
+                token = self._constrained(logits, pending) if pending else greedy(logits)
             if token in self.eos_ids and not ignore_stops:
                 result.reason = "eos"
                 break
             generated.append(token)
+            if scores is not None:
+                logprob = float(self._torch.log_softmax(logits.float(), dim=-1)[token])
             if request.on_token is not None:
                 request.on_token(len(generated))
             if pending:
@@ -169,6 +206,8 @@ class Engine:
                 text, result.reason = "", "stop"
                 break
             text = full[len(result.healed) :]
+            if scores is not None:
+                scores.append((len(full), logprob))
             cut = None if ignore_stops or pending else request.stop(text)
             if cut is not None:
                 text, result.reason = text[:cut], "stop"
@@ -179,11 +218,12 @@ class Engine:
             if request.deadline is not None and time.monotonic() >= request.deadline:
                 result.reason = "deadline"
                 break
-            if step + 1 < max_new:
+            if len(generated) < max_new:
                 logits = self._forward([token], kv)
                 result.decode_steps += 1
-        result.new_tokens = len(generated)
+        result.new_tokens += len(generated) - (len(start.generated) if start else 0)
         result.text = text.rstrip("\ufffd")  # an unfinished multi-byte character
+        return generated
 
     def _constrained(self, logits: Any, pending: str) -> int:
         allowed = self.vocabulary.allowed(pending)
@@ -198,12 +238,19 @@ class Engine:
         out = self.model(input_ids=input_ids, past_key_values=kv, use_cache=True, logits_to_keep=1)
         return out.logits[0, -1]
 
+    def _forward_keep(self, ids: list[int], kv: Any, keep: int) -> Any:
+        """The logits of the last ``keep`` positions of ``ids``, run on ``kv``."""
+        torch = self._torch
+        input_ids = torch.tensor([ids], dtype=torch.long, device=self.model.device)
+        out = self.model(input_ids=input_ids, past_key_values=kv, use_cache=True, logits_to_keep=keep)
+        return out.logits[0, -keep:]
+
     def _store(self, key: str, ids: list[int], kv: Any) -> None:
-        if ids and _crop(kv, len(ids)):
+        if ids and crop(kv, len(ids)):
             self.cache.put(key, CachedPrefix(list(ids), kv))
 
 
-def _crop(kv: Any, length: int) -> bool:
+def crop(kv: Any, length: int) -> bool:
     """Crop ``kv`` to ``length`` tokens; False when this cache type cannot be cropped there."""
     excess = kv.get_seq_length() - length
     if excess < 0:

@@ -84,8 +84,16 @@ def parse_job(body: Any, service: EngineService) -> tuple[EngineJob, bool]:
         heal=bool(extra.get("heal", True)),
         ignore_stops=bool(extra.get("ignore_stops", False)),
         deadline_ms=_non_negative_int(extra.get("deadline_ms", 0), "phils.deadline_ms"),
+        fit_suffix=_string(extra.get("fit_suffix", ""), "phils.fit_suffix"),
+        candidates=max(_non_negative_int(extra.get("candidates", 1), "phils.candidates"), 1),
     )
     return job, bool(body.get("stream", False))
+
+
+def _string(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be a string")
+    return value
 
 
 def _non_negative_int(value: Any, name: str) -> int:

@@ -174,6 +174,8 @@ class EngineService:
                 heal=job.heal,
                 ignore_stops=job.ignore_stops,
                 on_token=partial(setattr, cancel, "decoded"),
+                fit_suffix=job.fit_suffix,
+                candidates=job.candidates,
             ))
         self.metrics.record(job, result, (time.monotonic() - queued_at) * 1000)
         if cancel.decoded_at_cancel is not None and not job.warmup:

@@ -22,7 +22,7 @@ from .. import backends
 from ..config import Settings
 from ..machine import process_figures
 from ..protocol import EngineError, EngineJob
-from . import postprocess, prompt
+from . import postprocess, project, prompt
 from .documents import CursorContext, cursor_context
 from .stats import Stats
 from .typed_through import Shown, rest_of
@@ -59,6 +59,7 @@ class CompletionService:
         self._shown: dict[str, Shown] = {}
         self._tail_starts: dict[str, int] = {}  # per document: where its prompt's tail starts
         self._faulted = False  # the last completion failed: the editor shows an error until one works
+        self.project: project.ProjectIndex | None = None  # the workspace's modules, set at initialize
         self.stats = Stats()
         self.doc_stats: dict[str, Stats] = defaultdict(Stats)
 
@@ -114,7 +115,8 @@ class CompletionService:
         if (older := self._in_flight.get(ctx.uri)) is not None:
             older.cancel()  # a newer request supersedes it, and closing its stream stops the engine
         run = asyncio.ensure_future(
-            run_pipeline(backend, ctx, self.settings, (self.stats, self.doc_stats[ctx.uri]), self._tail_starts)
+            run_pipeline(backend, ctx, self.settings, (self.stats, self.doc_stats[ctx.uri]), self._tail_starts,
+                         self.project)
         )
         self._in_flight[ctx.uri] = run
         try:
@@ -178,7 +180,7 @@ class CompletionService:
         try:
             loop = asyncio.get_running_loop()
             built = await loop.run_in_executor(PROMPT_THREAD, build_prompt, backend, ctx, self.settings,
-                                               self._tail_starts)
+                                               self._tail_starts, self.project)
             job = EngineJob(document=ctx.uri, prompt=model_prompt(built, backend.heals)[0], max_new_tokens=self.settings.engine.max_new_tokens,
                             warmup=True)
             result = await backend.generate(job)
@@ -250,10 +252,21 @@ def _cancelling() -> bool:
     return bool(task is not None and task.cancelling())
 
 
-def build_prompt(backend: Any, ctx: CursorContext, settings: Settings, tail_starts: dict[str, int]) -> prompt.Prompt:
+# Other modules' signatures may take up to this share of the prompt.
+PROJECT_SHARE = 0.25
+
+
+def build_prompt(backend: Any, ctx: CursorContext, settings: Settings, tail_starts: dict[str, int],
+                 index: project.ProjectIndex | None = None) -> prompt.Prompt:
     """The document's prompt, its tail starting where the last one did if it still fits."""
     budget = backend.context_tokens - settings.engine.max_new_tokens
-    built = prompt.build(ctx, backend.count_tokens, budget, keep_start=tail_starts.get(ctx.uri))
+    context = ""
+    if index is not None and settings.completion.project_context:
+        stubs = index.stubs(project.path_of(ctx.uri), ctx.prefix + ctx.suffix, ctx.line)
+        context = project.block(stubs, backend.count_tokens, int(budget * PROJECT_SHARE))
+        if settings.log.buffer_text and context:
+            log.info("project context: %s", ", ".join(stub.name for stub in stubs if stub.text in context))
+    built = prompt.build(ctx, backend.count_tokens, budget, keep_start=tail_starts.get(ctx.uri), context=context)
     if built.tail_start is not None:
         tail_starts[ctx.uri] = built.tail_start
     return built
@@ -274,16 +287,22 @@ def model_prompt(built: prompt.Prompt, heals: bool) -> tuple[str, str, str]:
     return built.text[: len(built.text) - len(built.forced)], "", indentation
 
 
+def _fits(backend: Any, settings: Settings) -> bool:
+    return (settings.completion.fit_suffix and getattr(backend, "fits", False)
+            and not settings.engine.ignore_stops)
+
+
 async def run_pipeline(
     backend: Any,
     ctx: CursorContext,
     settings: Settings,
     stats: tuple[Stats, ...] = (),
     tail_starts: dict[str, int] | None = None,
+    index: project.ProjectIndex | None = None,
 ) -> Suggestion | None:
     """One completion, start to end: context → prompt → engine → filters."""
     try:
-        return await _pipeline(backend, ctx, settings, stats, {} if tail_starts is None else tail_starts)
+        return await _pipeline(backend, ctx, settings, stats, {} if tail_starts is None else tail_starts, index)
     except asyncio.CancelledError:  # superseded or $/cancelRequest, at any stage
         for counters in stats:
             counters.record_cancelled()
@@ -291,16 +310,18 @@ async def run_pipeline(
 
 
 async def _pipeline(
-    backend: Any, ctx: CursorContext, settings: Settings, stats: tuple[Stats, ...], tail_starts: dict[str, int]
+    backend: Any, ctx: CursorContext, settings: Settings, stats: tuple[Stats, ...], tail_starts: dict[str, int],
+    index: project.ProjectIndex | None,
 ) -> Suggestion | None:
     started = time.monotonic()
     # Off the event loop (counting tokens may ask the engine), on the one prompt thread.
     loop = asyncio.get_running_loop()
-    built = await loop.run_in_executor(PROMPT_THREAD, build_prompt, backend, ctx, settings, tail_starts)
+    built = await loop.run_in_executor(PROMPT_THREAD, build_prompt, backend, ctx, settings, tail_starts, index)
     shape = postprocess.shape_of(ctx, settings.completion.multiline, settings.completion.max_lines,
                                  settings.completion.mid_block)
     text, follows, strip = model_prompt(built, backend.heals)
-    model_shape = replace(shape, line_prefix=follows) if follows != shape.line_prefix else shape
+    fit_shape, judged = postprocess.fitted(ctx, shape) if _fits(backend, settings) else (shape, "")
+    model_shape = replace(fit_shape, line_prefix=follows) if follows != fit_shape.line_prefix else fit_shape
     timeout = settings.completion.timeout_ms
     job = EngineJob(
         document=ctx.uri,
@@ -310,8 +331,12 @@ async def _pipeline(
         heal=backend.heals,
         ignore_stops=settings.engine.ignore_stops,
         deadline_ms=timeout,
+        fit_suffix=judged,
+        candidates=settings.completion.candidates,
     )
     result = await backend.generate(job)
+    if result.candidates:  # the engine judged the lengths: the filters keep its choice
+        shape = fit_shape
     text = built.forced + prompt.heal(result.text, strip)
     if result.reason in ("length", "deadline") and not shape.single_line:
         text = postprocess.drop_unfinished_line(text)

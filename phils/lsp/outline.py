@@ -45,6 +45,22 @@ def enclosing_headers(lines: list[str]) -> dict[int, str]:
     return keep
 
 
+def enclosing_def_indent(lines: list[str], below: int) -> int | None:
+    """The indentation of the innermost ``def`` around the end that encloses code at ``below``; None at module level."""
+    limit = below
+    for line in reversed(lines):
+        if not line.strip():
+            continue
+        indent = indentation(line)
+        if indent < limit:
+            if _DEF.match(line):
+                return indent
+            limit = indent
+            if limit == 0:
+                return None
+    return None
+
+
 def sibling_signatures(lines: list[str], class_line: int) -> dict[int, str]:
     """The class's method signatures as one-liners with ``...`` bodies: what the class offers."""
     members: dict[int, str] = {}

@@ -8,6 +8,7 @@ runs the ordered filters on the final text.
 from __future__ import annotations
 
 import ast
+from dataclasses import replace
 from typing import Callable
 
 from ..stoprule import Shape, indent_width, stop_index
@@ -38,9 +39,45 @@ def shape_of(ctx: CursorContext, multiline: bool = True, max_lines: int = 24, mi
         line_prefix=ctx.line_prefix,
         max_lines=1 if below > min_indent else max_lines,
         resume=following.strip(),
+        resume_indent=indent_width(following) if following.strip() else -1,
         avoid=_enclosing_lines(ctx),
         statement=below == min_indent and mid_block == "statement",
     )
+
+
+FIT_LINES = 4  # candidates judged by the code below are written up to this many lines
+FIT_SUFFIX_LINES = 3  # and judged by this many lines of it
+
+
+def fitted(ctx: CursorContext, shape: Shape) -> tuple[Shape, str]:
+    """Mid-code: the shape candidates are written in, and the code after the cursor that judges them.
+
+    Where the enclosing function (or the module's code) goes on below the
+    cursor, candidates run to up to ``FIT_LINES`` lines and the engine picks
+    the answer (any prefix of whole lines) the next lines follow best; one
+    line or many is then the model's judgement, not an indentation rule's.
+    Where nothing follows, or the next line starts another function (an
+    empty body being written), returns ``shape`` and "": a whole block.
+    """
+    following = ctx.next_line
+    if not following.strip():
+        return shape, ""
+    function = outline.enclosing_def_indent(ctx.prefix[-MAX_OUTLINE_CHARS:].split("\n"), shape.min_indent)
+    if not shape.single_line and function is not None and indent_width(following) <= function:
+        return shape, ""
+    lines, code = [], 0
+    for line in ctx.suffix.split("\n"):
+        lines.append(line)
+        code += bool(line.strip()) and len(lines) > 1
+        if code >= FIT_SUFFIX_LINES:
+            break
+    judged = "\n".join(lines)
+    if shape.single_line:
+        return shape, judged
+    # The answer may close the cursor's block and go on outside it (`return 0` and then
+    # `elif n == 1:`), as far as the function's body: the judgement says where it ends.
+    body = 0 if function is None else function + 1
+    return replace(shape, statement=False, max_lines=FIT_LINES, min_indent=min(shape.min_indent, body)), judged
 
 
 def _enclosing_lines(ctx: CursorContext) -> tuple[str, ...]:
@@ -147,8 +184,10 @@ def keep_parsing_lines(text: str, ctx: CursorContext, shape: Shape) -> str:
 
 def drop_repeat_of_next_line(text: str, ctx: CursorContext, shape: Shape) -> str:
     """A suggestion that only repeats the line below the cursor is noise."""
-    first = (ctx.line_prefix + text).strip()
-    if "\n" not in text and first and first == ctx.next_line.strip():
+    first = ctx.line_prefix + text
+    following = ctx.next_line
+    if "\n" not in text and first.strip() and first.strip() == following.strip() \
+            and indent_width(first) == indent_width(following):
         return ""
     return text
 

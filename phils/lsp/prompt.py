@@ -16,7 +16,7 @@ stays a prefix of the next prompt.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from . import outline
@@ -49,13 +49,19 @@ class Prompt:
 
 
 def build(
-    ctx: CursorContext, count_tokens: Callable[[str], int], budget: int, keep_start: int | None = None
+    ctx: CursorContext, count_tokens: Callable[[str], int], budget: int, keep_start: int | None = None,
+    context: str = "",
 ) -> Prompt:
     """The prompt for ``ctx`` within ``budget`` tokens.
 
     ``keep_start`` is the previous prompt's ``tail_start`` for this document:
-    the tail keeps starting there while everything still fits.
+    the tail keeps starting there while everything still fits. ``context``
+    (other modules' signatures, which change rarely) goes first, so that what
+    follows it stays a reusable prefix too.
     """
+    if context:
+        built = build(ctx, count_tokens, budget - count_tokens(context) - SEAM_TOKENS, keep_start)
+        return replace(built, text=context + built.text)
     text, held_back = _hold_back_indentation(ctx.prefix, ctx.line_prefix)
     forced = "" if ctx.line_prefix else outline.empty_body_indent(ctx.prefix) or ""
     window = text[-budget * MAX_CHARS_PER_TOKEN :] if budget > 0 else ""

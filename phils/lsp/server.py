@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -21,6 +22,7 @@ from .. import __version__
 from .completion import CompletionService, Suggestion
 from ..config import Settings, client_settings, merge
 from .documents import use_lsp_line_breaks
+from .project import ProjectIndex, path_of
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +226,13 @@ class PhilsServer(LanguageServer):
         self.client_options = {}
         self._last_status = None
 
+    def open_text(self, path: Path) -> str | None:
+        """The editor's text of the document at ``path`` if it is open (any thread may ask)."""
+        for uri, doc in list(self.workspace.text_documents.items()):
+            if path_of(uri) == path:
+                return doc.source
+        return None
+
     def open_document(self, uri: str):
         """An open document, or None: phils never completes files the editor has not opened."""
         return self.workspace.text_documents.get(unquote(uri))
@@ -236,6 +245,7 @@ def create_server(settings: Settings, warnings: list[str] | None = None) -> Phil
     def initialize(ls: PhilsServer, params: types.InitializeParams) -> None:
         ls.loop = asyncio.get_running_loop()
         use_lsp_line_breaks(ls.workspace)
+        ls.service.project = ProjectIndex(workspace_roots(ls.workspace), ls.open_text)
         changed = ls.apply_client_options(params.initialization_options or {}, "initializationOptions")
         ls.load_needed = changed or ls.service.state in ("idle", "error")
 
@@ -290,6 +300,13 @@ async def _suggest(ls: PhilsServer, uri: str, position: types.Position) -> Sugge
     if doc is None:
         return None
     return await ls.service.complete(doc, position.line, position.character)
+
+
+def workspace_roots(workspace: Any) -> list[Path]:
+    """The workspace's folders (and root) as paths, for finding the project's modules."""
+    uris = [folder.uri for folder in (getattr(workspace, "folders", None) or {}).values()]
+    uris.append(getattr(workspace, "root_uri", None) or "")
+    return list(dict.fromkeys(path for uri in uris if uri and (path := path_of(uri)) is not None))
 
 
 def _cursor_after(doc: Any, changes: Any) -> tuple[int, int] | None:

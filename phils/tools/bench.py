@@ -34,16 +34,17 @@ MODES = {
 
 @dataclass
 class Replay:
+    path: Path  # the file replayed: opened at its own path, so the project's other modules are found
     opened: str  # the document as opened
     typed: str  # what is then typed, character by character
     pauses: int  # completion requests to make (one per typed line)
 
 
-def plan_replay(source: str, prompt_lines: int, pauses: int) -> Replay:
+def plan_replay(path: Path, source: str, prompt_lines: int, pauses: int) -> Replay:
     lines = source.splitlines(keepends=True)
     opened = "".join(lines[:prompt_lines])
     typed = "".join(lines[prompt_lines : prompt_lines + pauses])
-    return Replay(opened, typed, pauses)
+    return Replay(path.resolve(), opened, typed, pauses)
 
 
 async def run_mode(
@@ -60,9 +61,9 @@ async def run_mode(
     command = ["--model", model, "--log-level", "warning"]
     for item in settings:
         command += ["--set", item]
-    client = await start_server(command)
+    client = await start_server(command, root=Path.cwd())
 
-    uri = "file:///bench/replay.py"
+    uri = replay.path.as_uri()
     client.text_document_did_open(
         types.DidOpenTextDocumentParams(types.TextDocumentItem(uri=uri, language_id="python", version=1, text=replay.opened))
     )
@@ -149,7 +150,7 @@ def machine() -> dict[str, Any]:
 
 def run(args: Any) -> int:
     source = Path(args.file).read_text(encoding="utf-8")
-    replay = plan_replay(source, args.prompt_lines, args.requests)
+    replay = plan_replay(Path(args.file), source, args.prompt_lines, args.requests)
     modes = args.modes.split(",")
     bandwidth = measure_bandwidth()
     results = {}

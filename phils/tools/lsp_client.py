@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from pathlib import Path
 from typing import Any
 
 LOAD_TIMEOUT_S = 1800
 
 
-async def start_server(args: list[str]) -> Any:
-    """Start ``phils serve ARGS``, initialize a session, and wait until its model is ready."""
+async def start_server(args: list[str], root: Path | None = None) -> Any:
+    """Start ``phils serve ARGS``, initialize a session (in workspace ``root``), and wait until its model is ready."""
     from lsprotocol import types
     from pygls.lsp.client import LanguageClient
 
@@ -25,7 +26,10 @@ async def start_server(args: list[str]) -> Any:
             ready.set()
 
     await client.start_io(sys.executable, "-m", "phils", "serve", *args)
-    await client.initialize_async(types.InitializeParams(capabilities=types.ClientCapabilities()))
+    folders = [types.WorkspaceFolder(uri=root.as_uri(), name=root.name)] if root is not None else None
+    await client.initialize_async(types.InitializeParams(
+        capabilities=types.ClientCapabilities(), root_uri=root.as_uri() if root is not None else None,
+        workspace_folders=folders))
     client.initialized(types.InitializedParams())
     await asyncio.wait_for(ready.wait(), LOAD_TIMEOUT_S)
     if status.get("state") != "ready":

@@ -1,0 +1,165 @@
+"""Answer with the candidate that the code after the cursor follows best.
+
+Phi-2 has no fill-in-the-middle tokens, so the text after the cursor cannot
+be in the prompt; it can still judge the answers. Mid-code, the engine writes
+the greedy answer and, at the step where it starts writing code, the best
+other first tokens, each continued greedily for up to a few lines; every
+line end of every candidate is a possible answer, and the one under which
+the whole document is most likely wins: log P(answer | prefix) + log P(next
+lines | prefix, answer), the second from one forward pass over the answer's
+tokens not yet in the KV cache and the suffix's, on the prompt's KV cache.
+The same judgement picks between a line and the lines until the code below
+resumes, which a rule on indentation alone cannot.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ..protocol import GenerationResult
+from .prefix_cache import common_prefix
+
+if TYPE_CHECKING:
+    from .generate import Branch, Engine, GenerationRequest
+
+log = logging.getLogger(__name__)
+
+MAX_SUFFIX_TOKENS = 48  # the judged text: the next lines after the cursor, this many tokens at most
+TOP_TOKENS = 64  # alternatives are looked for among this many of the best first tokens
+
+
+class CannotRewind(Exception):
+    """The KV cache cannot be cut back (sliding-window layers past their window)."""
+
+
+def choose(engine: "Engine", logits: Any, kv: Any, prompt_length: int, request: "GenerationRequest",
+           result: GenerationResult, max_new: int) -> None:
+    """Decode the candidates and leave the best-fitting one in ``result`` (``result.candidates`` = texts judged).
+
+    When the KV cache cannot be rewound, ``result`` holds the greedy answer
+    and ``result.candidates`` stays 0: the front then applies its own rule.
+    """
+    branches: list[Branch] = []
+    scores: list[tuple[int, float]] = []
+    generated = engine._decode(logits, kv, request, result, max_new, on_branch=branches.append, scores=scores)
+    written = [(result.text, result.reason, scores)]
+    greedy_text, greedy_reason = result.text, result.reason
+    judge = _Judge(engine, kv, prompt_length, result.healed, request.fit_suffix)
+    try:
+        judge.held = generated[: kv.get_seq_length() - prompt_length]
+        if request.candidates > 1 and branches and result.reason != "cancelled":
+            branch = branches[-1]
+            greedy_token = generated[len(branch.generated)] if len(generated) > len(branch.generated) else None
+            for token in _alternatives(engine, branch, request.candidates - 1, greedy_token):
+                if request.cancel.is_set():
+                    break
+                judge.rewind(branch.generated)
+                other = GenerationResult(text="", reason="", healed=result.healed)
+                other_scores = list(branch.scores)
+                tokens = engine._decode(branch.logits, kv, request, other, max_new, start=branch, force=token,
+                                        scores=other_scores)
+                result.new_tokens += other.new_tokens
+                result.decode_steps += other.decode_steps
+                judge.held = tokens[: kv.get_seq_length() - prompt_length]
+                written.append((other.text, other.reason, other_scores))
+        answers: dict[str, float] = {}  # each answer, and the log-probability of writing it
+        for candidate, reason, token_scores in written:
+            ends = line_ends(candidate)
+            if reason in ("length", "deadline") and len(ends) > 1:
+                ends.pop()  # its last line was cut short
+            for text in ends:
+                end = len(result.healed) + len(text)
+                answers.setdefault(text, sum(logprob for after, logprob in token_scores if after <= end))
+        best: tuple[float, str] | None = None
+        for text, written_logprob in answers.items():
+            if request.cancel.is_set():
+                break
+            # The whole document's likelihood with this answer in the hole: log P(answer) + log P(suffix | answer).
+            score = written_logprob + judge.score(text)
+            result.candidates += 1
+            if best is None or score > best[0]:
+                best = (score, text)
+    except CannotRewind as exc:
+        log.debug("candidates not judged: %s", exc)
+        result.text, result.reason, result.candidates = greedy_text, greedy_reason, 0
+        return
+    if request.cancel.is_set():
+        result.reason = "cancelled"
+    if best is not None:
+        result.text = best[1]
+        if best[1] != greedy_text:
+            result.reason = "stop"
+
+
+def line_ends(text: str) -> list[str]:
+    """The answers a candidate offers: its text up to the end of each non-blank line."""
+    ends, offset = [], 0
+    for line in text.split("\n"):
+        offset += len(line)
+        if line.strip():
+            ends.append(text[:offset].rstrip())
+        offset += 1
+    return ends
+
+
+def _alternatives(engine: "Engine", branch: "Branch", count: int, greedy_token: int | None) -> list[int]:
+    """The best tokens at the branch other than the greedy one that write code (healing respected)."""
+    torch = engine._torch
+    logits = branch.logits
+    if branch.pending:
+        allowed = engine.vocabulary.allowed(branch.pending)
+        index = torch.tensor(allowed, device=logits.device)
+        values = logits.index_select(0, index)
+        order = [allowed[int(i)] for i in values.topk(min(TOP_TOKENS, len(allowed))).indices]
+    else:
+        order = [int(i) for i in logits.topk(min(TOP_TOKENS, logits.shape[-1])).indices]
+    chosen: list[int] = []
+    for token in order:
+        if token == greedy_token or token in engine.eos_ids:
+            continue
+        text = engine.tokenizer.decode([token], skip_special_tokens=True)
+        if branch.pending:
+            text = text[len(branch.pending):] if text.startswith(branch.pending) else ""
+        if text.strip() and "\ufffd" not in text:
+            chosen.append(token)
+            if len(chosen) == count:
+                break
+    return chosen
+
+
+class _Judge:
+    """Scores answers by the log-likelihood of the suffix after them, keeping track of the KV cache."""
+
+    def __init__(self, engine: "Engine", kv: Any, prompt_length: int, healed: str, suffix: str):
+        self.engine, self.kv, self.prompt_length, self.healed = engine, kv, prompt_length, healed
+        self.suffix_ids = engine.encode_plain(suffix)[:MAX_SUFFIX_TOKENS]
+        self.held: list[int] = []  # the tokens in the KV cache after the prompt
+
+    def rewind(self, tokens: list[int]) -> None:
+        """Make the KV cache hold the prompt and then ``tokens``."""
+        self._cut(common_prefix(self.held, tokens))
+        if len(self.held) < len(tokens):
+            self.engine._forward(tokens[len(self.held):], self.kv)
+            self.held = list(tokens)
+
+    def score(self, text: str) -> float:
+        torch = self.engine._torch
+        answer = self.engine.encode_plain(self.healed + text)
+        if not answer or not self.suffix_ids:
+            return 0.0
+        # Run at least the answer's last token: its logits predict the suffix's first.
+        self._cut(min(common_prefix(self.held, answer), len(answer) - 1))
+        feed = answer[len(self.held):] + self.suffix_ids
+        logits = self.engine._forward_keep(feed, self.kv, len(self.suffix_ids) + 1)[:-1]
+        self.held = answer + self.suffix_ids
+        target = torch.tensor(self.suffix_ids, device=logits.device)
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        return float(logprobs.gather(1, target[:, None]).sum())
+
+    def _cut(self, keep: int) -> None:
+        from .generate import crop
+
+        if not crop(self.kv, self.prompt_length + keep):
+            raise CannotRewind(f"cannot cut the KV cache back to {self.prompt_length + keep} tokens")
+        self.held = self.held[:keep]

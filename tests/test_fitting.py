@@ -1,0 +1,139 @@
+"""Answers judged by the code after the cursor: which cursors get candidates, and the engine's choice."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from pygls.workspace import TextDocument
+
+from phils.config import EngineSettings
+from phils.engine import Engine, GenerationRequest, load_model
+from phils.engine.fitting import line_ends
+from phils.lsp import postprocess
+from phils.lsp.documents import cursor_context
+from phils.stoprule import Shape, stop_index
+
+torch.set_num_threads(1)
+CURSOR = "█"
+
+
+def context(marked: str):
+    before, after = marked.split(CURSOR)
+    lines = before.split("\n")
+    return cursor_context(TextDocument("file:///t.py", before + after), len(lines) - 1, len(lines[-1]))
+
+
+def fitted(marked: str):
+    ctx = context(marked)
+    return postprocess.fitted(ctx, postprocess.shape_of(ctx))
+
+
+def test_a_blank_line_inside_a_body_gets_candidates_of_a_few_lines_judged_by_the_next_three():
+    shape, judged = fitted(
+        "def f(xs):\n    total = 0\n    █\n    for x in xs:\n        total += x\n    return total\n\n\nprint(f([1]))\n")
+    assert judged == "\n    for x in xs:\n        total += x\n    return total"
+    assert not shape.statement and not shape.single_line and shape.max_lines == postprocess.FIT_LINES
+    assert shape.resume == "for x in xs:"
+
+
+def test_the_last_line_of_a_branch_before_its_else_gets_candidates():
+    shape, judged = fitted("def f(x):\n    if x:\n        y = 1\n        █\n    else:\n        y = 2\n    return y\n")
+    assert judged.split("\n")[1:] == ["    else:", "        y = 2", "    return y"]
+
+
+def test_an_answer_may_close_the_cursors_block_but_not_leave_the_function():
+    shape, judged = fitted("class A:\n    def fib(self, n):\n        if n == 0:\n            █\n        return n\n")
+    assert judged and shape.min_indent == 5 and postprocess.shape_of(context(  # deeper than the def
+        "class A:\n    def fib(self, n):\n        if n == 0:\n            █\n        return n\n")).min_indent == 12
+    answer = "return 0\n        if n == 1:\n            return 1\n    def other(self):\n"
+    assert stop_index(answer, shape) == len("return 0\n        if n == 1:\n            return 1")
+
+
+def test_an_empty_body_before_the_next_function_is_a_whole_block():
+    ctx = context('def f(x):\n    """Double x."""\n    █\n\n\ndef g():\n    pass\n')
+    shape = postprocess.shape_of(ctx)
+    assert postprocess.fitted(ctx, shape) == (shape, "")
+
+
+def test_nothing_below_the_cursor_is_a_whole_block():
+    ctx = context('def f(x):\n    """Double x."""\n    █')
+    shape = postprocess.shape_of(ctx)
+    assert postprocess.fitted(ctx, shape) == (shape, "")
+
+
+def test_text_after_the_cursor_keeps_one_line_and_is_judged_with_the_rest_of_it():
+    shape, judged = fitted("def f(x):\n    return g(█)\n\n\nprint(f(2))\n")
+    assert shape.single_line
+    assert judged.startswith(")\n")
+
+
+def test_an_answer_may_end_at_any_of_its_non_blank_lines():
+    assert line_ends("a = 1\n\n    if a:\n        b\n") == ["a = 1", "a = 1\n\n    if a:", "a = 1\n\n    if a:\n        b"]
+    assert line_ends("") == []
+
+
+# --- the engine's choice, on the tiny random Phi --------------------------------
+
+# The random model writes noise, at any indentation: the block may hold any of it.
+PROMPT = 'import os\n\n\ndef add(a, b):\n    """Return the sum of a and b."""\n    total = a + b\n    '
+SUFFIX = "\n    return total\n\n\nprint(add(1, 2))"
+BLOCK = Shape(single_line=False, min_indent=0, line_prefix="    ", max_lines=4)
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model):
+    return load_model(EngineSettings(model=str(tiny_model), threads=1))
+
+
+def fresh(loaded, cache_bytes=2**30) -> Engine:
+    return Engine(loaded, context_tokens=2048, cache_bytes=cache_bytes)
+
+
+def request(key: str, prompt: str = PROMPT, **fields) -> GenerationRequest:
+    return GenerationRequest(key, prompt, max_new_tokens=48, stop=lambda text: stop_index(text, BLOCK), heal=False,
+                             **fields)
+
+
+def document_logprob(engine: Engine, prompt: str, answer: str, suffix: str) -> float:
+    """log P(answer, suffix | prompt), computed from scratch in one forward pass."""
+    prompt_ids = engine.encode(prompt)
+    ids = prompt_ids + engine.encode_plain(answer) + engine.encode_plain(suffix)
+    with torch.inference_mode():
+        logits = engine.model(input_ids=torch.tensor([ids])).logits[0]
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    return float(sum(logprobs[i - 1, ids[i]] for i in range(len(prompt_ids), len(ids))))
+
+
+def test_the_chosen_answer_is_the_line_end_that_makes_the_document_most_likely(loaded):
+    engine = fresh(loaded)
+    greedy = fresh(loaded).generate(request("plain"))
+    chosen = engine.generate(request("fit", fit_suffix=SUFFIX))
+    answers = line_ends(greedy.text)
+    if greedy.reason == "length":
+        answers.pop()  # an unfinished last line is no answer
+    assert chosen.candidates == len(answers) >= 2  # a real choice
+    assert chosen.text in answers
+    scores = {answer: document_logprob(engine, PROMPT, answer, SUFFIX) for answer in answers}
+    assert scores[chosen.text] >= max(scores.values()) - 1e-3, scores
+
+
+def test_more_candidates_are_judged_and_the_cache_stays_exact_afterwards(loaded):
+    cached, uncached = fresh(loaded), fresh(loaded, cache_bytes=0)
+    one = fresh(loaded).generate(request("one", fit_suffix=SUFFIX, candidates=1))
+    three = cached.generate(request("doc", fit_suffix=SUFFIX, candidates=3))
+    assert three.candidates > one.candidates
+    assert three.new_tokens > one.new_tokens
+    # The document's cache holds the prompt again: the next keystroke reuses it and answers as a fresh engine does.
+    typed = PROMPT + "    total"
+    after = cached.generate(request("doc", typed))
+    assert after.reused_tokens > 0
+    assert after.text == uncached.generate(request("doc", typed)).text
+
+
+def test_a_cancelled_choice_stops_and_says_so(loaded):
+    cancel = threading.Event()
+    cancel.set()
+    result = fresh(loaded).generate(request("doc", fit_suffix=SUFFIX, candidates=3, cancel=cancel))
+    assert result.reason == "cancelled" and result.new_tokens == 0
