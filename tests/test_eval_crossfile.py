@@ -18,9 +18,9 @@ def test_a_call_to_a_sibling_modules_function_becomes_a_case(tmp_path: Path):
     cases = make_cases(tmp_path, "pkg", 10)
     assert len(cases) == 1
     case = cases[0]
-    assert (case.module, case.line, case.character, case.target, case.callee) == ("pkg/main.py", 6, 4, "words = parse(text)", "parse")
-    assert case.document.split("\n")[6] == "    " and "return os.sep.join(words)" in case.document
-    assert score(case, "words = parse(text)\n    more")["exact"]
-    near = score(case, "words = parse(text, ' ')")
+    assert (case.module, case.line, case.character, case.target, case.callee) == ("pkg/main.py", 6, 12, "parse(text)", "parse")
+    assert case.document.split("\n")[6] == "    words = " and "return os.sep.join(words)" in case.document
+    assert score(case, "parse(text)\n    more")["exact"]
+    near = score(case, "parse(text, ' ')")
     assert not near["exact"] and 0.8 < near["edit_similarity"] < 1 and near["callee_written"]
     assert score(case, "")["empty"]

@@ -320,6 +320,8 @@ async def _pipeline(
     shape = postprocess.shape_of(ctx, settings.completion.multiline, settings.completion.max_lines,
                                  settings.completion.mid_block)
     text, follows, strip = model_prompt(built, backend.heals)
+    if ctx.line_prefix.strip():  # after code on the cursor's line, the model's text follows that code
+        follows = ctx.line_prefix
     fit_shape, judged = postprocess.fitted(ctx, shape) if _fits(backend, settings) else (shape, "")
     model_shape = replace(fit_shape, line_prefix=follows) if follows != fit_shape.line_prefix else fit_shape
     timeout = settings.completion.timeout_ms

@@ -3,12 +3,12 @@
 CrossCodeEval's construction on packages installed from PyPI: in each
 module of a package, single-line statements inside functions that call a
 name the module imports from another module of the same package (``from
-.util import parse`` … ``x = parse(data)``) are blanked; the cursor sits at
-the line's indentation with the rest of the file below, as an editor leaves
-it. The package is copied into a workspace of its own (the workspace root is
-what the editor sends), the document is opened at its path there, and the
-answer's first line is compared with the original: exact match and edit
-similarity. Run it with ``--set completion.project_context=false`` for the
+.util import parse`` … ``x = parse(data)``) are cut right before that call
+(``x = █``): the rest of the line is to be written, with the rest of the
+file below. The package is copied into a workspace of its own (the
+workspace root is what the editor sends), the document is opened at its
+path there, and the answer's first line is compared with the rest of the
+original line: exact match and edit similarity. Run it with ``--set completion.project_context=false`` for the
 same cases without the other modules' signatures.
 """
 
@@ -41,7 +41,7 @@ class Case:
     document: str
     line: int
     character: int
-    target: str  # the blanked line, stripped
+    target: str  # the rest of the line from the call on, stripped
     callee: str  # the imported name it calls
 
 
@@ -84,16 +84,16 @@ def _cases_in(workspace: Path, package: str, path: Path) -> list[Case]:
                 continue
             if statement.lineno != statement.end_lineno or statement.lineno in seen:
                 continue
-            callee = _called(statement, imported)
-            if callee is None or statement.lineno - 1 <= function.lineno:
+            call = _call(statement, imported)
+            if call is None or statement.lineno - 1 <= function.lineno:
                 continue
             seen.add(statement.lineno)
             number = statement.lineno - 1
             original = lines[number]
-            indent = original[: len(original) - len(original.lstrip())]
-            document = "\n".join(lines[:number] + [indent] + lines[number + 1 :])
-            cases.append(Case(package, path.relative_to(workspace).as_posix(), document, number, len(indent),
-                              original.strip(), callee))
+            column = len(original.encode("utf-8")[: call.col_offset].decode("utf-8", errors="replace"))
+            document = "\n".join(lines[:number] + [original[:column]] + lines[number + 1 :])
+            cases.append(Case(package, path.relative_to(workspace).as_posix(), document, number, column,
+                              original[column:].strip(), call.func.id))
     return sorted(cases, key=lambda c: c.line)
 
 
@@ -105,10 +105,10 @@ def _names_from_package(tree: ast.Module, package: str) -> set[str]:
     return names
 
 
-def _called(statement: ast.stmt, imported: set[str]) -> str | None:
+def _call(statement: ast.stmt, imported: set[str]) -> ast.Call | None:
     for node in ast.walk(statement):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in imported:
-            return node.func.id
+            return node
     return None
 
 
@@ -117,17 +117,26 @@ async def complete_over_lsp(server_args: list[str], workspace: Path, cases: list
 
     client = await start_server(server_args, root=workspace)
     answers = []
+    open_uri, version = "", 0
     for index, case in enumerate(cases):
         uri = (workspace / case.module).as_uri()
-        client.text_document_did_open(types.DidOpenTextDocumentParams(
-            types.TextDocumentItem(uri=uri, language_id="python", version=1, text=case.document)))
+        version += 1
+        if uri == open_uri:  # the next case in the same module: the editor's text changes, as when moving around
+            client.text_document_did_change(types.DidChangeTextDocumentParams(
+                types.VersionedTextDocumentIdentifier(uri=uri, version=version),
+                [types.TextDocumentContentChangeWholeDocument(text=case.document)]))
+        else:
+            if open_uri:
+                client.text_document_did_close(types.DidCloseTextDocumentParams(types.TextDocumentIdentifier(open_uri)))
+            client.text_document_did_open(types.DidOpenTextDocumentParams(
+                types.TextDocumentItem(uri=uri, language_id="python", version=version, text=case.document)))
+            open_uri = uri
         started = time.monotonic()
         result = await client.text_document_inline_completion_async(types.InlineCompletionParams(
             text_document=types.TextDocumentIdentifier(uri=uri),
             position=types.Position(line=case.line, character=case.character),
             context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic)))
         elapsed = time.monotonic() - started
-        client.text_document_did_close(types.DidCloseTextDocumentParams(types.TextDocumentIdentifier(uri=uri)))
         answers.append((result.items[0].insert_text if result and result.items else "", elapsed))
         progress(index, answers[-1])
     await stop_server(client)
@@ -187,6 +196,7 @@ def table(directory: Path) -> str:
         rows.append(f"| {s['model']} | {s['mode']} | {s['cases']} | {s['exact']} | {s['edit_similarity']:.3f} "
                     f"| {s['callee_written']} | {s['empty']} | {s['latency_s']['p50']} / {s['latency_s']['p95']} "
                     f"| `{s['command']}` |")
-    return ("# Lines that call another module of the same package (CrossCodeEval's construction)\n\n"
-            "Packages as installed from PyPI; the first non-blank line of the answer against the original.\n\n"
+    return ("# Calls into another module of the same package (CrossCodeEval's construction)\n\n"
+            "Packages as installed from PyPI; the cursor right before the call, the answer's first line against "
+            "the rest of the original line.\n\n"
             + "\n".join(rows) + "\n")

@@ -203,15 +203,17 @@ def run(args: Any, settings: Any, server_args: list[str]) -> int:
 
 
 def table(directory: Path) -> str:
-    rows = ["| model | mode | kind | cases | pass@1 | exact | empty | longer than the hole | repeats next line "
+    rows = ["| date | model | mode | kind | cases | pass@1 | exact | empty | longer than the hole | repeats next line "
             "| repeats docstring | latency p50 / p95 s | command |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for path in sorted(directory.glob("infill-*.json")):
         s = json.loads(path.read_text())
         for kind, k in s["kinds"].items():
-            rows.append(f"| {s['model']} | {s['mode']} | {kind} | {k['cases']} | {k['pass@1']:.3f} ({k['passed']}) "
+            rows.append(f"| {s['date']} | {s['model']} | {s['mode']} | {kind} | {k['cases']} | {k['pass@1']:.3f} ({k['passed']}) "
                         f"| {k['exact']} | {k['empty']} | {k['longer']} | {k['repeats_next_line']} "
                         f"| {k['repeats_docstring']} | {k['latency_s']['p50']} / {k['latency_s']['p95']} "
                         f"| `{s['command']}` |")
     return ("# Completions in the middle of existing code (HumanEval bodies, blanked lines)\n\n"
+            "Each run with the code of its date: the latest `phils` rows are the current defaults. "
+            "\"repeats next line\" counts answers holding the next line's text at any indentation.\n\n"
             + "\n".join(rows) + "\n")

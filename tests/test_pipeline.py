@@ -1,0 +1,64 @@
+"""The pipeline with a scripted engine: what the engine is asked, and what the editor is shown."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from pygls.workspace import TextDocument
+
+from phils.config import Settings
+from phils.lsp.completion import run_pipeline
+from phils.lsp.documents import cursor_context
+from phils.protocol import EngineJob, GenerationResult
+from phils.stoprule import stop_index
+
+CURSOR = "█"
+
+
+class ScriptedEngine:
+    """Answers every job with ``text``, cut by the job's own stop rule, as a real engine would."""
+
+    heals, warms, fits = True, True, True
+    context_tokens = 2048
+
+    def __init__(self, text: str):
+        self.text = text
+        self.jobs: list[EngineJob] = []
+
+    @staticmethod
+    def count_tokens(text: str) -> int:
+        return len(text) // 3
+
+    async def generate(self, job: EngineJob) -> GenerationResult:
+        self.jobs.append(job)
+        cut = stop_index(self.text, job.shape) if job.shape is not None else None
+        return GenerationResult(text=self.text if cut is None else self.text[:cut], reason="stop")
+
+
+def complete(marked: str, answer: str, **settings) -> tuple[str | None, EngineJob]:
+    before, after = marked.split(CURSOR)
+    lines = before.split("\n")
+    ctx = cursor_context(TextDocument("file:///t.py", before + after), len(lines) - 1, len(lines[-1]))
+    config = Settings()
+    for key, value in settings.items():
+        setattr(config.completion, key, value)
+    engine = ScriptedEngine(answer)
+    suggestion = asyncio.run(run_pipeline(engine, ctx, config))
+    return (suggestion.text if suggestion else None), engine.jobs[0]
+
+
+@pytest.mark.parametrize("fit", [True, False])
+def test_after_code_on_an_indented_line_the_answer_continues_that_line(fit):
+    # The model's text follows `header = `, not column 0: the block's indentation rule must not empty it.
+    text, job = complete("def f(x):\n    header = █\n    return header\n", "pack(x)\n    return header\n",
+                         fit_suffix=fit)
+    assert job.shape.line_prefix == "    header = "
+    assert text == "pack(x)"
+
+
+def test_at_an_empty_lines_indentation_the_engine_heals_it_and_the_judged_code_follows():
+    text, job = complete("def f(x):\n    y = 1\n    █\n    return y\n", "y += x\n    return y\n")
+    assert job.prompt.endswith("    y = 1\n    ") and job.shape.line_prefix == "    "
+    assert job.fit_suffix == "\n    return y\n" and job.shape.max_lines == 4
+    assert text == "y += x"
