@@ -137,3 +137,10 @@ def test_a_cancelled_choice_stops_and_says_so(loaded):
     cancel.set()
     result = fresh(loaded).generate(request("doc", fit_suffix=SUFFIX, candidates=3, cancel=cancel))
     assert result.reason == "cancelled" and result.new_tokens == 0
+
+
+def test_past_its_deadline_the_greedy_answer_is_not_judged(loaded):
+    import time
+
+    result = fresh(loaded).generate(request("doc", fit_suffix=SUFFIX, deadline=time.monotonic()))
+    assert result.reason == "deadline" and result.candidates == 0 and result.new_tokens == 1

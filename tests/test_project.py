@@ -158,3 +158,11 @@ async def test_the_server_reads_the_workspace_and_the_editor_text_of_open_module
         await inline(client, main.as_uri(), len(lines) - 1, len(lines[-1]))
     logged = [line for line in log.read_text().splitlines() if "project context:" in line]
     assert logged and set(logged[-1].split("project context: ")[1].split(", ")) == {"Table", "h.scrub", "parse_row"}
+
+
+def test_lines_are_counted_as_lsp_counts_them(workspace):
+    # "\r" ends a line for LSP (and in the cursor's position) but not for str.split("\n").
+    source = "from .util import parse_row\r\r\rdef f():\r    return parse_row('a')\r"
+    stubs = project.ProjectIndex([workspace]).stubs(workspace / "pkg" / "main.py", source, 4)
+    assert [stub.name for stub in stubs] == ["parse_row"]
+    assert "parse_row" in project.names_near(source, 4) and project.names_near(source, 99) is not None

@@ -15,6 +15,7 @@ resumes, which a rule on indentation alone cannot.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from ..protocol import GenerationResult
@@ -45,6 +46,8 @@ def choose(engine: "Engine", logits: Any, kv: Any, prompt_length: int, request: 
     generated = engine._decode(logits, kv, request, result, max_new, on_branch=branches.append, scores=scores)
     written = [(result.text, result.reason, scores)]
     greedy_text, greedy_reason = result.text, result.reason
+    if result.reason in ("cancelled", "deadline"):
+        return  # no time to judge: the front applies its own rule
     judge = _Judge(engine, kv, prompt_length, result.healed, request.fit_suffix)
     try:
         judge.held = generated[: kv.get_seq_length() - prompt_length]
@@ -73,7 +76,7 @@ def choose(engine: "Engine", logits: Any, kv: Any, prompt_length: int, request: 
                 answers.setdefault(text, sum(logprob for after, logprob in token_scores if after <= end))
         best: tuple[float, str] | None = None
         for text, written_logprob in answers.items():
-            if request.cancel.is_set():
+            if request.cancel.is_set() or _past(request.deadline):
                 break
             # The whole document's likelihood with this answer in the hole: log P(answer) + log P(suffix | answer).
             score = written_logprob + judge.score(text)
@@ -90,6 +93,10 @@ def choose(engine: "Engine", logits: Any, kv: Any, prompt_length: int, request: 
         result.text = best[1]
         if best[1] != greedy_text:
             result.reason = "stop"
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline
 
 
 def line_ends(text: str) -> list[str]:

@@ -262,7 +262,11 @@ def build_prompt(backend: Any, ctx: CursorContext, settings: Settings, tail_star
     budget = backend.context_tokens - settings.engine.max_new_tokens
     context = ""
     if index is not None and settings.completion.project_context:
-        stubs = index.stubs(project.path_of(ctx.uri), ctx.prefix + ctx.suffix, ctx.line)
+        try:
+            stubs = index.stubs(project.path_of(ctx.uri), ctx.prefix + ctx.suffix, ctx.line)
+        except Exception:  # optional context: a fault in it must not cost the completion
+            log.warning("project context failed", exc_info=True)
+            stubs = []
         context = project.block(stubs, backend.count_tokens, int(budget * PROJECT_SHARE))
         if settings.log.buffer_text and context:
             log.info("project context: %s", ", ".join(stub.name for stub in stubs if stub.text in context))

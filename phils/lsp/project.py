@@ -23,6 +23,7 @@ import ast
 import io
 import logging
 import os
+import re
 import tokenize
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import Callable
 
 log = logging.getLogger(__name__)
 
+_LSP_LINE_BREAK = re.compile(r"\r\n|\r|\n")  # how LSP counts lines (positions come in those)
 MAX_IMPORT_SCAN_LINES = 400  # imports sit at the top; half-typed code below may not tokenize
 MAX_MODULE_BYTES = 1_000_000
 MAX_DOC_LINES = 4
@@ -86,6 +88,8 @@ class ProjectIndex:
                 stub = self._stub(module, attribute, f"{item.local}.{attribute}")
                 if stub is not None:
                     found.setdefault(stub.name, stub)
+        if not found:
+            return []
         near = names_near(source, cursor_line)
         return sorted(found.values(), key=lambda stub: stub.name not in near)  # stable: import order otherwise
 
@@ -287,9 +291,10 @@ def attributes_used(source: str, module_name: str) -> set[str]:
 
 
 def names_near(source: str, cursor_line: int) -> set[str]:
-    """Names (and ``a.b`` pairs) used in the top-level definition around ``cursor_line`` (0-based)."""
-    lines = source.split("\n")
-    start = cursor_line
+    """Names (and ``a.b`` pairs) used in the top-level definition around ``cursor_line`` (0-based, LSP's lines)."""
+    lines = _LSP_LINE_BREAK.split(source)
+    start = min(max(cursor_line, 0), len(lines) - 1)
+    cursor_line = start
     while start > 0 and not (lines[start][:1].strip() and not lines[start].startswith((")", "]", "}"))):
         start -= 1
     end = cursor_line + 1
