@@ -77,8 +77,13 @@ def test_imported_functions_and_classes_become_stubs_with_their_docstrings(works
     table = by_name["Table"].text
     assert "def __init__(self, columns: list[str]): ..." in table and "def add(self, row: list[str]) -> None: ..." in table
     assert "_private" not in table and "self.columns" not in table
-    # The cursor's function uses Table and h.clean, not parse_row: they come first.
+    # The cursor's function uses Table and h.clean, not parse_row: they are chosen first...
     assert [stub.name for stub in stubs][-1] == "parse_row"
+    # ... but written in import order, so the block does not change as the cursor moves.
+    whole = project.block(stubs, lambda text: len(text.split()), 10_000)
+    assert whole.index("def parse_row") < whole.index("class Table") < whole.index("def clean")
+    elsewhere = project.ProjectIndex([workspace]).stubs(workspace / "pkg" / "main.py", MAIN + "\n\ndef g():\n    parse_row('')\n", 11)
+    assert project.block(elsewhere, lambda text: len(text.split()), 10_000) == whole
 
 
 def test_absolute_imports_re_exports_and_one_line_bodies_resolve(workspace):
@@ -166,3 +171,16 @@ def test_lines_are_counted_as_lsp_counts_them(workspace):
     stubs = project.ProjectIndex([workspace]).stubs(workspace / "pkg" / "main.py", source, 4)
     assert [stub.name for stub in stubs] == ["parse_row"]
     assert "parse_row" in project.names_near(source, 4) and project.names_near(source, 99) is not None
+
+
+def test_a_block_that_cannot_hold_every_stub_keeps_its_choice_while_the_user_types(workspace):
+    index = project.ProjectIndex([workspace])
+    path = workspace / "pkg" / "main.py"
+    words = lambda text: len(text.split())  # noqa: E731
+    full = project.block(index.stubs(path, MAIN, 8), words, 10_000)
+    budget = words(full) - 5  # room for all but one
+    first = index.context(path, MAIN, 8, words, budget)
+    assert first and "def parse_row" not in first  # the cursor's function uses Table and h.clean
+    typed = MAIN + "        parse_row(line)\n"  # now it uses parse_row too: the block stays as it was
+    assert index.context(path, typed, 9, words, budget) == first
+    assert set(index.chosen(path)) == {"Table", "h.clean"}

@@ -263,13 +263,12 @@ def build_prompt(backend: Any, ctx: CursorContext, settings: Settings, tail_star
     context = ""
     if index is not None and settings.completion.project_context:
         try:
-            stubs = index.stubs(project.path_of(ctx.uri), ctx.prefix + ctx.suffix, ctx.line)
+            context = index.context(project.path_of(ctx.uri), ctx.prefix + ctx.suffix, ctx.line,
+                                    backend.count_tokens, int(budget * PROJECT_SHARE))
         except Exception:  # optional context: a fault in it must not cost the completion
             log.warning("project context failed", exc_info=True)
-            stubs = []
-        context = project.block(stubs, backend.count_tokens, int(budget * PROJECT_SHARE))
         if settings.log.buffer_text and context:
-            log.info("project context: %s", ", ".join(stub.name for stub in stubs if stub.text in context))
+            log.info("project context: %s", ", ".join(index.chosen(project.path_of(ctx.uri))))
     built = prompt.build(ctx, backend.count_tokens, budget, keep_start=tail_starts.get(ctx.uri), context=context)
     if built.tail_start is not None:
         tail_starts[ctx.uri] = built.tail_start

@@ -25,7 +25,7 @@ import logging
 import os
 import re
 import tokenize
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -52,6 +52,7 @@ class Stub:
     name: str  # as the document uses it: ``parse`` or ``u.parse``
     path: str  # the defining module, relative to the workspace root
     text: str
+    order: int = 0  # its place in the document's imports: the block's order, whatever the cursor
 
 
 ReadOpen = Callable[[Path], "str | None"]  # an open document's text, or None
@@ -64,6 +65,33 @@ class ProjectIndex:
         self.roots = [Path(r) for r in roots]
         self.read_open = read_open
         self._modules: dict[Path, tuple[tuple[float, int] | str, ast.Module | None, list[str]]] = {}
+        self._chosen: dict[Path, tuple[str, ...]] = {}  # per document: the stubs its block holds
+
+    def chosen(self, path: Path | None) -> tuple[str, ...]:
+        """The names in the document's last block, as the document uses them."""
+        return self._chosen.get(path, ()) if path is not None else ()
+
+    def context(self, path: Path | None, source: str, cursor_line: int, count_tokens: Callable[[str], int],
+                budget: int) -> str:
+        """The document's block of stubs within ``budget`` tokens.
+
+        When they do not all fit, the choice (the cursor's function's names
+        first) sticks for as long as its stubs still exist and fit: the block
+        then changes only when the imports or those definitions do, not with
+        every name the user types, and the KV cache after it stays reusable.
+        """
+        stubs = self.stubs(path, source, cursor_line) if path is not None else []
+        if not stubs or path is None:
+            return ""
+        by_name = {stub.name: stub for stub in stubs}
+        previous = self._chosen.get(path)
+        if previous and all(name in by_name for name in previous):
+            text = block([by_name[name] for name in previous], count_tokens, budget)
+            if text and all(by_name[name].text in text for name in previous):
+                return text
+        text = block(stubs, count_tokens, budget)
+        self._chosen[path] = tuple(stub.name for stub in stubs if stub.text in text)
+        return text
 
     # --- the one entry point ---------------------------------------------------
 
@@ -91,7 +119,8 @@ class ProjectIndex:
         if not found:
             return []
         near = names_near(source, cursor_line)
-        return sorted(found.values(), key=lambda stub: stub.name not in near)  # stable: import order otherwise
+        ordered = [replace(stub, order=number) for number, stub in enumerate(found.values())]
+        return sorted(ordered, key=lambda stub: stub.name not in near)  # stable: import order otherwise
 
     # --- modules ----------------------------------------------------------------
 
@@ -308,7 +337,12 @@ def names_near(source: str, cursor_line: int) -> set[str]:
 
 
 def block(stubs: list[Stub], count_tokens: Callable[[str], int], budget: int) -> str:
-    """The stubs that fit ``budget`` tokens, grouped by module, as the prompt's first lines ("" if none)."""
+    """The stubs that fit ``budget`` tokens, taken in the given order, as the prompt's first lines ("" if none).
+
+    They are written in import order, not in the order of choice: while they all
+    fit, the block is the same wherever the cursor is, and the KV cache of
+    everything after it stays reusable.
+    """
     if not stubs or budget <= 0:
         return ""
     kept: list[Stub] = []
@@ -316,7 +350,7 @@ def block(stubs: list[Stub], count_tokens: Callable[[str], int], budget: int) ->
         if count_tokens(_format([*kept, stub])) > budget:
             break
         kept.append(stub)
-    return _format(kept) if kept else ""
+    return _format(sorted(kept, key=lambda stub: stub.order)) if kept else ""
 
 
 def _format(stubs: list[Stub]) -> str:
