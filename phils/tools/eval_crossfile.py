@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .eval_humaneval import progress_printer
+from .eval_humaneval import latency_summary, progress_printer, save_results
 from .lsp_client import start_server, stop_server
 
 PACKAGES = ("aiohttp", "pygls", "prometheus_client", "huggingface_hub")
@@ -168,7 +168,6 @@ def run(args: Any, settings: Any, server_args: list[str]) -> int:
     results = [{"package": c.package, "module": c.module, "line": c.line + 1, "target": c.target,
                 "callee": c.callee, "completion": a, "seconds": round(s, 3), **score(c, a)}
                for c, (a, s) in zip(cases, answers)]
-    latencies = [r["seconds"] for r in results] or [0.0]
     summary = {
         "mode": mode, "model": settings.engine.model, "command": "phils " + " ".join(sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M"), "packages": list(packages), "cases": len(results),
@@ -176,14 +175,9 @@ def run(args: Any, settings: Any, server_args: list[str]) -> int:
         "edit_similarity": round(statistics.mean(r["edit_similarity"] for r in results), 4) if results else 0.0,
         "callee_written": sum(r["callee_written"] for r in results),
         "empty": sum(r["empty"] for r in results),
-        "latency_s": {"p50": round(statistics.median(latencies), 2),
-                      "p95": round(sorted(latencies)[min(int(0.95 * len(latencies)), len(latencies) - 1)], 2)},
+        "latency_s": latency_summary([r["seconds"] for r in results]),
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    name = args.name or Path(settings.engine.model.split("/")[-1]).stem
-    (out / f"crossfile-{name}-{mode}.json").write_text(json.dumps({**summary, "results": results}, indent=2) + "\n")
-    (out / "crossfile.md").write_text(table(out))
+    save_results(args, settings, "crossfile", mode, summary, results, table)
     print(json.dumps(summary, indent=2))
     return 0
 

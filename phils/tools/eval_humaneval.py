@@ -69,6 +69,22 @@ def progress_printer(total: int):
     return progress
 
 
+def latency_summary(seconds: list[float]) -> dict[str, float]:
+    """p50 and p95 of answer latencies, in seconds."""
+    ordered = sorted(seconds) or [0.0]
+    return {"p50": round(statistics.median(ordered), 2), "p95": round(ordered[min(int(0.95 * len(ordered)), len(ordered) - 1)], 2)}
+
+
+def save_results(args: Any, settings: Any, eval_name: str, mode: str, summary: dict[str, Any],
+                 results: list[dict[str, Any]], table: Any) -> None:
+    """Write ``EVAL-NAME-MODE.json`` and the eval's markdown table (from every run's file) to ``args.out``."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = args.name or Path(settings.engine.model.split("/")[-1]).stem
+    (out / f"{eval_name}-{name}-{mode}.json").write_text(json.dumps({**summary, "results": results}, indent=2) + "\n")
+    (out / f"{eval_name}.md").write_text(table(out))
+
+
 def _limit_resources() -> None:
     import resource
 
@@ -173,18 +189,13 @@ def run(args: Any, settings: Any, server_args: list[str]) -> int:
         "problems": len(results),
         "pass@1": round(sum(r["passed"] for r in results) / len(results), 4),
         "passed": sum(r["passed"] for r in results),
-        "latency_s": {"mean": round(statistics.mean(latencies), 2), "p50": round(statistics.median(latencies), 2),
-                      "p95": round(sorted(latencies)[min(int(0.95 * len(latencies)), len(latencies) - 1)], 2)},
+        "latency_s": {"mean": round(statistics.mean(latencies), 2), **latency_summary(latencies)},
         "past_function_end": sum(r["past_function_end"] for r in results),
         "max_new_tokens": args.max_new_tokens,
         "command": "phils " + " ".join(sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    name = args.name or Path(settings.engine.model.split("/")[-1]).stem
-    (out / f"humaneval-{name}-{mode}.json").write_text(json.dumps({**summary, "results": results}, indent=2) + "\n")
-    (out / "humaneval.md").write_text(table(out))
+    save_results(args, settings, "humaneval", mode, summary, results, table)
     print(json.dumps(summary))
     return 0
 

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import statistics
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .eval_humaneval import passes, problems, progress_printer
+from .eval_humaneval import latency_summary, passes, problems, progress_printer, save_results
 from .lsp_client import start_server, stop_server
 
 
@@ -190,14 +189,9 @@ def run(args: Any, settings: Any, server_args: list[str]) -> int:
             **{name: sum(r[name] for r in rows_of) for name in
                ("passed", "exact", "empty", "longer", "repeats_next_line", "repeats_docstring")},
             "pass@1": round(sum(r["passed"] for r in rows_of) / len(rows_of), 4),
-            "latency_s": {"p50": round(statistics.median(latencies), 2),
-                          "p95": round(sorted(latencies)[min(int(0.95 * len(latencies)), len(latencies) - 1)], 2)},
+            "latency_s": latency_summary(latencies),
         }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    name = args.name or Path(settings.engine.model.split("/")[-1]).stem
-    (out / f"infill-{name}-{mode}.json").write_text(json.dumps({**summary, "results": results}, indent=2) + "\n")
-    (out / "infill.md").write_text(table(out))
+    save_results(args, settings, "infill", mode, summary, results, table)
     print(json.dumps(summary, indent=2))
     return 0
 
