@@ -275,15 +275,18 @@ def build_prompt(backend: Any, ctx: CursorContext, settings: Settings, tail_star
     return built
 
 
-def model_prompt(built: prompt.Prompt, heals: bool) -> tuple[str, str, str]:
+def model_prompt(built: prompt.Prompt, heals: bool, line_prefix: str = "") -> tuple[str, str, str]:
     """What the model reads: (prompt, the text its first line follows, what to strip from its output).
 
     The cursor's indentation (typed, or what an empty body needs) ends the prompt
     where the engine can heal: it backs off that token and regenerates it, so the
     model knows where the cursor is and does not add a stray space. An engine
     that cannot heal gets the prompt up to the line break, writes the
-    indentation itself, and it is cut from the suggestion.
+    indentation itself, and it is cut from the suggestion. After code on the
+    cursor's line (``line_prefix``), the model's text follows that code.
     """
+    if line_prefix.strip():  # no indentation is held back or forced there
+        return built.text, line_prefix, ""
     indentation = built.held_back + built.forced  # at most one of them
     if heals:
         return built.text + built.held_back, indentation, ""
@@ -322,9 +325,7 @@ async def _pipeline(
     built = await loop.run_in_executor(PROMPT_THREAD, build_prompt, backend, ctx, settings, tail_starts, index)
     shape = postprocess.shape_of(ctx, settings.completion.multiline, settings.completion.max_lines,
                                  settings.completion.mid_block)
-    text, follows, strip = model_prompt(built, backend.heals)
-    if ctx.line_prefix.strip():  # after code on the cursor's line, the model's text follows that code
-        follows = ctx.line_prefix
+    text, follows, strip = model_prompt(built, backend.heals, ctx.line_prefix)
     fit_shape, judged = postprocess.fitted(ctx, shape) if _fits(backend, settings) else (shape, "")
     model_shape = replace(fit_shape, line_prefix=follows) if follows != fit_shape.line_prefix else fit_shape
     timeout = settings.completion.timeout_ms
