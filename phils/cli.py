@@ -145,6 +145,15 @@ def _bench_windows(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _bench_memory(args: argparse.Namespace) -> int:
+    from .tools.bench_memory import run
+
+    settings, warnings = resolve_settings(args)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return run(args, settings)
+
+
 def _bench_load(args: argparse.Namespace) -> int:
     from .tools import bench_load
 
@@ -353,6 +362,12 @@ def _parser() -> argparse.ArgumentParser:
     windows.add_argument("--name", help="results file name (default: the model's name)")
     windows.add_argument("--out", default="bench/results")
     windows.set_defaults(run=_bench_windows)
+
+    memory = with_settings(bench.add_parser("memory", help="resident memory and load peak of a model, fresh process"))
+    memory.add_argument("--prompt-tokens", type=int, default=1100, help="one generation on a prompt this long")
+    memory.add_argument("--name", help="results file name (default: the model's name)")
+    memory.add_argument("--out", default="bench/results")
+    memory.set_defaults(run=_bench_memory)
 
     doctor = commands.add_parser("doctor", help="what this machine has for running a model, and what to use")
     doctor.add_argument("--json", action="store_true")

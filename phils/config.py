@@ -87,7 +87,7 @@ class CompletionSettings:
     # Inside code that continues below the cursor, write candidates of up to a few lines and
     # show the one (cut at any line end) under which the next lines are most likely.
     fit_suffix: bool = True
-    candidates: int = _int(1, 1, 8)  # with fit_suffix: the greedy answer and the next best first tokens (3: ~3x the decoding)
+    candidates: int = _int(3, 1, 8)  # with fit_suffix: the greedy answer and first lines from the next best first tokens
     # Signatures and docstrings of what the document imports from other modules of the
     # workspace, at the top of the prompt (at most a quarter of it).
     project_context: bool = True

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -221,3 +223,35 @@ def test_the_growing_kv_layer_crops_and_appends_like_concatenation():
     keys, _ = layer.update(chunks[2], chunks[2])
     assert torch.equal(keys[..., -1:, :], chunks[2]) and keys.shape[-2] == 300
     assert layer.capacity_bytes >= 2 * keys.nbytes
+
+
+def test_a_kv_layer_reserved_for_the_context_never_moves_and_holds_only_what_was_written():
+    from phils.engine.kv import GrowingLayer
+
+    layer = GrowingLayer(reserve=4096)
+    chunk = torch.randn(1, 2, 1000, 4)
+    layer.update(chunk, chunk)
+    buffer = layer.keys.data_ptr()
+    for _ in range(30):  # past every power of two a doubling buffer would have copied itself at
+        layer.update(chunk[..., :100, :], chunk[..., :100, :])
+    assert layer.keys.data_ptr() == buffer and layer.reserved_tokens == 4096
+    per_token = 2 * 2 * 4 * 4  # keys and values, 2 heads, 4 dims, fp32
+    assert layer.capacity_bytes == 4000 * per_token
+    layer.crop(-3000)
+    assert layer.capacity_bytes == 4000 * per_token  # still resident: the budget keeps counting it
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads resident memory from /proc (Linux)")
+def test_reserving_room_for_the_context_costs_no_resident_memory_until_written():
+    from phils.engine.kv import GrowingLayer
+
+    def resident() -> int:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    before = resident()
+    layers = [GrowingLayer(reserve=65536) for _ in range(8)]  # 8 x 2 x 512 MiB of address space
+    for layer in layers:
+        chunk = torch.randn(1, 8, 16, 256)
+        layer.update(chunk, chunk)
+    assert layers[0].reserved_tokens == 65536
+    assert resident() - before < 256 * 2**20

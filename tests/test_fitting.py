@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -10,6 +11,7 @@ from pygls.workspace import TextDocument
 
 from phils.config import EngineSettings
 from phils.engine import Engine, GenerationRequest, load_model
+from phils.engine import fitting
 from phils.engine.fitting import line_ends
 from phils.lsp import postprocess
 from phils.lsp.documents import cursor_context
@@ -54,7 +56,20 @@ def test_an_answer_may_close_the_cursors_block_but_not_leave_the_function():
 def test_an_empty_body_before_the_next_function_is_a_whole_block():
     ctx = context('def f(x):\n    """Double x."""\n    █\n\n\ndef g():\n    pass\n')
     shape = postprocess.shape_of(ctx)
-    assert postprocess.fitted(ctx, shape) == (shape, "")
+    fit, judged = postprocess.fitted(ctx, shape)
+    assert judged == "" and fit.max_lines == shape.max_lines and not fit.single_line
+    assert stop_index("return 2 * x\n\n\ndef h():\n", fit) == len("return 2 * x")
+
+
+def test_the_end_of_a_nested_function_is_a_block_down_to_its_body_not_one_branch():
+    # HumanEval/39: `return False` in the loop's branch, and the function still needs `return True`.
+    marked = ("def prime_fib(n):\n    def is_prime(p):\n        for k in range(2, p):\n            if p % k == 0:\n"
+              "                █\n    f = [0, 1]\n    return f\n")
+    shape, judged = fitted(marked)
+    assert judged == "" and not shape.single_line and shape.max_lines > 1
+    assert shape.min_indent == 5 and postprocess.shape_of(context(marked)).min_indent == 16
+    answer = "return False\n        return True\n    f = [0, 1]\n"
+    assert stop_index(answer, shape) == len("return False\n        return True")
 
 
 def test_nothing_below_the_cursor_is_a_whole_block():
@@ -130,6 +145,28 @@ def test_more_candidates_are_judged_and_the_cache_stays_exact_afterwards(loaded)
     after = cached.generate(request("doc", typed))
     assert after.reused_tokens > 0
     assert after.text == uncached.generate(request("doc", typed)).text
+
+
+def test_the_other_first_tokens_offer_one_line_each_and_every_judgement_can_be_recorded(loaded, tmp_path, monkeypatch):
+    log = tmp_path / "judged.jsonl"
+    monkeypatch.setenv(fitting.JUDGE_LOG, str(log))
+    greedy = fresh(loaded).generate(request("plain"))
+    three = fresh(loaded).generate(request("doc", fit_suffix=SUFFIX, candidates=3))
+    record = json.loads(log.read_text().splitlines()[-1])
+    assert record["suffix"] == SUFFIX and record["greedy"] == greedy.text
+    judged = record["judged"]
+    assert len(judged) == three.candidates and three.text in [j["text"] for j in judged]
+    others = [j for j in judged if j["origin"] > 0]
+    assert others and all("\n" not in j["text"].strip() for j in others)
+    assert [j["text"] for j in judged if j["origin"] == 0] == [a for a in line_ends(greedy.text)][: len(judged) - len(others)]
+
+
+def test_an_alternative_first_token_is_written_to_the_end_of_its_first_line_of_code():
+    one_line = fitting._first_line(lambda text: None)
+    assert one_line("x = 1") is None  # not yet
+    assert one_line("x = 1\n    y = 2") == len("x = 1")
+    assert one_line("\n    x = 1\n    y") == len("\n    x = 1")  # blank lines first are not a line of code
+    assert fitting._first_line(lambda text: 2)("x = 1\n") == 2  # the block's own rule still applies
 
 
 def test_a_cancelled_choice_stops_and_says_so(loaded):

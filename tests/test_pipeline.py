@@ -62,3 +62,13 @@ def test_at_an_empty_lines_indentation_the_engine_heals_it_and_the_judged_code_f
     assert job.prompt.endswith("    y = 1\n    ") and job.shape.line_prefix == "    "
     assert job.fit_suffix == "\n    return y\n" and job.shape.max_lines == 4
     assert text == "y += x"
+
+
+def test_at_the_end_of_a_nested_function_the_shown_answer_runs_to_the_end_of_its_body():
+    # HumanEval/39: the engine writes `return False` and then the function's `return True`; the
+    # editor must be shown both, not the first branch only.
+    marked = ("def prime_fib(n):\n    def is_prime(p):\n        for k in range(2, p):\n            if p % k == 0:\n"
+              "                █\n    f = [0, 1]\n    return f\n")
+    text, job = complete(marked, "return False\n        return True\n    f = [0, 1]\n")
+    assert job.fit_suffix == "" and job.shape.min_indent == 5
+    assert text == "return False\n        return True"

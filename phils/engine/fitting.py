@@ -14,9 +14,12 @@ resumes, which a rule on indentation alone cannot.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..protocol import GenerationResult
 from .prefix_cache import common_prefix
@@ -26,6 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+JUDGE_LOG = "PHILS_JUDGE_LOG"  # a file to append every judgement to (buffer text: for tuning only, asked for)
 MAX_SUFFIX_TOKENS = 48  # the judged text: the next lines after the cursor, this many tokens at most
 TOP_TOKENS = 64  # alternatives are looked for among this many of the best first tokens
 
@@ -52,6 +56,11 @@ def choose(engine: "Engine", logits: Any, kv: Any, prompt_length: int, request: 
     try:
         judge.held = generated[: kv.get_seq_length() - prompt_length]
         if request.candidates > 1 and branches and result.reason != "cancelled":
+            # The other first tokens offer another first line; how far to go on is the greedy answer's
+            # question. Measured on the infill eval (Gemma 3 270M, 3 candidates): as many lines passed
+            # with the alternatives cut at their first line as with 4 lines each (41 vs 40), for
+            # about half the text to decode and judge.
+            one_line = replace(request, stop=_first_line(request.stop))
             branch = branches[-1]
             greedy_token = generated[len(branch.generated)] if len(generated) > len(branch.generated) else None
             for token in _alternatives(engine, branch, request.candidates - 1, greedy_token):
@@ -60,29 +69,35 @@ def choose(engine: "Engine", logits: Any, kv: Any, prompt_length: int, request: 
                 judge.rewind(branch.generated)
                 other = GenerationResult(text="", reason="", healed=result.healed)
                 other_scores = list(branch.scores)
-                tokens = engine._decode(branch.logits, kv, request, other, max_new, start=branch, force=token,
+                tokens = engine._decode(branch.logits, kv, one_line, other, max_new, start=branch, force=token,
                                         scores=other_scores)
                 result.new_tokens += other.new_tokens
                 result.decode_steps += other.decode_steps
                 judge.held = tokens[: kv.get_seq_length() - prompt_length]
                 written.append((other.text, other.reason, other_scores))
         answers: dict[str, float] = {}  # each answer, and the log-probability of writing it
-        for candidate, reason, token_scores in written:
+        origin: dict[str, int] = {}  # which candidate wrote it first (0: the greedy one)
+        for number, (candidate, reason, token_scores) in enumerate(written):
             ends = line_ends(candidate)
             if reason in ("length", "deadline") and len(ends) > 1:
                 ends.pop()  # its last line was cut short
             for text in ends:
                 end = len(result.healed) + len(text)
                 answers.setdefault(text, sum(logprob for after, logprob in token_scores if after <= end))
+                origin.setdefault(text, number)
         best: tuple[float, str] | None = None
+        judged = []
         for text, written_logprob in answers.items():
             if request.cancel.is_set() or _past(request.deadline):
                 break
             # The whole document's likelihood with this answer in the hole: log P(answer) + log P(suffix | answer).
-            score = written_logprob + judge.score(text)
+            suffix_logprob = judge.score(text)
+            score = written_logprob + suffix_logprob
+            judged.append({"text": text, "written": written_logprob, "suffix": suffix_logprob, "origin": origin[text]})
             result.candidates += 1
             if best is None or score > best[0]:
                 best = (score, text)
+        _record(request, greedy_text, judged)
     except CannotRewind as exc:
         log.debug("candidates not judged: %s", exc)
         result.text, result.reason, result.candidates = greedy_text, greedy_reason, 0
@@ -93,6 +108,25 @@ def choose(engine: "Engine", logits: Any, kv: Any, prompt_length: int, request: 
         result.text = best[1]
         if best[1] != greedy_text:
             result.reason = "stop"
+
+
+def _first_line(stop: Callable[[str], int | None]) -> Callable[[str], int | None]:
+    """``stop``, and also the end of the first line that holds code."""
+    def cut(text: str) -> int | None:
+        rule = stop(text)
+        start = len(text) - len(text.lstrip())
+        end = text.find("\n", start) if text.strip() else -1
+        if end < 0:
+            return rule
+        return end if rule is None else min(rule, end)
+    return cut
+
+
+def _record(request: "GenerationRequest", greedy: str, judged: list[dict]) -> None:
+    path = os.environ.get(JUDGE_LOG)
+    if path:
+        with open(path, "a", encoding="utf-8") as file:
+            file.write(json.dumps({"suffix": request.fit_suffix, "greedy": greedy, "judged": judged}) + "\n")
 
 
 def _past(deadline: float | None) -> bool:

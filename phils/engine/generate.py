@@ -155,7 +155,8 @@ class Engine:
             shared = min(common_prefix(entry.ids, ids), len(ids) - 1)
             if shared > 0 and crop(entry.kv, shared):
                 return entry.kv, shared
-        return new_cache(self.model.config), 0
+        # Room for the whole context and a judged suffix: the cache never copies itself mid-keystroke.
+        return new_cache(self.model.config, self.context_tokens + fitting.MAX_SUFFIX_TOKENS), 0
 
     def _prefill(self, ids: list[int], start: int, kv: Any, cancel: threading.Event, step: int) -> tuple[Any, int]:
         logits = None

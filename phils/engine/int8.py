@@ -12,6 +12,8 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+from .mapping import own_copies
+
 
 def quantize_linears(model: Any) -> int:
     """Replace every nn.Linear but the output head with a dynamic int8 one, in place; returns how many.
@@ -37,10 +39,5 @@ def quantize_linears(model: Any) -> int:
         warnings.simplefilter("ignore", UserWarning)
         names = {name for name, m in model.named_modules() if any(m is linear for linear in linears)}
         quantize_dynamic(model, {name: per_channel_dynamic_qconfig for name in names}, dtype=torch.qint8, inplace=True)
-    # What stays fp32 (embeddings, norms) still points into the memory-mapped
-    # checkpoint, which keeps the whole fp32 file mapped (10 GB for Phi-2, on
-    # top of the int8 copy). Own copies let it go.
-    with torch.no_grad():
-        for tensor in [*model.parameters(), *model.buffers()]:
-            tensor.data = tensor.data.clone()
+    own_copies(model)  # the fp32 rest (embeddings, norms) still points into the mapped checkpoint
     return len(linears)

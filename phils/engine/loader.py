@@ -26,6 +26,7 @@ from . import legacy_phi
 from .adapters import apply_adapter
 from .errors import ModelLoadError
 from .int8 import quantize_linears
+from .mapping import own_copies
 from .sources import ModelSource, cache_root, resolve
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ def _use_onednn(model: Any, report: Report) -> None:
     except (RuntimeError, TypeError) as exc:  # layers swapped so far stay correct, only slower ones remain
         log.warning("oneDNN conversion stopped (%s); the rest keeps torch's kernels", exc)
         return
+    own_copies(model)  # the rest (embeddings, norms) still points into the mapped checkpoint
     log.info("%d Linear layers use oneDNN's layout (%.1f s)", swapped, time.monotonic() - started)
 
 

@@ -22,7 +22,7 @@ class CachedPrefix:
 def kv_bytes(kv: Any) -> int:
     total = 0
     for layer in getattr(kv, "layers", ()):
-        if hasattr(layer, "capacity_bytes"):  # spare room counts: it is memory held
+        if hasattr(layer, "capacity_bytes"):  # what its buffers hold resident, written room included
             total += layer.capacity_bytes
             continue
         for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None)):

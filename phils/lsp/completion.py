@@ -341,7 +341,7 @@ async def _pipeline(
         candidates=settings.completion.candidates,
     )
     result = await backend.generate(job)
-    if result.candidates:  # the engine judged the lengths: the filters keep its choice
+    if result.candidates or not judged:  # the engine judged the lengths (or nothing was to be judged): keep its shape
         shape = fit_shape
     text = built.forced + prompt.heal(result.text, strip)
     if result.reason in ("length", "deadline") and not shape.single_line:

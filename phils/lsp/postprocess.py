@@ -56,15 +56,19 @@ def fitted(ctx: CursorContext, shape: Shape) -> tuple[Shape, str]:
     cursor, candidates run to up to ``FIT_LINES`` lines and the engine picks
     the answer (any prefix of whole lines) the next lines follow best; one
     line or many is then the model's judgement, not an indentation rule's.
-    Where nothing follows, or the next line starts another function (an
-    empty body being written), returns ``shape`` and "": a whole block.
+    Where nothing follows, returns ``shape`` and "": a whole block; where the
+    enclosing function ends at the cursor, a block down to its body's
+    indentation, and "".
     """
     following = ctx.next_line
     if not following.strip():
         return shape, ""
     function = outline.enclosing_def_indent(ctx.prefix[-MAX_OUTLINE_CHARS:].split("\n"), shape.min_indent)
     if not shape.single_line and function is not None and indent_width(following) <= function:
-        return shape, ""
+        # The function being written ends here (the code below is another def, or the code of the
+        # function around it): a block, as far as the function's body goes (`return False` in the
+        # loop, then `return True` after it).
+        return replace(shape, min_indent=min(shape.min_indent, function + 1)), ""
     lines, code = [], 0
     for line in ctx.suffix.split("\n"):
         lines.append(line)

@@ -138,6 +138,9 @@ def complete_raw(settings: Any, cases: list[Case], max_new_tokens: int, progress
 def score(case: Case, completion: str) -> dict[str, Any]:
     ok, error = passes({"prompt": "", "test": case.test, "entry_point": case.entry_point}, case.program(completion))
     written = [l.strip() for l in completion.split("\n") if l.strip()]
+    # As inserted: the first line after the cursor's indentation, the others with their own.
+    placed = [l.rstrip() for l in (" " * case.character + completion).split("\n") if l.strip()]
+    following = case.following.rstrip()
     docstring = _docstring_lines(case.document)
     return {
         "passed": ok,
@@ -145,9 +148,18 @@ def score(case: Case, completion: str) -> dict[str, Any]:
         "exact": written == [l.strip() for l in case.original],
         "empty": not completion.strip(),
         "longer": len(written) > len(case.original),
-        "repeats_next_line": bool(case.following.strip()) and case.following.strip() in written,
+        # The next line written again where it stands (the stutter a stop rule must prevent) ...
+        "repeats_next_line": bool(following.strip()) and following in placed,
+        # ... and its text at another indentation (often legitimate: `return False` in a branch above it).
+        "next_line_text": bool(following.strip()) and following.strip() in written,
         "repeats_docstring": any(l in docstring for l in written if len(l) > 3),
     }
+
+
+def _repeats(kind: dict[str, Any]) -> str:
+    if "next_line_text" not in kind:  # older runs counted the text at any indentation only
+        return f"? / {kind['repeats_next_line']}"
+    return f"{kind['repeats_next_line']} / {kind['next_line_text']}"
 
 
 def _docstring_lines(document: str) -> set[str]:
@@ -187,7 +199,7 @@ def run(args: Any, settings: Any, server_args: list[str]) -> int:
         summary["kinds"][kind] = {
             "cases": len(rows_of),
             **{name: sum(r[name] for r in rows_of) for name in
-               ("passed", "exact", "empty", "longer", "repeats_next_line", "repeats_docstring")},
+               ("passed", "exact", "empty", "longer", "repeats_next_line", "next_line_text", "repeats_docstring")},
             "pass@1": round(sum(r["passed"] for r in rows_of) / len(rows_of), 4),
             "latency_s": latency_summary(latencies),
         }
@@ -197,17 +209,19 @@ def run(args: Any, settings: Any, server_args: list[str]) -> int:
 
 
 def table(directory: Path) -> str:
-    rows = ["| date | model | mode | kind | cases | pass@1 | exact | empty | longer than the hole | repeats next line "
+    rows = ["| date | model | mode | kind | cases | pass@1 | exact | empty | longer than the hole | repeats next line: in place / its text anywhere "
             "| repeats docstring | latency p50 / p95 s | command |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for path in sorted(directory.glob("infill-*.json")):
         s = json.loads(path.read_text())
         for kind, k in s["kinds"].items():
             rows.append(f"| {s['date']} | {s['model']} | {s['mode']} | {kind} | {k['cases']} | {k['pass@1']:.3f} ({k['passed']}) "
-                        f"| {k['exact']} | {k['empty']} | {k['longer']} | {k['repeats_next_line']} "
+                        f"| {k['exact']} | {k['empty']} | {k['longer']} | {_repeats(k)} "
                         f"| {k['repeats_docstring']} | {k['latency_s']['p50']} / {k['latency_s']['p95']} "
                         f"| `{s['command']}` |")
     return ("# Completions in the middle of existing code (HumanEval bodies, blanked lines)\n\n"
             "Each run with the code of its date: the latest `phils` rows are the current defaults. "
-            "\"repeats next line\" counts answers holding the next line's text at any indentation.\n\n"
+            "\"repeats next line\": answers that write the line after the hole again in place (same text, same "
+            "indentation), and answers holding its text at any indentation (runs before 2026-11-30 09:00 counted "
+            "only the latter).\n\n"
             + "\n".join(rows) + "\n")
