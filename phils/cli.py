@@ -364,7 +364,8 @@ def _parser() -> argparse.ArgumentParser:
     windows.set_defaults(run=_bench_windows)
 
     memory = with_settings(bench.add_parser("memory", help="resident memory and load peak of a model, fresh process"))
-    memory.add_argument("--prompt-tokens", type=int, default=1100, help="one generation on a prompt this long")
+    memory.add_argument("--prompt-tokens", type=int, default=1000, help="one generation on a prompt this long")
+    memory.add_argument("--new-tokens", type=int, default=48, help="tokens decoded (timed one by one)")
     memory.add_argument("--name", help="results file name (default: the model's name)")
     memory.add_argument("--out", default="bench/results")
     memory.set_defaults(run=_bench_memory)

@@ -1,9 +1,10 @@
 """``phils bench memory``: what loading a model costs in memory, at its peak and once ready.
 
 Each run loads the model the given settings choose in a fresh process (so
-its peak is its own), generates once past the KV buffer's old doubling point,
-and reads /proc: resident memory once ready (anonymous and file-backed), the
-peak while loading and running, against the checkpoint's size. Linux only.
+its peak is its own), decodes once across the KV buffer's old doubling point
+(1 024 tokens: the slowest decode step against the median shows a stall), and
+reads /proc: resident memory once ready (anonymous and file-backed), the peak
+while loading and running, against the checkpoint's size. Linux only.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def status_mb() -> dict[str, float]:
     return figures
 
 
-def child(engine_json: str, prompt_tokens: int) -> None:
+def child(engine_json: str, prompt_tokens: int, new_tokens: int) -> None:
     """In the measured process: load, note memory, generate once, note memory again; print JSON."""
     from ..config import EngineSettings
     from ..engine import Engine, GenerationRequest, load_model
@@ -46,10 +47,14 @@ def child(engine_json: str, prompt_tokens: int) -> None:
     words = " ".join(f"value_{i} = compute({i})" for i in range(prompt_tokens))
     ids = loaded.tokenizer(words).input_ids[:prompt_tokens]
     prompt = loaded.tokenizer.decode(ids)
+    steps: list[float] = []
     started = time.monotonic()
-    result = engine.generate(GenerationRequest("doc", prompt, max_new_tokens=8, heal=False))
+    result = engine.generate(GenerationRequest("doc", prompt, max_new_tokens=new_tokens, heal=False, ignore_stops=True,
+                                               on_token=lambda count: steps.append(time.monotonic())))
+    gaps = sorted((b - a) * 1000 for a, b in zip(steps, steps[1:]))
     after = {"generate_s": round(time.monotonic() - started, 1), "prompt_tokens": result.prompt_tokens,
-             **status_mb()}
+             "new_tokens": result.new_tokens, "step_ms_p50": round(gaps[len(gaps) // 2], 1) if gaps else None,
+             "step_ms_max": round(gaps[-1], 1) if gaps else None, **status_mb()}
     print(json.dumps({"precision": loaded.dtype, "baseline": baseline, "ready": ready, "after_generate": after}))
 
 
@@ -57,8 +62,8 @@ def run(args: Any, settings: Any) -> int:
     import dataclasses
 
     command = [sys.executable, "-c", "import sys; from phils.tools.bench_memory import child; "
-               "child(sys.argv[1], int(sys.argv[2]))", json.dumps(dataclasses.asdict(settings.engine)),
-               str(args.prompt_tokens)]
+               "child(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))", json.dumps(dataclasses.asdict(settings.engine)),
+               str(args.prompt_tokens), str(args.new_tokens)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         print(done.stderr[-4000:], file=sys.stderr)
@@ -90,14 +95,16 @@ def _checkpoint_mb(model: str) -> float | None:
 
 def table(directory: Path) -> str:
     rows = ["| date | model | precision | checkpoint MB | runtime alone MB | resident when ready MB (anon / file) "
-            "| ÷ checkpoint | resident after a generation MB | peak MB | peak ÷ resident | command |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            "| ÷ checkpoint | resident after a generation MB | peak MB | peak ÷ resident "
+            "| decode step p50 / max ms | command |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for path in sorted(directory.glob("memory-*.json")):
         r = json.loads(path.read_text())
         ready, after = r["ready"], r["after_generate"]
         rows.append(f"| {r['date']} | {Path(r['model']).name} | {r['precision']} | {r['checkpoint_mb']} "
                     f"| {r['baseline']['rss_mb']} | {ready['rss_mb']} ({ready['anon_mb']} / {ready['file_mb']}) | {r.get('ready_over_checkpoint')} "
-                    f"| {after['rss_mb']} | {after['peak_mb']} | {r['peak_over_resident']} | `{r['command']}` |")
+                    f"| {after['rss_mb']} | {after['peak_mb']} | {r['peak_over_resident']} "
+                    f"| {after.get('step_ms_p50')} / {after.get('step_ms_max')} | `{r['command']}` |")
     return ("# Memory: loading a model and one generation, each in a fresh process\n\n"
             "Resident = VmRSS, peak = VmHWM (the high-water mark over loading and the generation), from /proc; "
             "the ratios are net of the runtime alone (Python, torch and transformers imported, no weights).\n\n"
