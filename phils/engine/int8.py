@@ -12,7 +12,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from .mapping import own_copies
+from .mapping import checkpoint_ranges, drop_pages, own_copies
 
 
 def quantize_linears(model: Any) -> int:
@@ -22,22 +22,32 @@ def quantize_linears(model: Any) -> int:
     (HumanEval on Gemma 3 270M, first 40 problems: fp32 4 passed, int8 with an
     fp32 head 2, everything int8 0).
 
-    In place, so the fp32 weights are released as each layer is replaced rather
-    than kept beside a quantized copy.
+    In place and one layer at a time, so the fp32 weights are released as each
+    layer is replaced rather than kept beside a quantized copy: the mapped
+    checkpoint's pages are handed back as soon as their layer is quantized
+    (Phi-2's shape: load peak 14.8 GB for 4.2 GB resident with the whole model
+    quantized at once).
     """
     import torch
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+    from torch.ao.quantization import per_channel_dynamic_qconfig
 
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head]
-    with torch.no_grad():
-        for linear in linears:  # biases move into the packed int8 params as they are
-            if linear.bias is not None:
-                linear.bias.data = linear.bias.data.clone()
-    with warnings.catch_warnings():
+    linears = {id(m) for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head}
+    mapped = checkpoint_ranges()
+    quantized = 0
+    with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
-        names = {name for name, m in model.named_modules() if any(m is linear for linear in linears)}
-        quantize_dynamic(model, {name: per_channel_dynamic_qconfig for name in names}, dtype=torch.qint8, inplace=True)
+        for parent in list(model.modules()):
+            for name, child in list(parent.named_children()):
+                if id(child) not in linears:
+                    continue
+                if child.bias is not None:  # the bias moves into the packed int8 params as it is
+                    child.bias.data = child.bias.data.clone()
+                child.qconfig = per_channel_dynamic_qconfig  # what torch's quantize_dynamic would set
+                setattr(parent, name, DynamicLinear.from_float(child))
+                drop_pages(child.weight, mapped)
+                quantized += 1
     own_copies(model)  # the fp32 rest (embeddings, norms) still points into the mapped checkpoint
-    return len(linears)
+    return quantized

@@ -5,11 +5,16 @@ into the mapping. When the big matrices are replaced by copies in another
 layout (int8, oneDNN), whatever still points into the file (embeddings,
 norms, biases) keeps all of it mapped, and its pages resident: Phi-2 fp32
 with oneDNN held 21.3 GB for an 11 GB model. Own copies of the small rest
-let the mapping go.
+let the mapping go. While the copies are being made, ``drop_pages`` tells
+the kernel which mapped pages are done with, so that loading never holds the
+file and the copies in full at once (peak 21.6 GB for Phi-2 fp32 before).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import mmap
 from typing import Any
 
 
@@ -21,3 +26,52 @@ def own_copies(model: Any) -> None:
         for tensor in [*model.parameters(), *model.buffers()]:
             if tensor.layout == torch.strided and not tensor.is_mkldnn:
                 tensor.data = tensor.data.clone()
+
+
+def checkpoint_ranges() -> list[tuple[int, int]]:
+    """This process's address ranges that map a safetensors file (Linux; empty elsewhere)."""
+    ranges = []
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split()
+                if len(fields) >= 6 and fields[5].endswith(".safetensors"):
+                    start, end = (int(x, 16) for x in fields[0].split("-"))
+                    ranges.append((start, end))
+    except OSError:
+        pass
+    return ranges
+
+
+def drop_pages(tensor: Any, ranges: list[tuple[int, int]]) -> int:
+    """Release the resident pages of a checkpoint-mapped ``tensor`` that will not be read again; returns bytes.
+
+    Only pages wholly inside the tensor and inside a file mapping: the file
+    keeps the data (a later read would page it in again), and anonymous
+    memory, which MADV_DONTNEED would zero, is never touched.
+    """
+    start = tensor.data_ptr()
+    end = start + tensor.numel() * tensor.element_size()
+    if not _LIBC or not any(a <= start and end <= b for a, b in ranges):
+        return 0
+    first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE
+    last = end // mmap.PAGESIZE * mmap.PAGESIZE
+    if last <= first:
+        return 0
+    if _LIBC.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), mmap.MADV_DONTNEED) != 0:
+        return 0
+    return last - first
+
+
+def _libc() -> Any:
+    if not hasattr(mmap, "MADV_DONTNEED"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_LIBC = _libc()

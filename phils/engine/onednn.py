@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from . import mapping
+
 
 class OneDnnLinear(torch.nn.Module):
     def __init__(self, linear: torch.nn.Linear):
@@ -54,6 +56,7 @@ def convert_linears(model: torch.nn.Module) -> int:
     for _, parameter in model.named_parameters(remove_duplicate=False):
         counts[parameter.data_ptr()] = counts.get(parameter.data_ptr(), 0) + 1
     swapped = 0
+    mapped = mapping.checkpoint_ranges()
     for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             if (
@@ -63,5 +66,6 @@ def convert_linears(model: torch.nn.Module) -> int:
                 and counts.get(child.weight.data_ptr(), 0) == 1
             ):
                 setattr(module, child_name, OneDnnLinear(child))
+                mapping.drop_pages(child.weight, mapped)  # copied: its pages in the file are done with
                 swapped += 1
     return swapped

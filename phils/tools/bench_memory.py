@@ -51,10 +51,14 @@ def child(engine_json: str, prompt_tokens: int, new_tokens: int) -> None:
     started = time.monotonic()
     result = engine.generate(GenerationRequest("doc", prompt, max_new_tokens=new_tokens, heal=False, ignore_stops=True,
                                                on_token=lambda count: steps.append(time.monotonic())))
-    gaps = sorted((b - a) * 1000 for a, b in zip(steps, steps[1:]))
+    timed = [(b - a) * 1000 for a, b in zip(steps, steps[1:])]  # step i: the forward of new token i + 1
+    gaps = sorted(timed)
     after = {"generate_s": round(time.monotonic() - started, 1), "prompt_tokens": result.prompt_tokens,
              "new_tokens": result.new_tokens, "step_ms_p50": round(gaps[len(gaps) // 2], 1) if gaps else None,
-             "step_ms_max": round(gaps[-1], 1) if gaps else None, **status_mb()}
+             "step_ms_max": round(gaps[-1], 1) if gaps else None,
+             "slowest_steps": sorted(((round(ms, 1), result.prompt_tokens + i + 1) for i, ms in enumerate(timed)),
+                                     reverse=True)[:3],  # (ms, tokens in the cache after it)
+             **status_mb()}
     print(json.dumps({"precision": loaded.dtype, "baseline": baseline, "ready": ready, "after_generate": after}))
 
 
@@ -104,7 +108,8 @@ def table(directory: Path) -> str:
         rows.append(f"| {r['date']} | {Path(r['model']).name} | {r['precision']} | {r['checkpoint_mb']} "
                     f"| {r['baseline']['rss_mb']} | {ready['rss_mb']} ({ready['anon_mb']} / {ready['file_mb']}) | {r.get('ready_over_checkpoint')} "
                     f"| {after['rss_mb']} | {after['peak_mb']} | {r['peak_over_resident']} "
-                    f"| {after.get('step_ms_p50')} / {after.get('step_ms_max')} | `{r['command']}` |")
+                    f"| {after.get('step_ms_p50')} / {after.get('step_ms_max')} | `{r['command']}`"
+                    + (f" {r['note']}" if r.get("note") else "") + " |")
     return ("# Memory: loading a model and one generation, each in a fresh process\n\n"
             "Resident = VmRSS, peak = VmHWM (the high-water mark over loading and the generation), from /proc; "
             "the ratios are net of the runtime alone (Python, torch and transformers imported, no weights).\n\n"
