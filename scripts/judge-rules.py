@@ -7,7 +7,7 @@
 Every recorded candidate is run against its problem's tests; then, per kind
 (line, span) and per half of HumanEval (even / odd task numbers, so a rule
 tuned on one half can be checked on the other), it prints how many cases each
-rule passes with 1..3 candidates, the oracle (any candidate passes) and the
+rule passes with the candidates of origin < k, the oracle (any candidate passes) and the
 raw baseline from bench/results/infill-gemma3-270m-raw.json.
 
 bench/results/judged-infill-gemma3-270m-candidates3-4lines.jsonl is the record
@@ -58,8 +58,9 @@ def main(path: str) -> None:
     baseline = Path("bench/results/infill-gemma3-270m-raw.json")
     raw = {tuple(x[k] for k in ("task_id", "kind")): x["passed"]
            for x in json.loads(baseline.read_text())["results"]} if baseline.exists() else {}
-    for k in (1, 2, 3):
-        print(f"## up to {k} candidates")
+    most = max((c.get("origin", 0) for d in rows for c in d["judged"]), default=0) + 1
+    for k in sorted({1, 2, 3, most}):
+        print(f"## candidates with origin < {k} (0: the greedy answer; then each branch's alternatives in order)")
         for half, keep in (("all", lambda t: True), ("even", lambda t: t % 2 == 0), ("odd", lambda t: t % 2 == 1)):
             for kind in ("line", "span"):
                 cases = [d for d in rows if d["kind"] == kind and keep(d["task"])]
