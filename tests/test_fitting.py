@@ -161,6 +161,12 @@ def test_the_other_first_tokens_offer_one_line_each_and_every_judgement_can_be_r
     assert [j["text"] for j in judged if j["origin"] == 0] == [a for a in line_ends(greedy.text)][: len(judged) - len(others)]
 
 
+def test_a_judgement_log_that_cannot_be_written_does_not_fail_the_completion(loaded, tmp_path, monkeypatch):
+    monkeypatch.setenv(fitting.JUDGE_LOG, str(tmp_path / "missing-folder" / "judged.jsonl"))
+    result = fresh(loaded).generate(request("doc", fit_suffix=SUFFIX))
+    assert result.candidates >= 1 and result.reason != "error"
+
+
 def test_an_alternative_first_token_is_written_to_the_end_of_its_first_line_of_code():
     one_line = fitting._first_line(lambda text: None)
     assert one_line("x = 1") is None  # not yet

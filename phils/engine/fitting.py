@@ -2,9 +2,10 @@
 
 Phi-2 has no fill-in-the-middle tokens, so the text after the cursor cannot
 be in the prompt; it can still judge the answers. Mid-code, the engine writes
-the greedy answer and, at the step where it starts writing code, the best
-other first tokens, each continued greedily for up to a few lines; every
-line end of every candidate is a possible answer, and the one under which
+the greedy answer (up to a few lines) and, at the step where it starts
+writing code, the best other first tokens, each continued greedily to the end
+of its line; every line end of every candidate is a possible answer, and the
+one under which
 the whole document is most likely wins: log P(answer | prefix) + log P(next
 lines | prefix, answer), the second from one forward pass over the answer's
 tokens not yet in the KV cache and the suffix's, on the prompt's KV cache.
@@ -124,9 +125,13 @@ def _first_line(stop: Callable[[str], int | None]) -> Callable[[str], int | None
 
 def _record(request: "GenerationRequest", greedy: str, judged: list[dict]) -> None:
     path = os.environ.get(JUDGE_LOG)
-    if path:
+    if not path:
+        return
+    try:
         with open(path, "a", encoding="utf-8") as file:
             file.write(json.dumps({"suffix": request.fit_suffix, "greedy": greedy, "judged": judged}) + "\n")
+    except OSError as exc:  # a tuning aid: never the reason a completion fails
+        log.warning("cannot record the judgement in %s: %s", path, exc)
 
 
 def _past(deadline: float | None) -> bool:
