@@ -241,6 +241,15 @@ def test_a_kv_layer_reserved_for_the_context_never_moves_and_holds_only_what_was
     assert layer.capacity_bytes == 4000 * per_token  # still resident: the budget keeps counting it
 
 
+def test_kv_room_on_a_device_counts_in_full_since_a_device_allocates_it_for_real():
+    from phils.engine.kv import GrowingLayer
+
+    layer = GrowingLayer(reserve=1000)
+    chunk = torch.empty(1, 2, 10, 4, device="meta")  # stands in for a GPU: not the CPU's lazy pages
+    layer.update(chunk, chunk)
+    assert layer.capacity_bytes == 2 * 1000 * 2 * 4 * 4
+
+
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads resident memory from /proc (Linux)")
 def test_reserving_room_for_the_context_costs_no_resident_memory_until_written():
     from phils.engine.kv import GrowingLayer

@@ -155,8 +155,10 @@ class Engine:
             shared = min(common_prefix(entry.ids, ids), len(ids) - 1)
             if shared > 0 and crop(entry.kv, shared):
                 return entry.kv, shared
-        # Room for the whole context and a judged suffix: the cache never copies itself mid-keystroke.
-        return new_cache(self.model.config, self.context_tokens + fitting.MAX_SUFFIX_TOKENS), 0
+        # On the CPU, room for the whole context and a judged suffix: the cache never copies itself
+        # mid-keystroke, and untouched room is not resident. A GPU allocates it for real: it grows there.
+        reserve = self.context_tokens + fitting.MAX_SUFFIX_TOKENS if self.model.device.type == "cpu" else 0
+        return new_cache(self.model.config, reserve), 0
 
     def _prefill(self, ids: list[int], start: int, kv: Any, cancel: threading.Event, step: int) -> tuple[Any, int]:
         logits = None

@@ -3,11 +3,12 @@
 transformers maps a safetensors checkpoint and hands out tensors that point
 into the mapping. When the big matrices are replaced by copies in another
 layout (int8, oneDNN), whatever still points into the file (embeddings,
-norms, biases) keeps all of it mapped, and its pages resident: Phi-2 fp32
-with oneDNN held 21.3 GB for an 11 GB model. Own copies of the small rest
-let the mapping go. While the copies are being made, ``drop_pages`` tells
-the kernel which mapped pages are done with, so that loading never holds the
-file and the copies in full at once (peak 21.6 GB for Phi-2 fp32 before).
+norms, biases) keeps all of it mapped, and its pages resident: Phi-2's shape
+in fp32 with oneDNN held 20.6 GB for a 10.6 GB checkpoint. Own copies of the
+small rest let the mapping go. While the copies are being made,
+``drop_pages`` tells the kernel which mapped pages are done with, so that
+loading never holds the file and the copies in full at once (load peak 21.4
+GB before, 11.7 GB after; int8 14.8 GB before, 5.3 GB after).
 """
 
 from __future__ import annotations
