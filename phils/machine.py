@@ -35,9 +35,12 @@ def available_memory() -> int:
         return 2 * 2**30
 
 
-def process_figures(pid: int | str = "self") -> dict[str, float]:
+PROCESS_FIELDS = {"Threads:": ("threads", 1), "VmRSS:": ("rss_mb", 1024), "RssAnon:": ("anon_mb", 1024)}
+MEMORY_DETAIL = {"VmHWM:": ("peak_mb", 1024), "RssFile:": ("file_mb", 1024)}  # the peak; file-backed pages
+
+
+def process_figures(pid: int | str = "self", fields: dict[str, tuple[str, int]] = PROCESS_FIELDS) -> dict[str, float]:
     """Threads and memory of a process (this one by default), from /proc; empty elsewhere."""
-    fields = {"Threads:": ("threads", 1), "VmRSS:": ("rss_mb", 1024), "RssAnon:": ("anon_mb", 1024)}
     figures: dict[str, float] = {}
     try:
         with open(f"/proc/{pid}/status") as status:

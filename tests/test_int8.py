@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from phils.config import EngineSettings
-from phils.engine import Engine, GenerationRequest
+from phils.engine import Engine, GenerationRequest, mapping
 from phils.engine.loader import load_model
 
 
@@ -50,20 +50,15 @@ def test_a_converted_model_lets_go_of_the_mapped_checkpoint(tiny_model, kernels,
     gc.collect()
     # Other tests' models may keep the same file mapped: look at where this model's tensors live.
     reference = load_model(EngineSettings(model=str(tiny_model), cpu_kernels="torch", threads=1))
-    assert _in_checkpoint(reference.model, tiny_model)  # the test can tell: unconverted, they point into it
-    assert not _in_checkpoint(loaded.model, tiny_model)
+    assert _in_checkpoint(reference.model)  # the test can tell: unconverted, they point into it
+    assert not _in_checkpoint(loaded.model)
     ids = torch.tensor([[10, 20, 30]])
     with torch.no_grad():
         assert torch.isfinite(loaded.model(ids).logits).all()
 
 
-def _in_checkpoint(model, directory) -> list[str]:
-    """The names of ``model``'s tensors that point into a memory-mapped checkpoint file of ``directory``."""
-    files = [str(p) for p in Path(directory).glob("*.safetensors")]
-    ranges = []
-    for line in Path("/proc/self/maps").read_text().splitlines():
-        if any(line.endswith(f) for f in files):
-            start, end = (int(x, 16) for x in line.split()[0].split("-"))
-            ranges.append((start, end))
+def _in_checkpoint(model) -> list[str]:
+    """The names of ``model``'s tensors that point into a memory-mapped checkpoint file."""
+    ranges = mapping.checkpoint_ranges()
     tensors = [*model.named_parameters(), *model.named_buffers()]
     return [name for name, t in tensors if t.layout == torch.strided and any(a <= t.data_ptr() < b for a, b in ranges)]

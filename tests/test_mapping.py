@@ -10,15 +10,13 @@ import pytest
 import torch
 
 from phils.engine import mapping
+from phils.machine import MEMORY_DETAIL, process_figures
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads mappings from /proc (Linux)")
 
 
-def _file_resident_kb() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("RssFile:"):
-            return int(line.split()[1])
-    return 0
+def _file_resident_mb() -> float:
+    return process_figures(fields=MEMORY_DETAIL)["file_mb"]
 
 
 def test_a_mapped_checkpoint_tensors_pages_are_released_and_its_values_stay_readable(tmp_path):
@@ -33,10 +31,10 @@ def test_a_mapped_checkpoint_tensors_pages_are_released_and_its_values_stay_read
     assert float(tensor.sum()) == float(values.sum())  # every page read: resident
     ranges = mapping.checkpoint_ranges()
     assert any(a <= tensor.data_ptr() < b for a, b in ranges)
-    before = _file_resident_kb()
+    before = _file_resident_mb()
     released = mapping.drop_pages(tensor, ranges)
     assert released >= 15 * 2**20
-    assert before - _file_resident_kb() >= 12 * 1024  # KiB: most of the 16 MiB left this process
+    assert before - _file_resident_mb() >= 12  # MiB: most of the 16 MiB left this process
     assert torch.equal(tensor, values)  # read again from the file
     del tensor
     mapped.close()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from .mapping import checkpoint_ranges, drop_pages, own_copies
+from .mapping import checkpoint_ranges, drop_pages
 
 
 def quantize_linears(model: Any) -> int:
@@ -49,5 +49,4 @@ def quantize_linears(model: Any) -> int:
                 setattr(parent, name, DynamicLinear.from_float(child))
                 drop_pages(child.weight, mapped)
                 quantized += 1
-    own_copies(model)  # the fp32 rest (embeddings, norms) still points into the mapped checkpoint
     return quantized

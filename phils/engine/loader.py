@@ -96,31 +96,35 @@ def load_model(settings: EngineSettings, report: Report = lambda message, percen
             raise ModelLoadError("engine.quantize = int8 is for the CPU; on CUDA use fp16/bf16 or a GPTQ model")
         report("quantizing Linear layers to int8", 85)
         quantized = quantize_linears(model)
-        gc.collect()
         precision = "int8 weights, float32 activations"
         log.info("%d Linear layers quantized to int8", quantized)
-    elif device == "cpu" and settings.cpu_kernels == "onednn":
-        _use_onednn(model, report)
+        converted = True
+    else:
+        converted = device == "cpu" and settings.cpu_kernels == "onednn" and _use_onednn(model, report)
+    if converted:
+        own_copies(model)  # what stays as loaded (embeddings, norms) still points into the mapped checkpoint
+        gc.collect()
     seconds = time.monotonic() - started
     log.info("loaded %s on %s as %s in %.1f s", source.describe(), device, dtype, seconds)
     return LoadedModel(model, tokenizer, device, precision, source, seconds)
 
 
-def _use_onednn(model: Any, report: Report) -> None:
+def _use_onednn(model: Any, report: Report) -> bool:
+    """Convert the large fp32 Linear layers to oneDNN's layout; whether it ran to the end."""
     from . import onednn
 
     if not onednn.available():
         log.info("oneDNN is not available in this torch build; using torch's own fp32 kernels")
-        return
+        return False
     report("preparing oneDNN fp32 kernels", 90)
     started = time.monotonic()
     try:
         swapped = onednn.convert_linears(model)
     except (RuntimeError, TypeError) as exc:  # layers swapped so far stay correct, only slower ones remain
         log.warning("oneDNN conversion stopped (%s); the rest keeps torch's kernels", exc)
-        return
-    own_copies(model)  # the rest (embeddings, norms) still points into the mapped checkpoint
+        return False
     log.info("%d Linear layers use oneDNN's layout (%.1f s)", swapped, time.monotonic() - started)
+    return True
 
 
 def _configure_threads(torch: Any, threads: int) -> None:

@@ -16,17 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-FIELDS = {"VmRSS:": "rss_mb", "VmHWM:": "peak_mb", "RssAnon:": "anon_mb", "RssFile:": "file_mb"}
+from ..machine import MEMORY_DETAIL, PROCESS_FIELDS, process_figures
 
 
 def status_mb() -> dict[str, float]:
-    figures = {}
-    with open("/proc/self/status") as status:
-        for line in status:
-            name, *rest = line.split()
-            if name in FIELDS:
-                figures[FIELDS[name]] = round(int(rest[0]) / 1024, 1)
-    return figures
+    return process_figures(fields={**PROCESS_FIELDS, **MEMORY_DETAIL})
 
 
 def child(engine_json: str, prompt_tokens: int, new_tokens: int) -> None:
