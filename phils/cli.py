@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from . import __version__
+from .tools.testmodel import SHAPES
 from .config import Settings, as_dict, load_toml, merge, parse_assignment, profile_names, profile_path
 
 log = logging.getLogger("phils")
@@ -320,7 +321,7 @@ def _parser() -> argparse.ArgumentParser:
 
     make = commands.add_parser("make-test-model", help="build a random Phi model with an offline tokenizer")
     make.add_argument("directory")
-    make.add_argument("--shape", choices=["tiny", "small", "phi-2"], default="tiny")
+    make.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
     make.add_argument("--seed", type=int, default=0)
     make.add_argument("--gptq-bits", type=int, choices=[4, 8],
                       help="write random packed GPTQ weights of this width instead (speed benchmarks; no calibration)")

@@ -49,7 +49,7 @@ class EngineSettings:
     merge_adapter: bool = True  # fold the adapter into the weights at load (no per-token cost)
     device: str = _choice("auto", "auto", "cpu", "cuda")
     dtype: str = _choice("auto", "auto", "float32", "float16", "bfloat16")
-    quantize: str = _choice("none", "none", "int8")  # int8: dynamic int8 Linear layers on the CPU
+    quantize: str = _choice("none", "none", "int8", "int4")  # int8: torch dynamic int8 Linear layers; int4: ONNX Runtime GenAI (CPU)
     threads: int = _int(0, 0, 256)  # torch CPU threads; 0 = physical cores
     cpu_kernels: str = _choice("onednn", "onednn", "torch")  # fp32 Linear layers on CPU
     max_new_tokens: int = _int(64, 1, 2048)

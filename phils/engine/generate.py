@@ -17,6 +17,7 @@ from . import fitting, healing
 from .loader import LoadedModel
 from ..protocol import GenerationResult
 from .prefix_cache import CachedPrefix, PrefixCache, common_prefix
+from .runtime_torch import token_ids
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +66,12 @@ class Engine:
 
         self._torch = torch
         self.loaded = loaded
-        self.model = loaded.model
+        self.runtime = loaded.runtime  # torch, or ONNX Runtime GenAI for int4: chosen at load
         self.tokenizer = loaded.tokenizer
-        self.context_tokens = min(context_tokens, _model_window(self.model, context_tokens))
+        self.context_tokens = min(context_tokens, self.runtime.window or context_tokens)
         self.cache = PrefixCache(cache_bytes)
         self.ignore_stops = ignore_stops  # for every request (benchmarks, tests); requests can ask for it too
-        self.eos_ids = _eos_ids(self.model, self.tokenizer)
+        self.eos_ids = self.runtime.eos_ids | token_ids(self.tokenizer.eos_token_id)
         self._vocabulary: healing.Vocabulary | None = None
 
     @property
@@ -147,18 +148,14 @@ class Engine:
         A document with no entry of its own (the same file just opened in a
         second window) takes over the entry that shares the most tokens.
         """
-        from .kv import new_cache  # torch and transformers load with the model, not with the server
-
         entry = self.cache.take(key) or self.cache.take_longest_prefix(ids, MIN_SHARED_TOKENS)
         if entry is not None:
             # Keep at least one prompt token to run: its logits start the decode.
             shared = min(common_prefix(entry.ids, ids), len(ids) - 1)
             if shared > 0 and crop(entry.kv, shared):
                 return entry.kv, shared
-        # On the CPU, room for the whole context and a judged suffix: the cache never copies itself
-        # mid-keystroke, and untouched room is not resident. A GPU allocates it for real: it grows there.
-        reserve = self.context_tokens + fitting.MAX_SUFFIX_TOKENS if self.model.device.type == "cpu" else 0
-        return new_cache(self.model.config, reserve), 0
+        # Room for the whole context and a judged suffix: the cache never copies itself mid-keystroke.
+        return self.runtime.new_kv(self.context_tokens + fitting.MAX_SUFFIX_TOKENS), 0
 
     def _prefill(self, ids: list[int], start: int, kv: Any, cancel: threading.Event, step: int) -> tuple[Any, int]:
         logits = None
@@ -236,17 +233,11 @@ class Engine:
         return allowed[int(logits.index_select(0, index).argmax())]
 
     def _forward(self, ids: list[int], kv: Any) -> Any:
-        torch = self._torch
-        input_ids = torch.tensor([ids], dtype=torch.long, device=self.model.device)
-        out = self.model(input_ids=input_ids, past_key_values=kv, use_cache=True, logits_to_keep=1)
-        return out.logits[0, -1]
+        return self.runtime.forward(ids, kv, 1)[-1]
 
     def _forward_keep(self, ids: list[int], kv: Any, keep: int) -> Any:
         """The logits of the last ``keep`` positions of ``ids``, run on ``kv``."""
-        torch = self._torch
-        input_ids = torch.tensor([ids], dtype=torch.long, device=self.model.device)
-        out = self.model(input_ids=input_ids, past_key_values=kv, use_cache=True, logits_to_keep=keep)
-        return out.logits[0, -keep:]
+        return self.runtime.forward(ids, kv, keep)
 
     def _store(self, key: str, ids: list[int], kv: Any) -> None:
         if ids and crop(kv, len(ids)):
@@ -264,18 +255,3 @@ def crop(kv: Any, length: int) -> bool:
         log.debug("KV cache not reusable: %s", exc)
         return False
     return kv.get_seq_length() == length
-
-
-def _model_window(model: Any, fallback: int) -> int:
-    window = getattr(model.config, "max_position_embeddings", None)
-    return int(window) if isinstance(window, int) and window > 0 else fallback
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
-    ids: set[int] = set()
-    for value in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, (list, tuple)):
-            ids.update(v for v in value if isinstance(v, int))
-    return ids

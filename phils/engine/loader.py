@@ -26,7 +26,9 @@ from . import legacy_phi
 from .adapters import apply_adapter
 from .errors import ModelLoadError
 from .int8 import quantize_linears
+from .int4_build import build_int4
 from .mapping import own_copies
+from .runtime_torch import TorchRuntime
 from .sources import ModelSource, cache_root, resolve
 
 log = logging.getLogger(__name__)
@@ -36,12 +38,17 @@ Report = Callable[[str, int], None]  # (message, percent)
 
 @dataclass
 class LoadedModel:
-    model: Any
+    model: Any  # the torch module; None when another runtime runs the model (int4)
     tokenizer: Any
     device: str
     dtype: str
     source: ModelSource
     seconds: float
+    runtime: Any = None  # what runs forward passes and holds KV caches: TorchRuntime or GenaiRuntime
+
+    def __post_init__(self) -> None:
+        if self.runtime is None and self.model is not None:
+            self.runtime = TorchRuntime(self.model)
 
 
 def load_model(settings: EngineSettings, report: Report = lambda message, percent: None) -> LoadedModel:
@@ -74,6 +81,8 @@ def load_model(settings: EngineSettings, report: Report = lambda message, percen
     try:
         _refuse_remote_code(transformers, source, settings, common)
         tokenizer = transformers.AutoTokenizer.from_pretrained(source.location, **common)
+        if settings.quantize == "int4":
+            return _load_int4(settings, source, cache, tokenizer, device, report, started)
         report(f"loading weights ({str(dtype).removeprefix('torch.')} on {device})", 50)
         model = transformers.AutoModelForCausalLM.from_pretrained(
             source.location,
@@ -107,6 +116,49 @@ def load_model(settings: EngineSettings, report: Report = lambda message, percen
     seconds = time.monotonic() - started
     log.info("loaded %s on %s as %s in %.1f s", source.describe(), device, dtype, seconds)
     return LoadedModel(model, tokenizer, device, precision, source, seconds)
+
+
+def _load_int4(settings: EngineSettings, source: ModelSource, cache: Path, tokenizer: Any, device: str,
+               report: Report, started: float) -> LoadedModel:
+    """4-bit weights run by ONNX Runtime GenAI on the CPU, built once from the checkpoint into the cache."""
+    from .runtime_genai import GenaiRuntime
+    from .fitting import MAX_SUFFIX_TOKENS
+
+    if device != "cpu":
+        raise ModelLoadError("engine.quantize = int4 runs on the CPU; on CUDA use fp16/bf16 or a GPTQ model")
+    if settings.adapter:
+        raise ModelLoadError("engine.quantize = int4 cannot apply engine.adapter yet: merge the adapter into the "
+                             "model (peft's merge_and_unload) and point engine.model at the result")
+    checkpoint = _checkpoint_directory(source, settings)
+    target = cache / "onnx-int4" / f"{checkpoint.name}-{_cache_key(_weight_files(checkpoint))}"
+    if not (target / "genai_config.json").is_file():
+        report("building the 4-bit ONNX model (first start only)", 55)
+        built = build_int4(checkpoint, target)
+        log.info("built %s in %.0f s, peak memory %.1f GB", target, built["seconds"], built["peak_rss_bytes"] / 1e9)
+    report("loading the 4-bit model", 80)
+    runtime = GenaiRuntime(target, settings.threads or usable_cores(), MAX_SUFFIX_TOKENS)
+    seconds = time.monotonic() - started
+    log.info("loaded %s as int4 (ONNX Runtime GenAI) in %.1f s", source.describe(), seconds)
+    return LoadedModel(None, tokenizer, "cpu", "int4 weights, int8 activations (ONNX Runtime GenAI)", source,
+                       seconds, runtime)
+
+
+def _checkpoint_directory(source: ModelSource, settings: EngineSettings) -> Path:
+    """A local transformers checkpoint directory for ``source``, downloading a hub model's files."""
+    if source.local:
+        return Path(source.location)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(source.location, revision=settings.revision or None,
+                                      allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"],
+                                      local_files_only=settings.offline))
+    except Exception as exc:
+        raise ModelLoadError(_explain(exc, settings)) from exc
+
+
+def _weight_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.safetensors")) + sorted(directory.glob("config.json"))
 
 
 def _use_onednn(model: Any, report: Report) -> bool:

@@ -64,6 +64,21 @@ def drop_pages(tensor: Any, ranges: list[tuple[int, int]]) -> int:
     return last - first
 
 
+def drop_mapped(ranges: list[tuple[int, int]]) -> int:
+    """Release every resident page of the checkpoint mappings ``ranges``; returns bytes advised.
+
+    Safe whatever is still to be read: the pages come back from the file on
+    the next read. For a reader that passes over the checkpoint once.
+    """
+    if not _LIBC:
+        return 0
+    done = 0
+    for start, end in ranges:
+        if _LIBC.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), mmap.MADV_DONTNEED) == 0:
+            done += end - start
+    return done
+
+
 def _libc() -> Any:
     if not hasattr(mmap, "MADV_DONTNEED"):
         return None

@@ -20,6 +20,8 @@ class CachedPrefix:
 
 
 def kv_bytes(kv: Any) -> int:
+    if isinstance(getattr(kv, "nbytes", None), int):  # a runtime's own cache that knows its size (GenAI)
+        return kv.nbytes
     total = 0
     for layer in getattr(kv, "layers", ()):
         if hasattr(layer, "capacity_bytes"):  # what its buffers hold resident, written room included

@@ -14,6 +14,8 @@ from pathlib import Path
 
 SHAPES = {
     "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256),
+    # Phi-2's head size (80, rotary 32): ONNX Runtime's attention kernel needs a rotary half that is a multiple of 8.
+    "tiny80": dict(hidden_size=160, num_hidden_layers=2, num_attention_heads=2, intermediate_size=640),
     "small": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=8, intermediate_size=1024),
     "phi-2": dict(hidden_size=2560, num_hidden_layers=32, num_attention_heads=32, intermediate_size=10240),
 }

@@ -1,0 +1,151 @@
+"""Build a 4-bit ONNX model for ONNX Runtime GenAI from a transformers checkpoint, one matrix at a time.
+
+onnxruntime-genai's builder emits every MatMul in fp32 and quantizes the
+whole graph at the end, through an fp32 protobuf copy of it: Phi-2's shape
+peaked at 21.6 GB for a 2.2 GB result. Here each MatMul is quantized the
+moment the builder emits it (the same MLAS block quantizer, the same node
+and tensor names, so the file is the one the builder would write), and the
+checkpoint's pages read so far are handed back to the kernel at once; the
+build holds the 4-bit result and about one fp32 matrix at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import logging
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import ModelLoadError
+from .mapping import checkpoint_ranges, drop_mapped
+
+log = logging.getLogger(__name__)
+
+BLOCK_SIZE = 32  # weights per scale: the builder's CPU default (llama.cpp's q4_0 uses 32 too)
+ACCURACY_LEVEL = 4  # int8 activations in MLAS' kernels: the fast CPU path
+BUILD_RECORD = "phils-build.json"
+
+
+def build_int4(checkpoint: str | Path, target: Path, block_size: int = BLOCK_SIZE,
+               accuracy_level: int = ACCURACY_LEVEL) -> dict[str, Any]:
+    """Write the 4-bit ONNX model of the transformers checkpoint directory ``checkpoint`` to ``target``.
+
+    The build runs in a child process: its memory goes back to the system when
+    it ends, and the builder's prints never reach this process's stdout. Returns
+    what the child recorded in ``target/phils-build.json`` (its peak memory).
+    """
+    if importlib.util.find_spec("onnxruntime_genai") is None or importlib.util.find_spec("onnx_ir") is None:
+        raise ModelLoadError("engine.quantize = int4 needs ONNX Runtime GenAI and its model builder: "
+                             "pip install 'phils[int4]'")
+    partial = target.with_name(target.name + f".partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    command = [sys.executable, "-m", __name__, str(checkpoint), str(partial), str(block_size), str(accuracy_level)]
+    child = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True, errors="replace")
+    if child.returncode != 0 or not (partial / BUILD_RECORD).is_file():
+        shutil.rmtree(partial, ignore_errors=True)
+        lines = [line for line in child.stdout.splitlines() if line.strip()]
+        reason = lines[-1] if lines else f"exit status {child.returncode}"
+        log.debug("the ONNX build said:\n%s", "\n".join(lines[-40:]))
+        raise ModelLoadError(f"cannot build the 4-bit ONNX model of {checkpoint}: {reason}")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial.replace(target)
+    except OSError as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise ModelLoadError(f"cannot write the 4-bit ONNX model to {target}: {exc}") from exc
+    return json.loads((target / BUILD_RECORD).read_text())
+
+
+def _build_here(checkpoint: str, target: str, block_size: int, accuracy_level: int) -> None:
+    from onnxruntime_genai.models import builder
+
+    started = time.monotonic()
+    cache = str(Path(target) / "cache")
+    options = [f"block_size={block_size}", f"accuracy_level={accuracy_level}"]
+    with _quantize_as_emitted():
+        extra = builder.parse_extra_options(None, checkpoint, target, "int4", "cpu", cache, options)
+        builder.create_model(None, checkpoint, target, "int4", "cpu", cache, **extra)
+    shutil.rmtree(cache, ignore_errors=True)
+    record = {"source": str(Path(checkpoint).resolve()), "block_size": block_size, "accuracy_level": accuracy_level,
+              "seconds": round(time.monotonic() - started, 1),
+              "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    (Path(target) / BUILD_RECORD).write_text(json.dumps(record, indent=2))
+
+
+@contextlib.contextmanager
+def _quantize_as_emitted() -> Iterator[None]:
+    from onnxruntime_genai.models import builder
+
+    Model = builder.Model  # the builder imports its modules top-level ("builders.base"): patch the class it uses
+    emit_float, whole_graph = Model.make_matmul_float, Model.to_nbits
+
+    def make_matmul_float(self: Any, matmul: Any, name: str, root_input: str, **kwargs: Any) -> str:
+        if not _quantizing(self) or name in self.quant_attrs.get("nodes_to_exclude", ()):
+            return emit_float(self, matmul, name, root_input, **kwargs)
+        _emit_nbits(self, matmul.weight, name, root_input, kwargs)
+        drop_mapped(checkpoint_ranges())  # q, k and v were read to fuse them: drop theirs too
+        return name
+
+    def to_nbits(self: Any) -> Any:
+        if any(node.op_type == "MatMul" and node.inputs[1] is not None and node.inputs[1].const_value is not None
+               for node in self.model.graph):
+            return whole_graph(self)  # something this module did not emit (e.g. an excluded node): the builder's way
+        return self.model
+
+    Model.make_matmul_float, Model.to_nbits = make_matmul_float, to_nbits
+    try:
+        yield
+    finally:
+        Model.make_matmul_float, Model.to_nbits = emit_float, whole_graph
+
+
+def _quantizing(model: Any) -> bool:
+    import onnx_ir as ir
+
+    return (model.onnx_dtype in {ir.DataType.INT4, ir.DataType.UINT4}
+            and not model.quant_attrs.get("use_qdq") and model.quant_attrs.get("bits", 4) == 4)
+
+
+def _emit_nbits(model: Any, weight: Any, name: str, root_input: str, kwargs: dict[str, Any]) -> None:
+    """A MatMulNBits node for ``root_input @ weight.T``, named as onnxruntime's quantizer names it."""
+    import numpy as np
+    import torch
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        DefaultWeightOnlyQuantizer,
+    )
+
+    attrs = model.quant_attrs
+    block_size, symmetric = int(attrs["matmul_block_size"]), bool(attrs["is_symmetric"])
+    config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=symmetric,
+                                          accuracy_level=attrs["accuracy_level"], bits=4)
+    with torch.no_grad():
+        matrix = np.ascontiguousarray(weight.detach().to(torch.float32).T.numpy())  # [K, N]
+    packed, scales, zero_points = DefaultWeightOnlyQuantizer(config).qbits_block_quant(matrix)
+    rows, cols = matrix.shape
+    del matrix
+    tensor = name[1:].replace("/", ".") + ".weight"
+    inputs = [root_input, tensor + "_Q4", tensor + "_scales"]
+    model.make_initializer(packed, tensor + "_Q4")
+    model.make_initializer(scales.astype(np.float32), tensor + "_scales")
+    if not symmetric:
+        model.make_initializer(zero_points, tensor + "_zero_points")
+        inputs.append(tensor + "_zero_points")
+    extra = {"accuracy_level": attrs["accuracy_level"]} if attrs["accuracy_level"] else {}
+    output = "logits" if kwargs.get("logits", False) else f"{name}/output_0"
+    model.make_node("MatMulNBits", inputs=inputs, outputs=[output], name=name + "_Q4", domain="com.microsoft",
+                    K=rows, N=cols, bits=4, block_size=block_size, **extra)
+    model.make_value(output, model.io_dtype, shape=model.make_hidden_state_shape(seq_dim=kwargs.get("seq_dim", "sequence_length"), last_dim=cols))
+
+
+if __name__ == "__main__":  # the child process build_int4 starts
+    _build_here(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))

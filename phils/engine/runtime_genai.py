@@ -1,0 +1,89 @@
+"""A 4-bit ONNX model run by ONNX Runtime GenAI on the CPU (``engine.quantize = "int4"``).
+
+MLAS' MatMulNBits kernels with int8 activations (accuracy level 4) decode
+Phi-2's shape at about 50 ms a token on this project's 2-core machine, where
+torch's int8 takes 120-190. A document's KV cache is a GenAI ``Generator``:
+``append_tokens`` runs tokens and keeps their keys and values, ``rewind_to``
+crops, which is all the prefix reuse, the decode loop and the judging of
+mid-code candidates need; the logits come back as a torch tensor, so token
+healing and candidate scoring work unchanged.
+
+A generator holds its keys and values in one buffer for the whole window,
+written in place (no copy mid-keystroke), and allocated in full: Phi-2's
+shape costs 1.28 GB a document from the start, which is what the byte budget
+counts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelLoadError
+from .runtime_torch import token_ids
+
+log = logging.getLogger(__name__)
+
+
+class GenaiKV:
+    """One document's keys and values: a GenAI generator, with the cache interface the decode loop uses."""
+
+    def __init__(self, generator: Any, nbytes: int):
+        self.generator = generator
+        self.nbytes = nbytes
+
+    def get_seq_length(self) -> int:
+        return int(self.generator.token_count())
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Drop the last ``-tokens_to_remove`` tokens (a negative count, as transformers' caches take)."""
+        if tokens_to_remove > 0:
+            raise ValueError("crop takes a negative number of tokens to remove")
+        if tokens_to_remove:
+            self.generator.rewind_to(max(self.get_seq_length() + tokens_to_remove, 0))
+
+
+class GenaiRuntime:
+    name = "onnxruntime-genai"
+    device = "cpu"
+
+    def __init__(self, directory: Path, threads: int, reserve_tokens: int):
+        try:
+            import numpy
+            import onnxruntime_genai as og
+            import torch
+        except ImportError as exc:
+            raise ModelLoadError("engine.quantize = int4 needs ONNX Runtime GenAI: pip install 'phils[int4]'") from exc
+        self._np, self._torch = numpy, torch
+        described = json.loads((directory / "genai_config.json").read_text())["model"]
+        context = int(described.get("context_length") or 2048)
+        decoder = described["decoder"]
+        # Room for what is judged after an answer (the code below the cursor) inside the model's window.
+        self.window = max(context - reserve_tokens, 1)
+        self.eos_ids = token_ids(described.get("eos_token_id"))
+        per_token = 2 * int(decoder["num_hidden_layers"]) * int(decoder["num_key_value_heads"]) * int(decoder["head_size"])
+        self._kv_bytes = per_token * 4 * context  # fp32 keys and values for the whole window
+        config = og.Config(str(directory))
+        if threads > 0:
+            config.overlay(json.dumps({"model": {"decoder": {"session_options": {
+                "intra_op_num_threads": threads, "inter_op_num_threads": 1}}}}))
+        try:
+            self.model = og.Model(config)
+        except Exception as exc:  # onnxruntime raises its own kinds
+            raise ModelLoadError(f"ONNX Runtime GenAI cannot load {directory}: {exc}") from exc
+        self._og = og
+        self._params = og.GeneratorParams(self.model)
+        self._params.set_search_options(max_length=context, do_sample=False)
+
+    def new_kv(self, reserve: int) -> GenaiKV:
+        return GenaiKV(self._og.Generator(self.model, self._params), self._kv_bytes)
+
+    def forward(self, ids: list[int], kv: GenaiKV, keep: int = 1) -> Any:
+        """Run ``ids`` on ``kv``; the logits of the last ``keep`` positions as a torch tensor, [keep, vocab]."""
+        kv.generator.append_tokens(self._np.asarray(ids, dtype=self._np.int32))
+        logits = kv.generator.get_logits() if keep == 1 else kv.generator.get_output("logits")
+        rows = self._np.array(logits, dtype=self._np.float32, copy=True)  # the next run reuses GenAI's buffer
+        return self._torch.from_numpy(rows.reshape(-1, rows.shape[-1])[-keep:])
+
