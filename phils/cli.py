@@ -139,6 +139,13 @@ def _bench_keystrokes(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _bench_runtimes(args: argparse.Namespace) -> int:
+    from .tools.bench_runtimes import run
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    return run(args)
+
+
 def _bench_windows(args: argparse.Namespace) -> int:
     from .tools.bench_windows import run
 
@@ -342,6 +349,20 @@ def _parser() -> argparse.ArgumentParser:
     keys.add_argument("--name", help="results file name (default: the model's name)")
     keys.add_argument("--out", default="bench/results")
     keys.set_defaults(run=_bench_keystrokes)
+    runtimes = bench.add_parser("runtimes", help="phils' CPU runtimes and llama.cpp on the same weights, one sitting")
+    runtimes.add_argument("--model", required=True, help="a local transformers checkpoint directory")
+    runtimes.add_argument("--file", required=True, help="a real Python file to type")
+    runtimes.add_argument("--runtimes", default="int8,int4", help="from fp32, int8, int4, llama.cpp")
+    runtimes.add_argument("--gguf", help="llama.cpp: the GGUF file of the same weights (e.g. q4_0)")
+    runtimes.add_argument("--llama-server", help="llama.cpp: the llama-server binary")
+    runtimes.add_argument("--prompt-lines", type=int, default=80, help="lines opened before typing starts")
+    runtimes.add_argument("--requests", type=int, default=8, help="completions to request (one per typed line)")
+    runtimes.add_argument("--new-tokens", type=int, default=16, help="tokens generated per request")
+    runtimes.add_argument("--typing-ms", type=float, default=100, help="pause between keystrokes")
+    runtimes.add_argument("--set", action="append", metavar="KEY=VALUE", help="extra server settings")
+    runtimes.add_argument("--name", help="results file name (default: the model's name)")
+    runtimes.add_argument("--out", default="bench/results")
+    runtimes.set_defaults(run=_bench_runtimes)
     for name, help_text, seconds in (("flood", "didChange at a fixed rate with completions, cancels and probes", 10),
                                      ("soak", "typing bursts into several documents for a while", 120)):
         load = bench.add_parser(name, help=help_text)

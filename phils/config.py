@@ -50,6 +50,7 @@ class EngineSettings:
     device: str = _choice("auto", "auto", "cpu", "cuda")
     dtype: str = _choice("auto", "auto", "float32", "float16", "bfloat16")
     quantize: str = _choice("none", "none", "int8", "int4")  # int8: torch dynamic int8 Linear layers; int4: ONNX Runtime GenAI (CPU)
+    int4_head: str = _choice("int8", "int4", "int8", "fp32")  # int4: the output head's weights (the body is 4-bit)
     threads: int = _int(0, 0, 256)  # torch CPU threads; 0 = physical cores
     cpu_kernels: str = _choice("onednn", "onednn", "torch")  # fp32 Linear layers on CPU
     max_new_tokens: int = _int(64, 1, 2048)

@@ -188,3 +188,11 @@ def cancel_request(client, msg_id: str) -> None:
     from lsprotocol import types
 
     client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id=msg_id))
+
+
+@pytest.fixture(scope="session")
+def tiny80_model(tmp_path_factory) -> Path:
+    """A random tiny Phi with Phi-2's head size (80), which ONNX Runtime's attention kernel needs."""
+    from phils.tools.testmodel import make_test_model
+
+    return make_test_model(tmp_path_factory.mktemp("tiny80-phi"), shape="tiny80")

@@ -27,10 +27,15 @@ def test_a_full_gpu_is_named_and_the_cpu_suggested():
     assert any("only 1.5 GiB free" in line for line in recommend(facts))
 
 
-def test_a_cpu_machine_gets_fp32_or_a_smaller_model_by_its_ram():
-    assert any("--profile cpu" in line for line in recommend(CPU_BOX))
-    small = {**CPU_BOX, "memory": {"total_gib": 8.0, "available_gib": 6.0}}
-    assert any("--profile gemma3" in line for line in recommend(small))
+def test_a_cpu_machine_gets_4_bit_phi2_or_a_smaller_model_by_its_ram():
+    advice = "\n".join(recommend(CPU_BOX))
+    assert "--profile cpu-int4" in advice and "phils[int4]" in advice  # CPU_BOX lacks onnxruntime-genai
+    installed = {**CPU_BOX, "packages": {"onnxruntime_genai": "0.18.0"}}
+    assert "phils[int4]" not in "\n".join(recommend(installed))
+    laptop = {**CPU_BOX, "memory": {"total_gib": 8.0, "available_gib": 6.0}}
+    assert any("--profile cpu-int4" in line for line in recommend(laptop))
+    tiny = {**CPU_BOX, "memory": {"total_gib": 4.0, "available_gib": 3.0}}
+    assert any("--profile gemma3" in line for line in recommend(tiny))
     assert any("CPU build" in line for line in recommend(CPU_BOX))
 
 

@@ -31,11 +31,13 @@ log = logging.getLogger(__name__)
 
 BLOCK_SIZE = 32  # weights per scale: the builder's CPU default (llama.cpp's q4_0 uses 32 too)
 ACCURACY_LEVEL = 4  # int8 activations in MLAS' kernels: the fast CPU path
+HEADS = ("int4", "int8", "fp32")  # the output head's weights; the body is int4
+HEAD = "int8"
 BUILD_RECORD = "phils-build.json"
 
 
 def build_int4(checkpoint: str | Path, target: Path, block_size: int = BLOCK_SIZE,
-               accuracy_level: int = ACCURACY_LEVEL) -> dict[str, Any]:
+               accuracy_level: int = ACCURACY_LEVEL, head: str = HEAD) -> dict[str, Any]:
     """Write the 4-bit ONNX model of the transformers checkpoint directory ``checkpoint`` to ``target``.
 
     The build runs in a child process: its memory goes back to the system when
@@ -47,7 +49,7 @@ def build_int4(checkpoint: str | Path, target: Path, block_size: int = BLOCK_SIZ
                              "pip install 'phils[int4]'")
     partial = target.with_name(target.name + f".partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
-    command = [sys.executable, "-m", __name__, str(checkpoint), str(partial), str(block_size), str(accuracy_level)]
+    command = [sys.executable, "-m", __name__, str(checkpoint), str(partial), str(block_size), str(accuracy_level), head]
     child = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            text=True, errors="replace")
     if child.returncode != 0 or not (partial / BUILD_RECORD).is_file():
@@ -61,43 +63,50 @@ def build_int4(checkpoint: str | Path, target: Path, block_size: int = BLOCK_SIZ
         partial.replace(target)
     except OSError as exc:
         shutil.rmtree(partial, ignore_errors=True)
-        raise ModelLoadError(f"cannot write the 4-bit ONNX model to {target}: {exc}") from exc
+        if not (target / BUILD_RECORD).is_file():  # else another process built it meanwhile: use theirs
+            raise ModelLoadError(f"cannot write the 4-bit ONNX model to {target}: {exc}") from exc
     return json.loads((target / BUILD_RECORD).read_text())
 
 
-def _build_here(checkpoint: str, target: str, block_size: int, accuracy_level: int) -> None:
+def _build_here(checkpoint: str, target: str, block_size: int, accuracy_level: int, head: str) -> None:
     from onnxruntime_genai.models import builder
 
     started = time.monotonic()
     cache = str(Path(target) / "cache")
     options = [f"block_size={block_size}", f"accuracy_level={accuracy_level}"]
-    with _quantize_as_emitted():
+    with _quantize_as_emitted(head):
         extra = builder.parse_extra_options(None, checkpoint, target, "int4", "cpu", cache, options)
         builder.create_model(None, checkpoint, target, "int4", "cpu", cache, **extra)
     shutil.rmtree(cache, ignore_errors=True)
     record = {"source": str(Path(checkpoint).resolve()), "block_size": block_size, "accuracy_level": accuracy_level,
-              "seconds": round(time.monotonic() - started, 1),
+              "head": head, "seconds": round(time.monotonic() - started, 1),
               "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
     (Path(target) / BUILD_RECORD).write_text(json.dumps(record, indent=2))
 
 
 @contextlib.contextmanager
-def _quantize_as_emitted() -> Iterator[None]:
+def _quantize_as_emitted(head: str) -> Iterator[None]:
     from onnxruntime_genai.models import builder
 
     Model = builder.Model  # the builder imports its modules top-level ("builders.base"): patch the class it uses
     emit_float, whole_graph = Model.make_matmul_float, Model.to_nbits
 
+    left_float: set[str] = set()
+
     def make_matmul_float(self: Any, matmul: Any, name: str, root_input: str, **kwargs: Any) -> str:
+        is_head = bool(kwargs.get("logits")) or name == "/lm_head/MatMul"
         if not _quantizing(self) or name in self.quant_attrs.get("nodes_to_exclude", ()):
             return emit_float(self, matmul, name, root_input, **kwargs)
-        _emit_nbits(self, matmul.weight, name, root_input, kwargs)
+        if is_head and head == "fp32":
+            left_float.add(name)
+            return emit_float(self, matmul, name, root_input, **kwargs)
+        _emit_nbits(self, matmul.weight, name, root_input, kwargs, bits=8 if is_head and head == "int8" else 4)
         drop_mapped(checkpoint_ranges())  # q, k and v were read to fuse them: drop theirs too
         return name
 
     def to_nbits(self: Any) -> Any:
-        if any(node.op_type == "MatMul" and node.inputs[1] is not None and node.inputs[1].const_value is not None
-               for node in self.model.graph):
+        if any(node.op_type == "MatMul" and node.name not in left_float and node.inputs[1] is not None
+               and node.inputs[1].const_value is not None for node in self.model.graph):
             return whole_graph(self)  # something this module did not emit (e.g. an excluded node): the builder's way
         return self.model
 
@@ -115,7 +124,7 @@ def _quantizing(model: Any) -> bool:
             and not model.quant_attrs.get("use_qdq") and model.quant_attrs.get("bits", 4) == 4)
 
 
-def _emit_nbits(model: Any, weight: Any, name: str, root_input: str, kwargs: dict[str, Any]) -> None:
+def _emit_nbits(model: Any, weight: Any, name: str, root_input: str, kwargs: dict[str, Any], bits: int) -> None:
     """A MatMulNBits node for ``root_input @ weight.T``, named as onnxruntime's quantizer names it."""
     import numpy as np
     import torch
@@ -127,25 +136,25 @@ def _emit_nbits(model: Any, weight: Any, name: str, root_input: str, kwargs: dic
     attrs = model.quant_attrs
     block_size, symmetric = int(attrs["matmul_block_size"]), bool(attrs["is_symmetric"])
     config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=symmetric,
-                                          accuracy_level=attrs["accuracy_level"], bits=4)
+                                          accuracy_level=attrs["accuracy_level"], bits=bits)
     with torch.no_grad():
         matrix = np.ascontiguousarray(weight.detach().to(torch.float32).T.numpy())  # [K, N]
     packed, scales, zero_points = DefaultWeightOnlyQuantizer(config).qbits_block_quant(matrix)
     rows, cols = matrix.shape
     del matrix
     tensor = name[1:].replace("/", ".") + ".weight"
-    inputs = [root_input, tensor + "_Q4", tensor + "_scales"]
-    model.make_initializer(packed, tensor + "_Q4")
+    inputs = [root_input, tensor + f"_Q{bits}", tensor + "_scales"]
+    model.make_initializer(packed, tensor + f"_Q{bits}")
     model.make_initializer(scales.astype(np.float32), tensor + "_scales")
     if not symmetric:
         model.make_initializer(zero_points, tensor + "_zero_points")
         inputs.append(tensor + "_zero_points")
     extra = {"accuracy_level": attrs["accuracy_level"]} if attrs["accuracy_level"] else {}
     output = "logits" if kwargs.get("logits", False) else f"{name}/output_0"
-    model.make_node("MatMulNBits", inputs=inputs, outputs=[output], name=name + "_Q4", domain="com.microsoft",
-                    K=rows, N=cols, bits=4, block_size=block_size, **extra)
+    model.make_node("MatMulNBits", inputs=inputs, outputs=[output], name=name + f"_Q{bits}", domain="com.microsoft",
+                    K=rows, N=cols, bits=bits, block_size=block_size, **extra)
     model.make_value(output, model.io_dtype, shape=model.make_hidden_state_shape(seq_dim=kwargs.get("seq_dim", "sequence_length"), last_dim=cols))
 
 
 if __name__ == "__main__":  # the child process build_int4 starts
-    _build_here(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    _build_here(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])

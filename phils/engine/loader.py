@@ -26,7 +26,7 @@ from . import legacy_phi
 from .adapters import apply_adapter
 from .errors import ModelLoadError
 from .int8 import quantize_linears
-from .int4_build import build_int4
+from .int4_build import ACCURACY_LEVEL, BLOCK_SIZE, build_int4
 from .mapping import own_copies
 from .runtime_torch import TorchRuntime
 from .sources import ModelSource, cache_root, resolve
@@ -130,10 +130,11 @@ def _load_int4(settings: EngineSettings, source: ModelSource, cache: Path, token
         raise ModelLoadError("engine.quantize = int4 cannot apply engine.adapter yet: merge the adapter into the "
                              "model (peft's merge_and_unload) and point engine.model at the result")
     checkpoint = _checkpoint_directory(source, settings)
-    target = cache / "onnx-int4" / f"{checkpoint.name}-{_cache_key(_weight_files(checkpoint))}"
+    variant = f"b{BLOCK_SIZE}-a{ACCURACY_LEVEL}-head-{settings.int4_head}"
+    target = cache / "onnx-int4" / f"{checkpoint.name}-{_cache_key(_weight_files(checkpoint))}-{variant}"
     if not (target / "genai_config.json").is_file():
         report("building the 4-bit ONNX model (first start only)", 55)
-        built = build_int4(checkpoint, target)
+        built = build_int4(checkpoint, target, head=settings.int4_head)
         log.info("built %s in %.0f s, peak memory %.1f GB", target, built["seconds"], built["peak_rss_bytes"] / 1e9)
     report("loading the 4-bit model", 80)
     runtime = GenaiRuntime(target, settings.threads or usable_cores(), MAX_SUFFIX_TOKENS)

@@ -49,8 +49,9 @@ def plan_replay(path: Path, source: str, prompt_lines: int, pauses: int) -> Repl
 
 async def run_mode(
     mode: str, model: str, replay: Replay, new_tokens: int, extra: list[str], requests: int, typing_ms: float,
-    warmup_ms: int = 100,
+    warmup_ms: int = 100, on_done: Any = None,
 ) -> dict[str, Any]:
+    """Replay the typing in a fresh server; ``on_done(client)`` is called before the server stops."""
     from lsprotocol import types
 
     warmup = [f"completion.warmup_ms={warmup_ms}"] if mode == "cache-on+warmup" else []
@@ -98,13 +99,16 @@ async def run_mode(
             if len(latencies) == 1:  # the cold start, left out of the steady-state reuse figure
                 cold = await server_stats(client)
     stats = await server_stats(client)
+    if on_done is not None:
+        on_done(client)
     warm_prompt = stats["prompt_tokens"] - cold["prompt_tokens"]
     warm_reused = stats["reused_tokens"] - cold["reused_tokens"]
     await stop_server(client)
     return {
         "mode": mode,
         "requests": len(latencies),
-        "latency_ms": _summary(latencies),
+        "latency_ms": {**_summary(latencies), "first": round(latencies[0], 1) if latencies else None},
+        "latencies": [round(x, 1) for x in latencies],
         "first_token_ms": stats["first_token_ms"],
         "reused_fraction": round(warm_reused / warm_prompt, 4) if warm_prompt else None,
         "prompt_tokens_mean": round(stats["prompt_tokens"] / max(stats["requests"], 1)),

@@ -1,0 +1,168 @@
+"""int4 on the CPU: a 4-bit ONNX model built once, layer by layer, and run by ONNX Runtime GenAI
+behind the same engine as torch: KV reuse exact, cancellation between tokens, healing, judging."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from phils.config import EngineSettings
+from phils.engine import Engine, GenerationRequest
+from phils.engine.errors import ModelLoadError
+from phils.engine.int4_build import BUILD_RECORD, build_int4
+from phils.engine.loader import load_model
+
+PROMPT = "def add(a, b):\n    return a + b\n\n\ndef mul(a, b):\n    \"\"\"Multiply a and b.\"\"\"\n    "
+
+
+@pytest.fixture(scope="module")
+def int4_settings(tiny80_model, tmp_path_factory) -> EngineSettings:
+    return EngineSettings(model=str(tiny80_model), quantize="int4", threads=1,
+                          cache_dir=str(tmp_path_factory.mktemp("int4-cache")))
+
+
+@pytest.fixture(scope="module")
+def loaded(int4_settings):
+    return load_model(int4_settings)
+
+
+def _engine(loaded, cache_bytes: int = 2**31) -> Engine:
+    return Engine(loaded, context_tokens=2048, cache_bytes=cache_bytes)
+
+
+def _initializers(directory: Path) -> dict[str, np.ndarray]:
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(directory / "model.onnx"))
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def test_the_layerwise_build_writes_the_tensors_the_builder_writes(tiny80_model, tmp_path):
+    """Quantizing each MatMul as it is emitted changes the build's memory, not its result."""
+    ours = tmp_path / "ours"
+    record = build_int4(tiny80_model, ours, head="int4")
+    stock = tmp_path / "stock"
+    subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(tiny80_model),
+                    "-o", str(stock), "-p", "int4", "-e", "cpu", "-c", str(tmp_path / "hf-cache")],
+                   check=True, capture_output=True, timeout=300)
+    a, b = _initializers(ours), _initializers(stock)
+    assert set(a) == set(b)
+    assert any(name.endswith("_Q4") for name in a)
+    for name in a:
+        assert np.array_equal(a[name], b[name]), name
+    assert record["peak_rss_bytes"] > 0 and (ours / BUILD_RECORD).is_file()
+
+
+def test_the_output_head_keeps_more_bits_by_default(tiny80_model, tmp_path):
+    build_int4(tiny80_model, tmp_path / "m")  # default head: int8
+    names = _initializers(tmp_path / "m")
+    assert "lm_head.MatMul.weight_Q8" in names
+    assert "model.layers.0.mlp.fc1.MatMul.weight_Q4" in names
+
+
+def test_the_model_is_built_once_into_the_cache(int4_settings, loaded):
+    cache = Path(int4_settings.cache_dir) / "onnx-int4"
+    built = [p for p in cache.iterdir() if (p / "genai_config.json").is_file()]
+    assert len(built) == 1 and "head-int8" in built[0].name
+    stamp = (built[0] / "model.onnx.data").stat().st_mtime_ns
+    again = load_model(int4_settings)
+    assert again.runtime.name == "onnxruntime-genai" and "int4" in again.dtype
+    assert (built[0] / "model.onnx.data").stat().st_mtime_ns == stamp
+
+
+def test_reusing_a_documents_kv_gives_what_a_fresh_computation_gives(loaded):
+    engine = _engine(loaded)
+    first = engine.generate(GenerationRequest("doc", PROMPT, 12, heal=False))
+    typed = engine.generate(GenerationRequest("doc", PROMPT + "x = ", 12, heal=False))
+    assert typed.reused_tokens > 0 and typed.prefill_tokens < 6
+    fresh = _engine(loaded).generate(GenerationRequest("other", PROMPT + "x = ", 12, heal=False))
+    assert fresh.reused_tokens == 0
+    assert typed.text == fresh.text and typed.new_tokens == fresh.new_tokens == 12
+    assert first.text  # random weights write something
+
+
+def test_rewinding_then_running_gives_the_logits_of_a_fresh_run(loaded):
+    runtime = loaded.runtime
+    ids = list(range(5, 45))
+    kv = runtime.new_kv(0)
+    runtime.forward(ids[:30], kv)
+    runtime.forward(ids[30:], kv)
+    kv.crop(-15)
+    assert kv.get_seq_length() == 25
+    rewound = runtime.forward(ids[25:], kv)
+    fresh = runtime.forward(ids, runtime.new_kv(0))
+    assert kv.get_seq_length() == 40
+    assert np.array_equal(rewound.numpy(), fresh.numpy())
+    several = runtime.forward([7, 8, 9], kv, keep=3)
+    assert tuple(several.shape) == (3, rewound.shape[-1])
+
+
+def test_cancel_stops_decoding_between_tokens(loaded):
+    engine = _engine(loaded)
+    request = GenerationRequest("doc", PROMPT, 40, heal=False, ignore_stops=True)
+    request.on_token = lambda count: request.cancel.set() if count == 3 else None
+    result = engine.generate(request)
+    assert result.reason == "cancelled" and result.new_tokens == 3
+
+
+def test_a_prompt_ending_mid_word_is_healed(loaded):
+    result = _engine(loaded).generate(GenerationRequest("doc", PROMPT + "retu", 8))
+    assert result.healed and PROMPT.endswith("\n    ") and ("retu").endswith(result.healed)
+
+
+def test_candidates_are_judged_by_the_code_below(loaded):
+    request = GenerationRequest("doc", PROMPT, 16, fit_suffix="\n\ndef sub(a, b):\n    return a - b\n", candidates=3)
+    result = _engine(loaded).generate(request)
+    assert result.candidates >= 1
+
+
+def test_each_document_counts_its_whole_window_in_the_budget(loaded):
+    per_document = loaded.runtime.new_kv(0).nbytes
+    assert per_document > 0
+    engine = _engine(loaded, cache_bytes=int(per_document * 1.5))
+    engine.generate(GenerationRequest("a", PROMPT, 4))
+    engine.generate(GenerationRequest("b", PROMPT + "y", 4))
+    assert len(engine.cache) == 1 and engine.cache.bytes_used == per_document
+
+
+def test_int4_refuses_what_it_cannot_do(tiny80_model, tmp_path, monkeypatch):
+    from phils.engine import loader
+
+    with monkeypatch.context() as patched:  # as on a machine with a GPU
+        patched.setattr(loader, "_choose_device", lambda torch, wanted: "cuda")
+        with pytest.raises(ModelLoadError, match="runs on the CPU"):
+            load_model(EngineSettings(model=str(tiny80_model), quantize="int4", device="cuda", cache_dir=str(tmp_path)))
+    with pytest.raises(ModelLoadError, match="adapter"):
+        load_model(EngineSettings(model=str(tiny80_model), quantize="int4", adapter=str(tmp_path),
+                                  cache_dir=str(tmp_path)))
+
+
+def test_a_model_the_builder_cannot_build_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text('{"architectures": ["NoSuchForCausalLM"], "model_type": "nosuch"}')
+    with pytest.raises(ModelLoadError, match="cannot build the 4-bit ONNX model"):
+        build_int4(bad, tmp_path / "out")
+    assert not any(p.name.startswith("out") for p in tmp_path.iterdir())
+
+
+async def test_the_shared_engine_serves_int4_completions_over_lsp(tiny80_model, int4_settings, loaded):
+    """A real `phils serve` joining a real `phils engine` that runs the 4-bit model (built above, in the cache)."""
+    from lsprotocol import types
+
+    from conftest import inline, open_doc, phils_server, server_env
+
+    uri = "file:///work/int4.py"
+    async with phils_server("--model", str(tiny80_model), "--set", "engine.quantize=int4",
+                            "--set", f"engine.cache_dir={int4_settings.cache_dir}", "--set", "engine.ignore_stops=true",
+                            "--set", "engine.max_new_tokens=6", env=server_env()) as client:
+        assert client.status.states[-1]["state"] == "ready", client.status.states[-1]
+        assert "int4" in client.status.states[-1]["message"]
+        open_doc(client, uri, PROMPT)
+        result = await inline(client, uri, PROMPT.count("\n"), 4)
+        assert isinstance(result, types.InlineCompletionList) and result.items[0].insert_text.strip()
