@@ -73,7 +73,8 @@ def _build_here(checkpoint: str, target: str, block_size: int, accuracy_level: i
 
     started = time.monotonic()
     cache = str(Path(target) / "cache")
-    options = [f"block_size={block_size}", f"accuracy_level={accuracy_level}"]
+    # A tied output head stays its own matrix (the embeddings a plain Gather): the head's precision is ours to set.
+    options = [f"block_size={block_size}", f"accuracy_level={accuracy_level}", "shared_embeddings=false"]
     with _quantize_as_emitted(head):
         extra = builder.parse_extra_options(None, checkpoint, target, "int4", "cpu", cache, options)
         builder.create_model(None, checkpoint, target, "int4", "cpu", cache, **extra)
@@ -89,7 +90,7 @@ def _quantize_as_emitted(head: str) -> Iterator[None]:
     from onnxruntime_genai.models import builder
 
     Model = builder.Model  # the builder imports its modules top-level ("builders.base"): patch the class it uses
-    emit_float, whole_graph = Model.make_matmul_float, Model.to_nbits
+    emit_float, whole_graph, init = Model.make_matmul_float, Model.to_nbits, Model.__init__
 
     left_float: set[str] = set()
 
@@ -110,11 +111,20 @@ def _quantize_as_emitted(head: str) -> Iterator[None]:
             return whole_graph(self)  # something this module did not emit (e.g. an excluded node): the builder's way
         return self.model
 
-    Model.make_matmul_float, Model.to_nbits = make_matmul_float, to_nbits
+    def read_config(self: Any, config: Any, *args: Any, **kwargs: Any) -> None:
+        # transformers 5 writes the RoPE settings of models with sliding-window layers (Gemma 3) per layer
+        # type; the builder reads one set, and the local layers' base frequency under its old name.
+        rope = getattr(config, "rope_parameters", None)
+        if isinstance(rope, dict) and isinstance(rope.get("full_attention"), dict):
+            config.rope_local_base_freq = (rope.get("sliding_attention") or {}).get("rope_theta", 10000.0)
+            config.rope_parameters = rope["full_attention"]
+        init(self, config, *args, **kwargs)
+
+    Model.make_matmul_float, Model.to_nbits, Model.__init__ = make_matmul_float, to_nbits, read_config
     try:
         yield
     finally:
-        Model.make_matmul_float, Model.to_nbits = emit_float, whole_graph
+        Model.make_matmul_float, Model.to_nbits, Model.__init__ = emit_float, whole_graph, init
 
 
 def _quantizing(model: Any) -> bool:
