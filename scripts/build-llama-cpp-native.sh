@@ -8,7 +8,7 @@
 set -euo pipefail
 version="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 cache="${PHILS_LLAMA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/phils/llama-cpp-native-$version}"
-if [[ -x "$cache/bin/llama-server" && -x "$cache/bin/llama-quantize" ]]; then echo "$cache"; exit 0; fi
+if [[ -x "$cache/bin/llama-server" && -x "$cache/bin/llama-quantize" && -f "$cache/convert_hf_to_gguf.py" ]]; then echo "$cache"; exit 0; fi
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 python3 -m pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: \
@@ -25,5 +25,6 @@ mkdir -p "$cache.partial/bin"
 cp "$work/build/bin/llama-server" "$work/build/bin/llama-quantize" "$cache.partial/bin/"
 cp "$src/convert_hf_to_gguf.py" "$cache.partial/"
 cp -r "$src/gguf-py" "$cache.partial/gguf-py"
+[[ -d "$src/conversion" ]] && cp -r "$src/conversion" "$cache.partial/conversion"  # the converter's own modules
 rm -rf "$cache" && mv "$cache.partial" "$cache"
 echo "$cache"

@@ -33,7 +33,11 @@ def main() -> None:
         sys.path[:0] = [str(llama / "gguf-py"), str(llama)]
         import convert_hf_to_gguf as converter
 
-        known = converter.TextModel.get_vocab_base_pre
+        try:
+            from conversion.base import TextModel  # llama.cpp since 2026: the converter split into modules
+        except ImportError:
+            TextModel = converter.TextModel
+        known = TextModel.get_vocab_base_pre
 
         def pre_tokenizer(self, tokenizer):
             try:
@@ -41,7 +45,7 @@ def main() -> None:
             except NotImplementedError:
                 return "gpt-2"
 
-        converter.TextModel.get_vocab_base_pre = pre_tokenizer
+        TextModel.get_vocab_base_pre = pre_tokenizer
         sys.argv = ["convert_hf_to_gguf.py", str(staged_dir), "--outfile", out, "--outtype", outtype]
         converter.main()
     shutil.os.sync()
