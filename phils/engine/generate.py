@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import fitting, healing
+from . import drafts, fitting, healing
 from .loader import LoadedModel
 from ..protocol import GenerationResult
 from .prefix_cache import CachedPrefix, PrefixCache, common_prefix
@@ -61,7 +61,8 @@ def greedy(logits: Any) -> int:
 
 
 class Engine:
-    def __init__(self, loaded: LoadedModel, context_tokens: int, cache_bytes: int, ignore_stops: bool = False):
+    def __init__(self, loaded: LoadedModel, context_tokens: int, cache_bytes: int, ignore_stops: bool = False,
+                 draft_tokens: int = 0):
         import torch
 
         self._torch = torch
@@ -73,6 +74,9 @@ class Engine:
         self.ignore_stops = ignore_stops  # for every request (benchmarks, tests); requests can ask for it too
         self.eos_ids = self.runtime.eos_ids | token_ids(self.tokenizer.eos_token_id)
         self._vocabulary: healing.Vocabulary | None = None
+        # Drafts from the document (prompt lookup): at most this many tokens a pass, 0 = off.
+        self.draft_length = drafts.DraftLength(draft_tokens) if draft_tokens > 0 and self.runtime.can_rewind else None
+        self._draft_context: tuple[list[int], list[int]] = ([], [])  # the prompt's tokens, the code below's
 
     @property
     def vocabulary(self) -> healing.Vocabulary:
@@ -134,6 +138,9 @@ class Engine:
                 return result
             result.first_token_ms = (time.monotonic() - started) * 1000
             decode_started = time.monotonic()
+            if self.draft_length is not None:
+                self._draft_context = (ids, self.encode_plain(request.fit_suffix)[:fitting.MAX_SUFFIX_TOKENS]
+                                       if request.fit_suffix else [])
             if request.fit_suffix:
                 fitting.choose(self, logits, kv, len(ids), request, result, max_new)
             else:
@@ -150,8 +157,9 @@ class Engine:
         """
         entry = self.cache.take(key) or self.cache.take_longest_prefix(ids, MIN_SHARED_TOKENS)
         if entry is not None:
-            # Keep at least one prompt token to run: its logits start the decode.
-            shared = min(common_prefix(entry.ids, ids), len(ids) - 1)
+            # Keep at least one prompt token to run (its logits start the decode); some runtimes need
+            # more for the reused answer to equal a fresh one (runtime_genai.GenaiRuntime.min_prefill).
+            shared = min(common_prefix(entry.ids, ids), len(ids) - self.runtime.min_prefill)
             if shared > 0 and crop(entry.kv, shared):
                 return entry.kv, shared
         # Room for the whole context and a judged suffix: the cache never copies itself mid-keystroke.
@@ -184,9 +192,15 @@ class Engine:
         ignore_stops = request.ignore_stops or self.ignore_stops
         pending = start.pending if start else result.healed  # text the first tokens must spell out again
         result.reason = "length"
+        source = None
+        if self.draft_length is not None:
+            context, after = self._draft_context
+            source = drafts.DraftSource(context + generated, after)
+        drafted: list[tuple[int, Any]] = []  # drafted tokens already run into the cache, each with its logits
         for step in range(max_new - len(generated)):
             if on_branch is not None and not text.strip():  # the last such step is the one that writes code
-                on_branch(Branch(list(generated), list(scores or ()), pending, logits, kv.get_seq_length()))
+                on_branch(Branch(list(generated), list(scores or ()), pending, logits,
+                                 kv.get_seq_length() - len(drafted)))
             if force is not None and step == 0:
                 token = force
             else:
@@ -219,11 +233,40 @@ class Engine:
                 result.reason = "deadline"
                 break
             if len(generated) < max_new:
-                logits = self._forward([token], kv)
+                if source is None:
+                    logits = self._forward([token], kv)
+                else:
+                    source.append(token)
+                    logits, drafted = self._advance(token, kv, drafted, source, max_new - len(generated), result)
                 result.decode_steps += 1
+        if drafted:  # the answer ended before these: the cache keeps only what was written
+            crop(kv, kv.get_seq_length() - len(drafted))
         result.new_tokens += len(generated) - (len(start.generated) if start else 0)
         result.text = text.rstrip("\ufffd")  # an unfinished multi-byte character
         return generated
+
+    def _advance(self, token: int, kv: Any, drafted: list[tuple[int, Any]], source: "drafts.DraftSource",
+                 room: int, result: GenerationResult) -> tuple[Any, list[tuple[int, Any]]]:
+        """Put ``token`` in the cache and return the logits after it, with the drafted tokens now ahead of it.
+
+        A draft that predicted ``token`` has run already: its logits are at hand.
+        Otherwise what remains of the draft leaves the cache, and one pass runs
+        ``token`` with a new draft from the document, when there is one.
+        """
+        length = self.draft_length
+        if drafted and drafted[0][0] == token:
+            length.outcome(True)
+            result.kept_draft_tokens += 1
+            return drafted[0][1], drafted[1:]
+        if drafted:
+            length.outcome(False)
+            crop(kv, kv.get_seq_length() - len(drafted))
+        draft = source.draft(min(length.choose(), room))
+        started = time.perf_counter()
+        rows = self.runtime.forward([token, *draft], kv, len(draft) + 1)
+        length.passed(len(draft) + 1, (time.perf_counter() - started) * 1000)
+        result.drafted_tokens += len(draft)
+        return rows[0], list(zip(draft, rows[1:]))
 
     def _constrained(self, logits: Any, pending: str) -> int:
         allowed = self.vocabulary.allowed(pending)

@@ -48,6 +48,12 @@ class GenaiKV:
 class GenaiRuntime:
     name = "onnxruntime-genai"
     device = "cpu"
+    can_rewind = True  # rewind_to keeps every position's keys and values, sliding-window layers too
+    # MLAS runs a one-token pass on another kernel path than a longer one, and the two round the int8
+    # activations differently (logits apart by up to 1.07 on SmolLM2-135M, which flips close choices),
+    # while longer passes agree exactly however the tokens are chunked. A fresh prompt is prefilled in
+    # passes of many tokens, so a reused cache runs at least two for its answer to be the fresh one's.
+    min_prefill = 2
 
     def __init__(self, directory: Path, threads: int, reserve_tokens: int):
         try:

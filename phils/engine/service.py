@@ -105,7 +105,8 @@ class EngineService:
         try:
             loaded = load_model(settings, lambda message, percent: self._set_state("loading", message, percent))
             engine = Engine(loaded, settings.context_tokens,
-                            kv_budget(settings.kv_cache, settings.kv_cache_mb, loaded.device))
+                            kv_budget(settings.kv_cache, settings.kv_cache_mb, loaded.device),
+                            draft_tokens=settings.draft_tokens)
             self._set_state("loading", "indexing the vocabulary for token healing", 95)
             engine.vocabulary  # built now rather than on the first keystroke
         except ModelLoadError as exc:

@@ -25,6 +25,8 @@ class Stats:
     cancelled_tokens: int = 0  # prefill + decode work thrown away by cancels
     decode_ms: float = 0.0
     decode_steps: int = 0
+    drafted_tokens: int = 0  # drafted from the document and checked in the same pass
+    kept_draft_tokens: int = 0  # of those, kept by greedy decoding
     warmups: int = 0
     warmup_tokens: int = 0
     empty_reasons: dict = field(default_factory=dict)  # why answers were empty: eos, stop rule, a filter's name
@@ -39,6 +41,8 @@ class Stats:
         self.decode_tokens += result.new_tokens
         self.decode_ms += result.decode_ms
         self.decode_steps += result.decode_steps
+        self.drafted_tokens += getattr(result, "drafted_tokens", 0)
+        self.kept_draft_tokens += getattr(result, "kept_draft_tokens", 0)
         if result.reason == "cancelled":
             self.cancelled += 1
             self.cancelled_tokens += result.prefill_tokens + result.new_tokens
