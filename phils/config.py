@@ -95,6 +95,9 @@ class CompletionSettings:
     project_context: bool = True
     timeout_ms: int = _int(0, 0, 600_000)  # longest a request may decode; 0 = no limit
     warmup_ms: int = _int(150, 0, 60_000)  # prefill this long after the last edit; 0 = never
+    # While a suggestion is shown, compute the one that follows accepting it (engine time that no
+    # request wants; any request preempts it); the editor's request after an accept is then answered at once.
+    ahead: bool = True
 
 
 @dataclass

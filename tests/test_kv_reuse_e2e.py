@@ -60,11 +60,31 @@ async def test_typing_the_start_of_a_suggestion_answers_the_rest_without_the_mod
         assert (await stats(client))["decode_tokens"] == 16
 
 
+async def test_after_accepting_a_suggestion_the_next_was_computed_while_it_was_shown(tiny_model):
+    settings = ["--set", "completion.warmup_ms=0", "--set", "engine.ignore_stops=true",
+                "--set", "engine.max_new_tokens=6", "--set", "completion.multiline=false"]
+    async with phils_server("--model", str(tiny_model), *settings) as client:
+        open_doc(client, URI, SOURCE)
+        first = (await inline(client, URI, 5, 4)).items[0].insert_text
+        await wait_until(client, lambda s: s["ahead_computed"] == 1 and not s["busy"])
+        type_text(client, 2, 5, 4, first)  # accepted: the editor inserts it and asks again at its end
+        second = (await inline(client, URI, 5, 4 + len(first))).items[0].insert_text
+        counters = await stats(client)
+        assert counters["ahead"] == 1 and counters["requests"] == 2 and second.strip()
+    # The same request in a server that computes nothing ahead gets the same answer, from the model.
+    async with phils_server("--model", str(tiny_model), *settings, "--set", "completion.ahead=false") as client:
+        open_doc(client, URI, SOURCE)
+        assert (await inline(client, URI, 5, 4)).items[0].insert_text == first
+        type_text(client, 2, 5, 4, first)
+        assert (await inline(client, URI, 5, 4 + len(first))).items[0].insert_text == second
+        assert (await stats(client))["ahead"] == 0
+
+
 async def test_closing_a_document_drops_its_cache(tiny_model):
     async with phils_server("--model", str(tiny_model), "--set", "engine.max_new_tokens=4") as client:
         open_doc(client, URI, SOURCE)
         await inline(client, URI, 5, 4)
-        assert (await stats(client))["cache"]["documents"] == 1
+        await wait_until(client, lambda s: s["cache"]["documents"] == 1 and not s["busy"])  # the ahead job too
         client.text_document_did_close(types.DidCloseTextDocumentParams(types.TextDocumentIdentifier(uri=URI)))
         await wait_until(client, lambda s: s["cache"]["documents"] == 0)
 

@@ -4,7 +4,7 @@ from pygls.workspace import TextDocument
 
 from phils.lsp.documents import cursor_context
 from phils.lsp.stats import Stats
-from phils.lsp.typed_through import Shown, rest_of
+from phils.lsp.typed_through import Shown, accepted, ahead_of, rest_of
 
 
 def ctx_at_end(before: str, after: str = "\n"):
@@ -26,6 +26,25 @@ def test_anything_else_goes_back_to_the_model():
     assert rest_of(SHOWN, ctx_at_end("def f():\n    ret", "\nx = 1\n")) is None  # text after changed
     assert rest_of(SHOWN, ctx_at_end("def g():\n    ret")) is None  # text before changed
     assert rest_of(None, ctx_at_end("def f():\n    ret")) is None
+
+
+def test_accepting_a_suggestion_moves_the_cursor_to_its_end():
+    ctx = ctx_at_end("def f():\n    ", "\n\nx = 1\n")
+    after = accepted(ctx, "total = 0\n    for v in values:\n        total += v")
+    assert after.prefix == ctx.prefix + "total = 0\n    for v in values:\n        total += v"
+    assert after.suffix == ctx.suffix and after.line == ctx.line + 2
+    assert after.line_prefix == "        total += v" and after.character == len("        total += v")
+    wide = accepted(ctx, "s = '\U0001F600'")  # UTF-16 counts an emoji twice
+    assert wide.character == len("    s = ''") + 2 and wide.line == ctx.line
+
+
+def test_the_suggestion_computed_ahead_answers_only_where_it_was_computed_for():
+    ctx = ctx_at_end("def f():\n    return a + b")
+    ahead = Shown(prefix=ctx.prefix, suffix=ctx.suffix, text="\n\n\ndef g():")
+    assert ahead_of(ahead, ctx) == "\n\n\ndef g():"
+    assert ahead_of(ahead, ctx_at_end("def f():\n    return a + c")) is None
+    assert ahead_of(ahead, ctx_at_end("def f():\n    return a + b", "\nmore\n")) is None
+    assert ahead_of(Shown(ctx.prefix, ctx.suffix, "  "), ctx) is None and ahead_of(None, ctx) is None
 
 
 def test_stats_report_fractions_and_percentiles():

@@ -157,6 +157,7 @@ class PhilsEngineBackend:
             "stream": True,
             "phils": {
                 "document": job.document, "window": self.window, "warmup": job.warmup,
+                "background": job.background,
                 "shape": job.shape.as_dict() if job.shape else None, "heal": job.heal,
                 "ignore_stops": job.ignore_stops, "deadline_ms": job.deadline_ms,
                 "fit_suffix": job.fit_suffix, "candidates": job.candidates,

@@ -86,6 +86,7 @@ def parse_job(body: Any, service: EngineService) -> tuple[EngineJob, bool]:
         deadline_ms=_non_negative_int(extra.get("deadline_ms", 0), "phils.deadline_ms"),
         fit_suffix=_string(extra.get("fit_suffix", ""), "phils.fit_suffix"),
         candidates=max(_non_negative_int(extra.get("candidates", 1), "phils.candidates"), 1),
+        background=bool(extra.get("background", False)),
     )
     return job, bool(body.get("stream", False))
 

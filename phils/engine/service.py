@@ -129,8 +129,9 @@ class EngineService:
         """Queue a job; its Future gives a GenerationResult. Setting ``cancel`` stops it between tokens."""
         cancel = cancel or CancelFlag()
         self.last_activity = time.monotonic()
+        optional = job.warmup or job.background  # work ahead of need: yields to anything that waits for an answer
         with self._lock:
-            if job.warmup:
+            if optional:
                 self._warmups.add(cancel)
             else:
                 if (older := self._newest.get(job.key)) is not None:
@@ -140,7 +141,7 @@ class EngineService:
                     warming.set()  # warm-ups give way to anything that waits for an answer
             self._by_window.setdefault(job.window, set()).add(cancel)
         future = self._worker.submit(self._run, job, cancel, time.monotonic(),
-                                     priority=BACKGROUND if job.warmup else URGENT)
+                                     priority=BACKGROUND if optional else URGENT)
         future.add_done_callback(lambda _: self._finished(job, cancel))
         return future
 

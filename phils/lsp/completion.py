@@ -10,6 +10,7 @@ nothing of which engine answers: that is chosen once, in ``backends``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -25,7 +26,7 @@ from ..protocol import EngineError, EngineJob
 from . import postprocess, project, prompt
 from .documents import CursorContext, cursor_context
 from .stats import Stats
-from .typed_through import Shown, rest_of
+from .typed_through import Shown, accepted, ahead_of, rest_of
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,8 @@ class CompletionService:
         self._warming: dict[str, asyncio.Task] = {}
         self._warm_timers: dict[str, asyncio.TimerHandle] = {}
         self._shown: dict[str, Shown] = {}
+        self._ahead: dict[str, Shown] = {}  # per document: the suggestion after accepting the shown one
+        self._ahead_running: dict[str, tuple[str, str, asyncio.Task]] = {}  # its computation: (prefix, suffix, task)
         self._tail_starts: dict[str, int] = {}  # per document: where its prompt's tail starts
         self._faulted = False  # the last completion failed: the editor shows an error until one works
         self.project: project.ProjectIndex | None = None  # the workspace's modules, set at initialize
@@ -107,6 +110,15 @@ class CompletionService:
         ctx = cursor_context(doc, line, character)
         if ctx is None:
             return None
+        if (running := self._ahead_running.get(ctx.uri)) and running[:2] == (ctx.prefix, ctx.suffix):
+            with contextlib.suppress(Exception, asyncio.CancelledError):  # it was computing just this: wait
+                await asyncio.shield(running[2])
+        if (ahead := ahead_of(self._ahead.get(ctx.uri), ctx)) is not None:
+            self._shown[ctx.uri] = self._ahead.pop(ctx.uri)
+            for stats in (self.stats, self.doc_stats[ctx.uri]):
+                stats.record_ahead()
+            self._compute_ahead(backend, ctx, ahead)
+            return Suggestion(text=ahead, line=line, character=character, reason="ahead")
         if (rest := rest_of(self._shown.get(ctx.uri), ctx)) is not None:
             for stats in (self.stats, self.doc_stats[ctx.uri]):
                 stats.record_typed_through()
@@ -141,7 +153,36 @@ class CompletionService:
             self.on_status("ready", self.message, None)
         if suggestion is not None:
             self._shown[ctx.uri] = Shown(ctx.prefix, ctx.suffix, suggestion.text)
+            self._compute_ahead(backend, ctx, suggestion.text)
         return suggestion
+
+    # --- ahead: the suggestion after accepting the one shown ------------------
+
+    def _compute_ahead(self, backend: Any, ctx: CursorContext, text: str) -> None:
+        """While ``text`` is shown at ``ctx``, compute what to suggest once it is accepted (engine work no
+        request waits for: the engine runs it after anything else, and any request here cancels it)."""
+        if not self.settings.completion.ahead or not getattr(backend, "warms", False):
+            return
+        after = accepted(ctx, text)
+        self._ahead.pop(ctx.uri, None)
+        task = asyncio.ensure_future(self._ahead_of(backend, after))
+        self._ahead_running[ctx.uri] = (after.prefix, after.suffix, task)
+        task.add_done_callback(lambda t: self._ahead_running.pop(ctx.uri, None)
+                               if self._ahead_running.get(ctx.uri, (0, 0, None))[2] is t else None)
+
+    async def _ahead_of(self, backend: Any, ctx: CursorContext) -> None:
+        try:
+            suggestion = await run_pipeline(backend, ctx, self.settings, (), self._tail_starts, self.project,
+                                            background=True)
+        except (asyncio.CancelledError, EngineError):
+            return
+        except Exception:  # optional work: note it; the request after an accept will compute it again
+            log.warning("computing the next suggestion failed", exc_info=True)
+            return
+        if suggestion is not None:
+            self._ahead[ctx.uri] = Shown(ctx.prefix, ctx.suffix, suggestion.text)
+            for stats in (self.stats, self.doc_stats[ctx.uri]):
+                stats.ahead_computed += 1
 
     def _fault(self, message: str) -> None:
         self._faulted = True
@@ -192,7 +233,7 @@ class CompletionService:
             log.warning("warm-up failed", exc_info=True)
 
     def _preempt_warmups(self) -> None:
-        for task in list(self._warming.values()):
+        for task in [*self._warming.values(), *(running[2] for running in self._ahead_running.values())]:
             task.cancel()
 
     def forget(self, uri: str) -> None:
@@ -203,6 +244,9 @@ class CompletionService:
         if (timer := self._warm_timers.pop(uri, None)) is not None:
             timer.cancel()
         self._shown.pop(uri, None)
+        self._ahead.pop(uri, None)
+        if (running := self._ahead_running.pop(uri, None)) is not None:
+            running[2].cancel()
         self._tail_starts.pop(uri, None)
         self.doc_stats.pop(uri, None)
         if self.backend is not None:
@@ -214,14 +258,16 @@ class CompletionService:
         The backend frees the window's caches at once, so no per-document forget is sent.
         """
         self.cancel_all()
-        for table in (self._in_flight, self._warming, self._shown, self._tail_starts, self.doc_stats):
+        for table in (self._in_flight, self._warming, self._shown, self._ahead, self._tail_starts, self.doc_stats):
             table.clear()
         if self.backend is not None:
             self.backend.forget_all()
 
     def cancel_all(self) -> None:
-        for task in [*self._in_flight.values(), *self._warming.values()]:
+        for task in [*self._in_flight.values(), *self._warming.values(),
+                     *(running[2] for running in self._ahead_running.values())]:
             task.cancel()
+        self._ahead_running.clear()
         for timer in self._warm_timers.values():
             timer.cancel()
         self._warm_timers.clear()
@@ -305,10 +351,12 @@ async def run_pipeline(
     stats: tuple[Stats, ...] = (),
     tail_starts: dict[str, int] | None = None,
     index: project.ProjectIndex | None = None,
+    background: bool = False,
 ) -> Suggestion | None:
-    """One completion, start to end: context → prompt → engine → filters."""
+    """One completion, start to end: context → prompt → engine → filters (``background``: computed ahead)."""
     try:
-        return await _pipeline(backend, ctx, settings, stats, {} if tail_starts is None else tail_starts, index)
+        return await _pipeline(backend, ctx, settings, stats, {} if tail_starts is None else tail_starts, index,
+                               background)
     except asyncio.CancelledError:  # superseded or $/cancelRequest, at any stage
         for counters in stats:
             counters.record_cancelled()
@@ -317,7 +365,7 @@ async def run_pipeline(
 
 async def _pipeline(
     backend: Any, ctx: CursorContext, settings: Settings, stats: tuple[Stats, ...], tail_starts: dict[str, int],
-    index: project.ProjectIndex | None,
+    index: project.ProjectIndex | None, background: bool = False,
 ) -> Suggestion | None:
     started = time.monotonic()
     # Off the event loop (counting tokens may ask the engine), on the one prompt thread.
@@ -339,6 +387,7 @@ async def _pipeline(
         deadline_ms=timeout,
         fit_suffix=judged,
         candidates=settings.completion.candidates,
+        background=background,
     )
     result = await backend.generate(job)
     if result.candidates or not judged:  # the engine judged the lengths (or nothing was to be judged): keep its shape

@@ -18,6 +18,8 @@ class Stats:
     empty: int = 0
     cancelled: int = 0
     typed_through: int = 0  # answered from the last suggestion, no model call
+    ahead: int = 0  # answered with the suggestion computed ahead, after the user accepted the one shown
+    ahead_computed: int = 0  # suggestions computed ahead (each used or not)
     prompt_tokens: int = 0
     reused_tokens: int = 0
     prefill_tokens: int = 0
@@ -66,6 +68,12 @@ class Stats:
         self.requests += 1
         self.suggestions += 1
         self.typed_through += 1
+        self.latencies_ms.append(0.0)
+
+    def record_ahead(self) -> None:
+        self.requests += 1
+        self.suggestions += 1
+        self.ahead += 1
         self.latencies_ms.append(0.0)
 
     def record_warmup(self, computed: int, cancelled: bool) -> None:

@@ -1,12 +1,14 @@
-"""Answer at once when the user types the start of the suggestion being shown.
+"""Answer at once when the user types the start of the suggestion being shown, or accepts it.
 
 If the last suggestion for a document was ``return a + b`` and the user typed
 ``ret``, the rest (``urn a + b``) is still right: no model call is needed.
+When the user accepts a suggestion, the editor asks again at its end: the
+answer there was computed ahead, while the suggestion was on screen.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .documents import CursorContext
 
@@ -18,6 +20,20 @@ class Shown:
     prefix: str
     suffix: str
     text: str
+
+
+def accepted(ctx: CursorContext, text: str) -> CursorContext:
+    """The cursor's context once ``text`` is inserted at it (the suggestion accepted)."""
+    prefix_line = (ctx.line_prefix + text).rsplit("\n", 1)[-1]
+    return replace(ctx, version=None, line=ctx.line + text.count("\n"), prefix=ctx.prefix + text,
+                   line_prefix=prefix_line, character=len(prefix_line.encode("utf-16-le")) // 2)
+
+
+def ahead_of(shown: Shown | None, ctx: CursorContext) -> str | None:
+    """``shown``'s text when the cursor is where it was computed for (nothing typed since), else None."""
+    if shown is None or ctx.prefix != shown.prefix or ctx.suffix != shown.suffix or not shown.text.strip():
+        return None
+    return shown.text
 
 
 def rest_of(shown: Shown | None, ctx: CursorContext) -> str | None:
