@@ -139,6 +139,13 @@ def _bench_keystrokes(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _bench_accept(args: argparse.Namespace) -> int:
+    from .tools.bench_accept import run
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    return run(args)
+
+
 def _bench_runtimes(args: argparse.Namespace) -> int:
     from .tools.bench_runtimes import run
 
@@ -363,6 +370,17 @@ def _parser() -> argparse.ArgumentParser:
     runtimes.add_argument("--name", help="results file name (default: the model's name)")
     runtimes.add_argument("--out", default="bench/results")
     runtimes.set_defaults(run=_bench_runtimes)
+    accept = bench.add_parser("accept", help="the request after accepting a suggestion; completion.ahead off vs on")
+    accept.add_argument("--model", required=True)
+    accept.add_argument("--file", required=True, help="a real Python file, cut at line starts")
+    accept.add_argument("--requests", type=int, default=12, help="suggestions to accept")
+    accept.add_argument("--prompt-lines", type=int, default=40, help="the first cut comes after this many lines")
+    accept.add_argument("--read-ms", type=float, default=600, help="time the user reads a suggestion before accepting")
+    accept.add_argument("--modes", default="ahead-off,ahead-on")
+    accept.add_argument("--set", action="append", metavar="KEY=VALUE", help="extra server settings")
+    accept.add_argument("--name", help="results file name (default: the model's name)")
+    accept.add_argument("--out", default="bench/results")
+    accept.set_defaults(run=_bench_accept)
     for name, help_text, seconds in (("flood", "didChange at a fixed rate with completions, cancels and probes", 10),
                                      ("soak", "typing bursts into several documents for a while", 120)):
         load = bench.add_parser(name, help=help_text)

@@ -116,7 +116,7 @@ def document_logprob(engine: Engine, prompt: str, answer: str, suffix: str) -> f
     prompt_ids = engine.encode(prompt)
     ids = prompt_ids + engine.encode_plain(answer) + engine.encode_plain(suffix)
     with torch.inference_mode():
-        logits = engine.model(input_ids=torch.tensor([ids])).logits[0]
+        logits = engine.loaded.model(input_ids=torch.tensor([ids])).logits[0]
     logprobs = torch.log_softmax(logits.float(), dim=-1)
     return float(sum(logprobs[i - 1, ids[i]] for i in range(len(prompt_ids), len(ids))))
 
