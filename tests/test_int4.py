@@ -43,17 +43,20 @@ def _initializers(directory: Path) -> dict[str, np.ndarray]:
     return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
 
 
-def test_the_layerwise_build_writes_the_tensors_the_builder_writes(tiny80_model, tmp_path):
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_the_layerwise_build_writes_the_tensors_the_builder_writes(tiny80_model, tmp_path, symmetric):
     """Quantizing each MatMul as it is emitted changes the build's memory, not its result."""
     ours = tmp_path / "ours"
-    record = build_int4(tiny80_model, ours, head="int4")
+    record = build_int4(tiny80_model, ours, head="int4", symmetric=symmetric)
     stock = tmp_path / "stock"
     subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(tiny80_model),
-                    "-o", str(stock), "-p", "int4", "-e", "cpu", "-c", str(tmp_path / "hf-cache")],
+                    "-o", str(stock), "-p", "int4", "-e", "cpu", "-c", str(tmp_path / "hf-cache"),
+                    "--extra_options", f"is_symmetric={str(symmetric).lower()}"],
                    check=True, capture_output=True, timeout=300)
     a, b = _initializers(ours), _initializers(stock)
     assert set(a) == set(b)
     assert any(name.endswith("_Q4") for name in a)
+    assert any(name.endswith("_zero_points") for name in a) != symmetric
     for name in a:
         assert np.array_equal(a[name], b[name]), name
     assert record["peak_rss_bytes"] > 0 and (ours / BUILD_RECORD).is_file()
@@ -69,7 +72,7 @@ def test_the_output_head_keeps_more_bits_by_default(tiny80_model, tmp_path):
 def test_the_model_is_built_once_into_the_cache(int4_settings, loaded):
     cache = Path(int4_settings.cache_dir) / "onnx-int4"
     built = [p for p in cache.iterdir() if (p / "genai_config.json").is_file()]
-    assert len(built) == 1 and "head-int8" in built[0].name
+    assert len(built) == 1 and "asym-head-int8" in built[0].name
     stamp = (built[0] / "model.onnx.data").stat().st_mtime_ns
     again = load_model(int4_settings)
     assert again.runtime.name == "onnxruntime-genai" and "int4" in again.dtype
@@ -200,7 +203,7 @@ def test_on_a_real_model_reuse_gives_the_fresh_answer_and_drafts_are_kept(phils_
     engine.generate(GenerationRequest("doc", prompt[:-5], 16))
     typed = engine.generate(GenerationRequest("doc", prompt, 16))
     fresh = Engine(real, context_tokens=2048, cache_bytes=2**31).generate(GenerationRequest("doc", prompt, 16))
-    assert typed.reused_tokens > 0 and typed.text == fresh.text and "return" in typed.text
+    assert typed.reused_tokens > 0 and typed.text == fresh.text and typed.text.strip()
 
     # Code that repeats itself: drafts copied from the document are checked in one pass and mostly kept.
     drafting = Engine(real, context_tokens=2048, cache_bytes=2**31, draft_tokens=8)

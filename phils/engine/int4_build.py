@@ -33,11 +33,15 @@ BLOCK_SIZE = 32  # weights per scale: the builder's CPU default (llama.cpp's q4_
 ACCURACY_LEVEL = 4  # int8 activations in MLAS' kernels: the fast CPU path
 HEADS = ("int4", "int8", "fp32")  # the output head's weights; the body is int4
 HEAD = "int8"
+# Zero points per block: as fast (Phi-2's shape, 68 against 71 ms/token at 1 500 tokens) and closer to
+# the full-precision model (Gemma 3 270M, 600 positions of code: next-token agreement 0.692 against
+# 0.658, KL 0.41 against 0.63). Blocks of 16 were closer still (0.763, KL 0.25) but 1.33x slower.
+SYMMETRIC = False
 BUILD_RECORD = "phils-build.json"
 
 
 def build_int4(checkpoint: str | Path, target: Path, block_size: int = BLOCK_SIZE,
-               accuracy_level: int = ACCURACY_LEVEL, head: str = HEAD) -> dict[str, Any]:
+               accuracy_level: int = ACCURACY_LEVEL, head: str = HEAD, symmetric: bool = SYMMETRIC) -> dict[str, Any]:
     """Write the 4-bit ONNX model of the transformers checkpoint directory ``checkpoint`` to ``target``.
 
     The build runs in a child process: its memory goes back to the system when
@@ -49,7 +53,8 @@ def build_int4(checkpoint: str | Path, target: Path, block_size: int = BLOCK_SIZ
                              "pip install 'phils[int4]'")
     partial = target.with_name(target.name + f".partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
-    command = [sys.executable, "-m", __name__, str(checkpoint), str(partial), str(block_size), str(accuracy_level), head]
+    command = [sys.executable, "-m", __name__, str(checkpoint), str(partial), str(block_size), str(accuracy_level), head,
+               "symmetric" if symmetric else "asymmetric"]
     child = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            text=True, errors="replace")
     if child.returncode != 0 or not (partial / BUILD_RECORD).is_file():
@@ -68,19 +73,21 @@ def build_int4(checkpoint: str | Path, target: Path, block_size: int = BLOCK_SIZ
     return json.loads((target / BUILD_RECORD).read_text())
 
 
-def _build_here(checkpoint: str, target: str, block_size: int, accuracy_level: int, head: str) -> None:
+def _build_here(checkpoint: str, target: str, block_size: int, accuracy_level: int, head: str,
+                symmetric: bool = True) -> None:
     from onnxruntime_genai.models import builder
 
     started = time.monotonic()
     cache = str(Path(target) / "cache")
     # A tied output head stays its own matrix (the embeddings a plain Gather): the head's precision is ours to set.
-    options = [f"block_size={block_size}", f"accuracy_level={accuracy_level}", "shared_embeddings=false"]
+    options = [f"block_size={block_size}", f"accuracy_level={accuracy_level}", "shared_embeddings=false",
+               f"is_symmetric={'true' if symmetric else 'false'}"]
     with _quantize_as_emitted(head):
         extra = builder.parse_extra_options(None, checkpoint, target, "int4", "cpu", cache, options)
         builder.create_model(None, checkpoint, target, "int4", "cpu", cache, **extra)
     shutil.rmtree(cache, ignore_errors=True)
     record = {"source": str(Path(checkpoint).resolve()), "block_size": block_size, "accuracy_level": accuracy_level,
-              "head": head, "seconds": round(time.monotonic() - started, 1),
+              "head": head, "symmetric": symmetric, "seconds": round(time.monotonic() - started, 1),
               "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
     (Path(target) / BUILD_RECORD).write_text(json.dumps(record, indent=2))
 
@@ -167,4 +174,4 @@ def _emit_nbits(model: Any, weight: Any, name: str, root_input: str, kwargs: dic
 
 
 if __name__ == "__main__":  # the child process build_int4 starts
-    _build_here(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
+    _build_here(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6] == "symmetric")

@@ -26,7 +26,7 @@ from . import legacy_phi
 from .adapters import apply_adapter
 from .errors import ModelLoadError
 from .int8 import quantize_linears
-from .int4_build import ACCURACY_LEVEL, BLOCK_SIZE, build_int4
+from .int4_build import ACCURACY_LEVEL, BLOCK_SIZE, SYMMETRIC, build_int4
 from .mapping import own_copies
 from .runtime_torch import TorchRuntime
 from .sources import ModelSource, cache_root, resolve
@@ -130,7 +130,7 @@ def _load_int4(settings: EngineSettings, source: ModelSource, cache: Path, token
         raise ModelLoadError("engine.quantize = int4 cannot apply engine.adapter yet: merge the adapter into the "
                              "model (peft's merge_and_unload) and point engine.model at the result")
     checkpoint = _checkpoint_directory(source, settings)
-    variant = f"b{BLOCK_SIZE}-a{ACCURACY_LEVEL}-head-{settings.int4_head}"
+    variant = f"b{BLOCK_SIZE}-a{ACCURACY_LEVEL}-{'sym' if SYMMETRIC else 'asym'}-head-{settings.int4_head}"
     target = cache / "onnx-int4" / f"{checkpoint.name}-{_cache_key(_weight_files(checkpoint))}-{variant}"
     if not (target / "genai_config.json").is_file():
         report("building the 4-bit ONNX model (first start only)", 55)
