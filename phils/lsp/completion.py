@@ -114,9 +114,12 @@ class CompletionService:
             with contextlib.suppress(Exception, asyncio.CancelledError):  # it was computing just this: wait
                 await asyncio.shield(running[2])
         if (ahead := ahead_of(self._ahead.get(ctx.uri), ctx)) is not None:
-            self._shown[ctx.uri] = self._ahead.pop(ctx.uri)
+            shown = self._ahead.pop(ctx.uri)
             for stats in (self.stats, self.doc_stats[ctx.uri]):
-                stats.record_ahead()
+                stats.record_ahead(suggested=bool(ahead))
+            if not ahead:
+                return None  # computed ahead too: nothing to suggest here
+            self._shown[ctx.uri] = shown
             self._compute_ahead(backend, ctx, ahead)
             return Suggestion(text=ahead, line=line, character=character, reason="ahead")
         if (rest := rest_of(self._shown.get(ctx.uri), ctx)) is not None:
@@ -179,10 +182,9 @@ class CompletionService:
         except Exception:  # optional work: note it; the request after an accept will compute it again
             log.warning("computing the next suggestion failed", exc_info=True)
             return
-        if suggestion is not None:
-            self._ahead[ctx.uri] = Shown(ctx.prefix, ctx.suffix, suggestion.text)
-            for stats in (self.stats, self.doc_stats[ctx.uri]):
-                stats.ahead_computed += 1
+        self._ahead[ctx.uri] = Shown(ctx.prefix, ctx.suffix, suggestion.text if suggestion else "")
+        for stats in (self.stats, self.doc_stats[ctx.uri]):
+            stats.ahead_computed += 1
 
     def _fault(self, message: str) -> None:
         self._faulted = True

@@ -19,7 +19,7 @@ class Stats:
     cancelled: int = 0
     typed_through: int = 0  # answered from the last suggestion, no model call
     ahead: int = 0  # answered with the suggestion computed ahead, after the user accepted the one shown
-    ahead_computed: int = 0  # suggestions computed ahead (each used or not)
+    ahead_computed: int = 0  # answers computed ahead (each used or not, an empty one too)
     prompt_tokens: int = 0
     reused_tokens: int = 0
     prefill_tokens: int = 0
@@ -70,11 +70,15 @@ class Stats:
         self.typed_through += 1
         self.latencies_ms.append(0.0)
 
-    def record_ahead(self) -> None:
+    def record_ahead(self, suggested: bool = True) -> None:
         self.requests += 1
-        self.suggestions += 1
         self.ahead += 1
         self.latencies_ms.append(0.0)
+        if suggested:
+            self.suggestions += 1
+        else:
+            self.empty += 1
+            self.empty_reasons["computed ahead"] = self.empty_reasons.get("computed ahead", 0) + 1
 
     def record_warmup(self, computed: int, cancelled: bool) -> None:
         self.warmups += 1

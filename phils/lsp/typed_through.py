@@ -30,10 +30,10 @@ def accepted(ctx: CursorContext, text: str) -> CursorContext:
 
 
 def ahead_of(shown: Shown | None, ctx: CursorContext) -> str | None:
-    """``shown``'s text when the cursor is where it was computed for (nothing typed since), else None."""
-    if shown is None or ctx.prefix != shown.prefix or ctx.suffix != shown.suffix or not shown.text.strip():
+    """``shown``'s text ("": nothing to suggest there) when the cursor is where it was computed for, else None."""
+    if shown is None or ctx.prefix != shown.prefix or ctx.suffix != shown.suffix:
         return None
-    return shown.text
+    return shown.text if shown.text.strip() else ""
 
 
 def rest_of(shown: Shown | None, ctx: CursorContext) -> str | None:
