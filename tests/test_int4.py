@@ -212,3 +212,11 @@ def test_on_a_real_model_reuse_gives_the_fresh_answer_and_drafts_are_kept(phils_
                                                  ignore_stops=True))
     assert result.drafted_tokens > 0 and result.kept_draft_tokens > result.drafted_tokens / 2, result
     assert "compute(values[8]" in result.text.replace(" ", "")
+
+
+def test_an_already_quantized_checkpoint_is_refused_with_a_way_out(tmp_path):
+    from phils.tools.testmodel import make_random_gptq
+
+    gptq = make_random_gptq(tmp_path / "gptq", shape="tiny80", group_size=32)
+    with pytest.raises(ModelLoadError, match="already gptq.*microsoft/phi-2"):
+        load_model(EngineSettings(model=str(gptq), quantize="int4", cache_dir=str(tmp_path / "cache")))

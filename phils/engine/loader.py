@@ -130,6 +130,13 @@ def _load_int4(settings: EngineSettings, source: ModelSource, cache: Path, token
         raise ModelLoadError("engine.quantize = int4 cannot apply engine.adapter yet: merge the adapter into the "
                              "model (peft's merge_and_unload) and point engine.model at the result")
     checkpoint = _checkpoint_directory(source, settings)
+    described = json.loads((checkpoint / "config.json").read_text()) if (checkpoint / "config.json").is_file() else {}
+    if isinstance(described.get("quantization_config"), dict):
+        # onnxruntime-genai 0.18 reads GPTQ weights only under Llama-style names (not Phi's fc1/fc2).
+        method = described["quantization_config"].get("quant_method", "quantized")
+        raise ModelLoadError(f"engine.quantize = int4 builds from full-precision weights, and {settings.model} is "
+                             f"already {method}: point engine.model at the original model (microsoft/phi-2), "
+                             "or use the cpu-gptq profile for this checkpoint")
     variant = f"b{BLOCK_SIZE}-a{ACCURACY_LEVEL}-{'sym' if SYMMETRIC else 'asym'}-head-{settings.int4_head}"
     target = cache / "onnx-int4" / f"{checkpoint.name}-{_cache_key(_weight_files(checkpoint))}-{variant}"
     if not (target / "genai_config.json").is_file():
