@@ -110,13 +110,14 @@ class CompletionService:
         ctx = cursor_context(doc, line, character)
         if ctx is None:
             return None
+        asked = time.monotonic()
         if (running := self._ahead_running.get(ctx.uri)) and running[:2] == (ctx.prefix, ctx.suffix):
             with contextlib.suppress(Exception, asyncio.CancelledError):  # it was computing just this: wait
                 await asyncio.shield(running[2])
         if (ahead := ahead_of(self._ahead.get(ctx.uri), ctx)) is not None:
             shown = self._ahead.pop(ctx.uri)
             for stats in (self.stats, self.doc_stats[ctx.uri]):
-                stats.record_ahead(suggested=bool(ahead))
+                stats.record_ahead(bool(ahead), (time.monotonic() - asked) * 1000)
             if not ahead:
                 return None  # computed ahead too: nothing to suggest here
             self._shown[ctx.uri] = shown

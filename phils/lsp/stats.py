@@ -70,10 +70,10 @@ class Stats:
         self.typed_through += 1
         self.latencies_ms.append(0.0)
 
-    def record_ahead(self, suggested: bool = True) -> None:
+    def record_ahead(self, suggested: bool = True, waited_ms: float = 0.0) -> None:
         self.requests += 1
         self.ahead += 1
-        self.latencies_ms.append(0.0)
+        self.latencies_ms.append(waited_ms)  # for the part of the job still running when the request came
         if suggested:
             self.suggestions += 1
         else:
