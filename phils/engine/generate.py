@@ -75,7 +75,12 @@ class Engine:
         self.eos_ids = self.runtime.eos_ids | token_ids(self.tokenizer.eos_token_id)
         self._vocabulary: healing.Vocabulary | None = None
         # Drafts from the document (prompt lookup): at most this many tokens a pass, 0 = off.
-        self.draft_length = drafts.DraftLength(draft_tokens) if draft_tokens > 0 and self.runtime.can_rewind else None
+        self.draft_length = None
+        if draft_tokens > 0 and self.runtime.can_rewind:
+            with torch.inference_mode():
+                length = drafts.DraftLength.measured(self.runtime, draft_tokens)
+            log.info("drafts: %d tokens a pass (a pass's cost grows %.2f a token here)", length.choose(), length.extra)
+            self.draft_length = length if length.choose() > 0 else None
         self._draft_context: tuple[list[int], list[int]] = ([], [])  # the prompt's tokens, the code below's
 
     @property
@@ -253,18 +258,13 @@ class Engine:
         Otherwise what remains of the draft leaves the cache, and one pass runs
         ``token`` with a new draft from the document, when there is one.
         """
-        length = self.draft_length
         if drafted and drafted[0][0] == token:
-            length.outcome(True)
             result.kept_draft_tokens += 1
             return drafted[0][1], drafted[1:]
         if drafted:
-            length.outcome(False)
             crop(kv, kv.get_seq_length() - len(drafted))
-        draft = source.draft(min(length.choose(), room))
-        started = time.perf_counter()
+        draft = source.draft(min(self.draft_length.choose(), room))
         rows = self.runtime.forward([token, *draft], kv, len(draft) + 1)
-        length.passed(len(draft) + 1, (time.perf_counter() - started) * 1000)
         result.drafted_tokens += len(draft)
         return rows[0], list(zip(draft, rows[1:]))
 
