@@ -6,6 +6,7 @@ Under stdio the protocol owns stdout, so logs go to stderr or a file, always.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -132,32 +133,22 @@ def _make_test_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_keystrokes(args: argparse.Namespace) -> int:
-    from .tools.bench import run
-
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    return run(args)
-
-
-def _bench_accept(args: argparse.Namespace) -> int:
-    from .tools.bench_accept import run
-
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    return run(args)
+def _bench_tool(module: str):
+    """A bench command whose tool (and the torch it may need) is imported only when it runs."""
+    def run(args: argparse.Namespace) -> int:
+        tool = importlib.import_module(f".tools.{module}", __package__)
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+        return tool.run(args)
+    return run
 
 
-def _bench_runtimes(args: argparse.Namespace) -> int:
-    from .tools.bench_runtimes import run
-
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    return run(args)
-
-
-def _bench_windows(args: argparse.Namespace) -> int:
-    from .tools.bench_windows import run
-
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    return run(args)
+def _results_args(parser: argparse.ArgumentParser, server_settings: bool = True) -> argparse.ArgumentParser:
+    """The options every benchmark takes: extra server settings, the results file's name and folder."""
+    if server_settings:
+        parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="extra server settings")
+    parser.add_argument("--name", help="results file name (default: the model's name)")
+    parser.add_argument("--out", default="bench/results")
+    return parser
 
 
 def _bench_memory(args: argparse.Namespace) -> int:
@@ -352,10 +343,8 @@ def _parser() -> argparse.ArgumentParser:
     keys.add_argument("--modes", default="cache-off,cache-on,cache-on+warmup")
     keys.add_argument("--typing-ms", type=float, default=0, help="pause between keystrokes")
     keys.add_argument("--warmup-ms", type=int, default=100, help="completion.warmup_ms in the warm-up mode")
-    keys.add_argument("--set", action="append", metavar="KEY=VALUE", help="extra server settings")
-    keys.add_argument("--name", help="results file name (default: the model's name)")
-    keys.add_argument("--out", default="bench/results")
-    keys.set_defaults(run=_bench_keystrokes)
+    _results_args(keys)
+    keys.set_defaults(run=_bench_tool("bench"))
     runtimes = bench.add_parser("runtimes", help="phils' CPU runtimes and llama.cpp on the same weights, one sitting")
     runtimes.add_argument("--model", required=True, help="a local transformers checkpoint directory")
     runtimes.add_argument("--file", required=True, help="a real Python file to type")
@@ -366,10 +355,8 @@ def _parser() -> argparse.ArgumentParser:
     runtimes.add_argument("--requests", type=int, default=8, help="completions to request (one per typed line)")
     runtimes.add_argument("--new-tokens", type=int, default=16, help="tokens generated per request")
     runtimes.add_argument("--typing-ms", type=float, default=100, help="pause between keystrokes")
-    runtimes.add_argument("--set", action="append", metavar="KEY=VALUE", help="extra server settings")
-    runtimes.add_argument("--name", help="results file name (default: the model's name)")
-    runtimes.add_argument("--out", default="bench/results")
-    runtimes.set_defaults(run=_bench_runtimes)
+    _results_args(runtimes)
+    runtimes.set_defaults(run=_bench_tool("bench_runtimes"))
     accept = bench.add_parser("accept", help="the request after accepting a suggestion; completion.ahead off vs on")
     accept.add_argument("--model", required=True)
     accept.add_argument("--file", required=True, help="a real Python file, cut at line starts")
@@ -377,10 +364,8 @@ def _parser() -> argparse.ArgumentParser:
     accept.add_argument("--prompt-lines", type=int, default=40, help="the first cut comes after this many lines")
     accept.add_argument("--read-ms", type=float, default=600, help="time the user reads a suggestion before accepting")
     accept.add_argument("--modes", default="ahead-off,ahead-on")
-    accept.add_argument("--set", action="append", metavar="KEY=VALUE", help="extra server settings")
-    accept.add_argument("--name", help="results file name (default: the model's name)")
-    accept.add_argument("--out", default="bench/results")
-    accept.set_defaults(run=_bench_accept)
+    _results_args(accept)
+    accept.set_defaults(run=_bench_tool("bench_accept"))
     for name, help_text, seconds in (("flood", "didChange at a fixed rate with completions, cancels and probes", 10),
                                      ("soak", "typing bursts into several documents for a while", 120)):
         load = bench.add_parser(name, help=help_text)
@@ -388,9 +373,7 @@ def _parser() -> argparse.ArgumentParser:
         load.add_argument("--seconds", type=float, default=seconds)
         load.add_argument("--rate", type=int, default=1000, help="edits per second (flood)")
         load.add_argument("--documents", type=int, default=5, help="documents open at once (soak)")
-        load.add_argument("--set", action="append", metavar="KEY=VALUE", help="extra server settings")
-        load.add_argument("--name", help="results file name (default: the model's name)")
-        load.add_argument("--out", default="bench/results")
+        _results_args(load)
         load.set_defaults(run=_bench_load)
 
     windows = bench.add_parser("windows", help="N windows typing at once: one shared engine vs a server each")
@@ -398,16 +381,13 @@ def _parser() -> argparse.ArgumentParser:
     windows.add_argument("--profile", help="or a profile (e.g. gemma3)")
     windows.add_argument("--windows", default="1,2,4", help="window counts to run (comma-separated)")
     windows.add_argument("--new-tokens", type=int, default=16, help="tokens generated per request")
-    windows.add_argument("--set", action="append", metavar="KEY=VALUE", help="extra server settings")
-    windows.add_argument("--name", help="results file name (default: the model's name)")
-    windows.add_argument("--out", default="bench/results")
-    windows.set_defaults(run=_bench_windows)
+    _results_args(windows)
+    windows.set_defaults(run=_bench_tool("bench_windows"))
 
     memory = with_settings(bench.add_parser("memory", help="resident memory and load peak of a model, fresh process"))
     memory.add_argument("--prompt-tokens", type=int, default=1000, help="one generation on a prompt this long")
     memory.add_argument("--new-tokens", type=int, default=48, help="tokens decoded (timed one by one)")
-    memory.add_argument("--name", help="results file name (default: the model's name)")
-    memory.add_argument("--out", default="bench/results")
+    _results_args(memory, server_settings=False)  # its settings come from with_settings
     memory.set_defaults(run=_bench_memory)
 
     doctor = commands.add_parser("doctor", help="what this machine has for running a model, and what to use")

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 model="${1:-/tmp/phi2-shape}"
 runtimes="${2:-int8,int4,llama.cpp}"
 [[ -f "$model/config.json" ]] || .venv/bin/phils make-test-model "$model" --shape phi-2
-llama="$(bash scripts/build-llama-cpp-native.sh)"
+llama="$(bash scripts/build-llama-server.sh --native)"
 gguf="$model-gguf/q4_0.gguf"
 if [[ ! -f "$gguf" ]]; then
     mkdir -p "$model-gguf"

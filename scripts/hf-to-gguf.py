@@ -2,7 +2,7 @@
 
     python scripts/hf-to-gguf.py LLAMA_CPP_DIR MODEL_DIR OUT.gguf [outtype]
 
-LLAMA_CPP_DIR is what scripts/build-llama-cpp-native.sh prints (it holds
+LLAMA_CPP_DIR is what `scripts/build-llama-server.sh --native` prints (it holds
 convert_hf_to_gguf.py and gguf-py). Two adjustments, both for the random test
 models only: transformers 5 nests ``partial_rotary_factor`` and ``rope_theta``
 under ``rope_parameters`` while the converter reads them at the top level, and

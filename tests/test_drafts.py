@@ -42,7 +42,7 @@ def test_drafts_leave_the_answer_and_the_cache_as_plain_decoding_does(tiny_model
     loaded = load_model(EngineSettings(model=str(tiny_model), threads=1, cpu_kernels="torch"))
     plain = Engine(loaded, context_tokens=512, cache_bytes=2**30)
     drafting = Engine(loaded, context_tokens=512, cache_bytes=2**30, draft_tokens=6)
-    drafting.draft_length = DraftLength(6, extra_cost=0.0)  # draft whenever the document offers one
+    drafting.draft_tokens = DraftLength(6, extra_cost=0.0).choose()  # draft whenever the document offers one
     prompt = "".join(f"value_{i} = compute({i})\n" for i in range(12))
     drafted = 0
     for cut in range(len(prompt) - 60, len(prompt), 7):

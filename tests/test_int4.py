@@ -208,7 +208,7 @@ def test_on_a_real_model_reuse_gives_the_fresh_answer_and_drafts_are_kept(phils_
 
     # Code that repeats itself: drafts copied from the document are checked in one pass and mostly kept.
     drafting = Engine(real, context_tokens=2048, cache_bytes=2**31, draft_tokens=8)
-    drafting.draft_length = DraftLength(8, extra_cost=0.0)  # the mechanism, whatever this machine's pass costs
+    drafting.draft_tokens = DraftLength(8, extra_cost=0.0).choose()  # the mechanism, whatever this machine's pass costs
     repeated = "".join(f"    total_{i} = compute(values[{i}], scale=2.0, offset=1.0)\n" for i in range(8))
     result = drafting.generate(GenerationRequest("rep", "def fill(values):\n" + repeated + "    total_8", 24,
                                                  ignore_stops=True))

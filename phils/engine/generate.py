@@ -74,13 +74,13 @@ class Engine:
         self.ignore_stops = ignore_stops  # for every request (benchmarks, tests); requests can ask for it too
         self.eos_ids = self.runtime.eos_ids | token_ids(self.tokenizer.eos_token_id)
         self._vocabulary: healing.Vocabulary | None = None
-        # Drafts from the document (prompt lookup): at most this many tokens a pass, 0 = off.
-        self.draft_length = None
+        # Drafts from the document (prompt lookup): this many tokens a pass at most, chosen once; 0 = off.
+        self.draft_tokens = 0
         if draft_tokens > 0 and self.runtime.can_rewind:
             with torch.inference_mode():
                 length = drafts.DraftLength.measured(self.runtime, draft_tokens)
-            log.info("drafts: %d tokens a pass (a pass's cost grows %.2f a token here)", length.choose(), length.extra)
-            self.draft_length = length if length.choose() > 0 else None
+            self.draft_tokens = length.choose()
+            log.info("drafts: %d tokens a pass (a pass's cost grows %.2f a token here)", self.draft_tokens, length.extra)
         self._draft_context: tuple[list[int], list[int]] = ([], [])  # the prompt's tokens, the code below's
 
     @property
@@ -143,7 +143,7 @@ class Engine:
                 return result
             result.first_token_ms = (time.monotonic() - started) * 1000
             decode_started = time.monotonic()
-            if self.draft_length is not None:
+            if self.draft_tokens:
                 self._draft_context = (ids, self.encode_plain(request.fit_suffix)[:fitting.MAX_SUFFIX_TOKENS]
                                        if request.fit_suffix else [])
             if request.fit_suffix:
@@ -198,7 +198,7 @@ class Engine:
         pending = start.pending if start else result.healed  # text the first tokens must spell out again
         result.reason = "length"
         source = None
-        if self.draft_length is not None:
+        if self.draft_tokens:
             context, after = self._draft_context
             source = drafts.DraftSource(context + generated, after)
         drafted: list[tuple[int, Any]] = []  # drafted tokens already run into the cache, each with its logits
@@ -263,7 +263,7 @@ class Engine:
             return drafted[0][1], drafted[1:]
         if drafted:
             crop(kv, kv.get_seq_length() - len(drafted))
-        draft = source.draft(min(self.draft_length.choose(), room))
+        draft = source.draft(min(self.draft_tokens, room))
         rows = self.runtime.forward([token, *draft], kv, len(draft) + 1)
         result.drafted_tokens += len(draft)
         return rows[0], list(zip(draft, rows[1:]))

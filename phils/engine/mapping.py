@@ -57,11 +57,7 @@ def drop_pages(tensor: Any, ranges: list[tuple[int, int]]) -> int:
         return 0
     first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE
     last = end // mmap.PAGESIZE * mmap.PAGESIZE
-    if last <= first:
-        return 0
-    if _LIBC.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), mmap.MADV_DONTNEED) != 0:
-        return 0
-    return last - first
+    return _dont_need(first, last) if last > first else 0
 
 
 def drop_mapped(ranges: list[tuple[int, int]]) -> int:
@@ -70,13 +66,13 @@ def drop_mapped(ranges: list[tuple[int, int]]) -> int:
     Safe whatever is still to be read: the pages come back from the file on
     the next read. For a reader that passes over the checkpoint once.
     """
-    if not _LIBC:
-        return 0
-    done = 0
-    for start, end in ranges:
-        if _LIBC.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), mmap.MADV_DONTNEED) == 0:
-            done += end - start
-    return done
+    return sum(_dont_need(start, end) for start, end in ranges) if _LIBC else 0
+
+
+def _dont_need(start: int, end: int) -> int:
+    """MADV_DONTNEED on the page-aligned [start, end); the bytes advised (0 if refused)."""
+    ok = _LIBC.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), mmap.MADV_DONTNEED) == 0
+    return end - start if ok else 0
 
 
 def _libc() -> Any:

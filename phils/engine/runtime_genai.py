@@ -17,14 +17,11 @@ counts.
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
 from .errors import ModelLoadError
 from .runtime_torch import token_ids
-
-log = logging.getLogger(__name__)
 
 
 class GenaiKV:

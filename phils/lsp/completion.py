@@ -236,8 +236,11 @@ class CompletionService:
             log.warning("warm-up failed", exc_info=True)
 
     def _preempt_warmups(self) -> None:
-        for task in [*self._warming.values(), *(running[2] for running in self._ahead_running.values())]:
+        for task in [*self._warming.values(), *self._ahead_tasks()]:
             task.cancel()
+
+    def _ahead_tasks(self) -> list[asyncio.Task]:
+        return [task for _, _, task in self._ahead_running.values()]
 
     def forget(self, uri: str) -> None:
         """The document closed: drop its in-flight work and cached state."""
@@ -267,8 +270,7 @@ class CompletionService:
             self.backend.forget_all()
 
     def cancel_all(self) -> None:
-        for task in [*self._in_flight.values(), *self._warming.values(),
-                     *(running[2] for running in self._ahead_running.values())]:
+        for task in [*self._in_flight.values(), *self._warming.values(), *self._ahead_tasks()]:
             task.cancel()
         self._ahead_running.clear()
         for timer in self._warm_timers.values():

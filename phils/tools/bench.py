@@ -168,13 +168,17 @@ def run(args: Any) -> int:
               f" ({time.monotonic() - started:.0f} s)", file=sys.stderr)
     bandwidth = max(bandwidth, measure_bandwidth())  # the same sitting, before and after
     report = summarize(args, results, bandwidth)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"keystrokes-{args.name or Path(args.model).name}"
-    (out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / f"{stem}.md").write_text(markdown(report))
-    print(markdown(report))
+    write_report(args.out, f"keystrokes-{args.name or Path(args.model).name}", report, markdown(report))
     return 0
+
+
+def write_report(out: str | Path, stem: str, report: dict[str, Any], table: str) -> None:
+    """A benchmark's results: ``stem``.json (everything) and ``stem``.md (its table, printed too) in ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(table)
+    print(table)
 
 
 def summarize(args: Any, results: dict[str, Any], bandwidth: float) -> dict[str, Any]:

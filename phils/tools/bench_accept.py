@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .bench import _summary, machine
+from .bench import _summary, machine, write_report
 from .lsp_client import start_server, stop_server
 from .lsp_client import stats as server_stats
 
@@ -93,12 +93,7 @@ def run(args: Any) -> int:
     report = {"command": "phils bench accept " + " ".join(sys.argv[3:]), "date": time.strftime("%Y-%m-%d %H:%M"),
               "model": args.model, "file": args.file, "machine": machine(), "read_ms": args.read_ms,
               "answers_identical_across_modes": identical, "modes": results}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"accept-{args.name or Path(args.model).name}"
-    (out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / f"{stem}.md").write_text(markdown(report))
-    print(markdown(report))
+    write_report(args.out, f"accept-{args.name or Path(args.model).name}", report, markdown(report))
     return 0
 
 

@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .bench import Replay, _summary, machine, measure_bandwidth, plan_replay, run_mode
+from .bench import Replay, _summary, machine, measure_bandwidth, plan_replay, run_mode, write_report
 from ..machine import process_figures, usable_cores
 
 PHILS_RUNTIMES = {
@@ -59,12 +59,7 @@ def run(args: Any) -> int:
     report = {"command": "phils bench runtimes " + " ".join(sys.argv[3:]), "date": time.strftime("%Y-%m-%d %H:%M"),
               "model": args.model, "gguf": args.gguf, "file": args.file, "machine": {**machine(), "cpu_flags": _flags()},
               "bandwidth_gb_s": round(bandwidth, 1), "runtimes": results}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"runtimes-{args.name or Path(args.model).name}"
-    (out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / f"{stem}.md").write_text(markdown(report))
-    print(markdown(report))
+    write_report(args.out, f"runtimes-{args.name or Path(args.model).name}", report, markdown(report))
     return 0
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..machine import usable_cores
+from .bench import write_report
 from .lsp_client import start_server, stats, stop_server
 
 MODES = {"shared": "engine.backend=auto", "separate": "engine.backend=local"}
@@ -158,12 +159,8 @@ def run(args: Any) -> int:
         "new_tokens": args.new_tokens,
         "rows": rows,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     name = args.name or Path(args.model or args.profile or "model").name
-    (out / f"windows-{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / f"windows-{name}.md").write_text(markdown(result))
-    print(markdown(result))
+    write_report(args.out, f"windows-{name}", result, markdown(result))
     return 0
 
 
