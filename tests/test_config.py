@@ -38,6 +38,15 @@ def test_merge_rejects_wrong_types_and_choices():
     assert len(warnings) == 3
 
 
+def test_a_numeric_choice_takes_only_its_values():
+    s, warnings = merge(Settings(), {"engine": {"int4_block": 128}}, "x")
+    assert s.engine.int4_block == 128 and not warnings
+    s, warnings = merge(Settings(), {"engine": {"int4_block": 100}}, "x")
+    assert s.engine.int4_block == 32 and len(warnings) == 1 and "32, 64, 128" in warnings[0]
+    s, warnings = merge(Settings(), {"engine": {"int4_block": "128"}}, "x")
+    assert s.engine.int4_block == 32 and len(warnings) == 1
+
+
 def test_set_parses_toml_values_and_bare_strings():
     assert parse_assignment("engine.max_new_tokens=8") == ({"engine": {"max_new_tokens": 8}}, None)
     assert parse_assignment("engine.model=/models/phi") == ({"engine": {"model": "/models/phi"}}, None)

@@ -3,13 +3,16 @@ behind the same engine as torch: KV reuse exact, cancellation between tokens, he
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from phils.config import EngineSettings
 from phils.engine import Engine, GenerationRequest
@@ -48,7 +51,7 @@ def _initializers(directory: Path) -> dict[str, np.ndarray]:
 def test_the_layerwise_build_writes_the_tensors_the_builder_writes(tiny80_model, tmp_path, symmetric):
     """Quantizing each MatMul as it is emitted changes the build's memory, not its result."""
     ours = tmp_path / "ours"
-    record = build_int4(tiny80_model, ours, head="int4", symmetric=symmetric)
+    record = build_int4(tiny80_model, ours, head="int4", symmetric=symmetric, clip_search=False)
     stock = tmp_path / "stock"
     subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(tiny80_model),
                     "-o", str(stock), "-p", "int4", "-e", "cpu", "-c", str(tmp_path / "hf-cache"),
@@ -70,10 +73,28 @@ def test_the_output_head_keeps_more_bits_by_default(tiny80_model, tmp_path):
     assert "model.layers.0.mlp.fc1.MatMul.weight_Q4" in names
 
 
+def test_blocks_of_128_are_a_setting_with_its_own_cached_build(tiny80_model, int4_settings, loaded):
+    wider = load_model(dataclasses.replace(int4_settings, int4_block=128))
+    cache = Path(int4_settings.cache_dir) / "onnx-int4"
+    built = {p.name.split("-a4-")[0].rsplit("-", 1)[1]: p for p in cache.iterdir() if (p / "genai_config.json").is_file()}
+    assert set(built) == {"b32", "b128"}
+    record = json.loads((built["b128"] / BUILD_RECORD).read_text())
+    assert record["block_size"] == 128 and record["clip_search"] is True
+    import onnx
+
+    blocks = {a.i for n in onnx.load(str(built["b128"] / "model.onnx"), load_external_data=False).graph.node
+              if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "block_size"}
+    assert blocks == {128}
+    ids = loaded.tokenizer(PROMPT).input_ids
+    narrow = loaded.runtime.forward(ids, loaded.runtime.new_kv(0))
+    wide = wider.runtime.forward(ids, wider.runtime.new_kv(0))
+    assert wide.shape == narrow.shape and torch.isfinite(wide).all() and not torch.equal(wide, narrow)
+
+
 def test_the_model_is_built_once_into_the_cache(int4_settings, loaded):
     cache = Path(int4_settings.cache_dir) / "onnx-int4"
-    built = [p for p in cache.iterdir() if (p / "genai_config.json").is_file()]
-    assert len(built) == 1 and "asym-head-int8" in built[0].name
+    built = [p for p in cache.iterdir() if (p / "genai_config.json").is_file() and "-b32-" in p.name]
+    assert len(built) == 1 and built[0].name.endswith("-b32-a4-asym-clip-head-int8")
     stamp = (built[0] / "model.onnx.data").stat().st_mtime_ns
     again = load_model(int4_settings)
     assert again.runtime.name == "onnxruntime-genai" and "int4" in again.dtype

@@ -26,7 +26,7 @@ from . import legacy_phi
 from .adapters import apply_adapter
 from .errors import ModelLoadError
 from .int8 import quantize_linears
-from .int4_build import ACCURACY_LEVEL, BLOCK_SIZE, SYMMETRIC, build_int4
+from .int4_build import ACCURACY_LEVEL, CLIP_SEARCH, SYMMETRIC, build_int4
 from .mapping import own_copies
 from .runtime_torch import TorchRuntime
 from .sources import ModelSource, cache_root, resolve
@@ -137,11 +137,12 @@ def _load_int4(settings: EngineSettings, source: ModelSource, cache: Path, token
         raise ModelLoadError(f"engine.quantize = int4 builds from full-precision weights, and {settings.model} is "
                              f"already {method}: point engine.model at the original model (microsoft/phi-2), "
                              "or use the cpu-gptq profile for this checkpoint")
-    variant = f"b{BLOCK_SIZE}-a{ACCURACY_LEVEL}-{'sym' if SYMMETRIC else 'asym'}-head-{settings.int4_head}"
+    variant = (f"b{settings.int4_block}-a{ACCURACY_LEVEL}-{'sym' if SYMMETRIC else 'asym'}"
+               f"{'-clip' if CLIP_SEARCH else ''}-head-{settings.int4_head}")
     target = cache / "onnx-int4" / f"{checkpoint.name}-{_cache_key(_weight_files(checkpoint))}-{variant}"
     if not (target / "genai_config.json").is_file():
         report("building the 4-bit ONNX model (first start only)", 55)
-        built = build_int4(checkpoint, target, head=settings.int4_head)
+        built = build_int4(checkpoint, target, block_size=settings.int4_block, head=settings.int4_head)
         log.info("built %s in %.0f s, peak memory %.1f GB", target, built["seconds"], built["peak_rss_bytes"] / 1e9)
     report("loading the 4-bit model", 80)
     runtime = GenaiRuntime(target, settings.threads or usable_cores(), MAX_SUFFIX_TOKENS)

@@ -29,6 +29,7 @@ PHILS_RUNTIMES = {
     "fp32": ["engine.quantize=none"],
     "int8": ["engine.quantize=int8"],
     "int4": ["engine.quantize=int4"],
+    "int4-b128": ["engine.quantize=int4", "engine.int4_block=128"],
 }
 LLAMA = "llama.cpp"
 MEMORY = {"VmRSS:": ("rss_mb", 1024), "VmHWM:": ("peak_mb", 1024)}
@@ -122,10 +123,11 @@ def _weight_bytes(runtime: str, args: Any) -> int | None:
     """The bytes a decode step reads for weights: what the runtime loaded, not the fp32 checkpoint."""
     if runtime == LLAMA:
         return Path(args.gguf).stat().st_size
-    if runtime == "int4":
+    if runtime.startswith("int4"):
         from ..engine.sources import cache_root
 
-        built = sorted((cache_root() / "onnx-int4").glob(f"{Path(args.model).name}-*/model.onnx.data"),
+        block = next((s.split("=")[1] for s in PHILS_RUNTIMES[runtime] if s.startswith("engine.int4_block=")), "32")
+        built = sorted((cache_root() / "onnx-int4").glob(f"{Path(args.model).name}-*-b{block}-*/model.onnx.data"),
                        key=lambda p: p.stat().st_mtime)
         return built[-1].stat().st_size if built else None
     files = list(Path(args.model).glob("*.safetensors"))
