@@ -92,7 +92,15 @@ class GrowingLayer(DynamicLayer):
 
 
 def new_cache(config: Any, reserve: int = 0) -> DynamicCache:
-    """A DynamicCache for ``config`` whose full-attention layers write in place, with room for ``reserve`` tokens."""
+    """A DynamicCache for ``config`` whose layers all write in place, with room for ``reserve`` tokens.
+
+    Sliding-window layers (Gemma 3's) keep every position too: transformers' own
+    sliding layer drops what left the window and cannot be cropped back past it,
+    so a document longer than the window was prefilled whole at every keystroke
+    (Gemma 3 270M: 1 % reuse). The attention masks come from the model's config,
+    not from the cache: the logits are the same (checked on Gemma 3 270M: equal
+    in one pass, within 7e-5 while decoding).
+    """
     cache = DynamicCache(config=config)
-    cache.layers = [GrowingLayer(reserve) if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    cache.layers = [GrowingLayer(reserve) for _ in cache.layers]
     return cache

@@ -145,7 +145,7 @@ def _load_int4(settings: EngineSettings, source: ModelSource, cache: Path, token
         built = build_int4(checkpoint, target, block_size=settings.int4_block, head=settings.int4_head)
         log.info("built %s in %.0f s, peak memory %.1f GB", target, built["seconds"], built["peak_rss_bytes"] / 1e9)
     report("loading the 4-bit model", 80)
-    runtime = GenaiRuntime(target, settings.threads or usable_cores(), MAX_SUFFIX_TOKENS)
+    runtime = GenaiRuntime(target, settings.threads or usable_cores(), MAX_SUFFIX_TOKENS, settings.context_tokens)
     seconds = time.monotonic() - started
     log.info("loaded %s as int4 (ONNX Runtime GenAI) in %.1f s", source.describe(), seconds)
     return LoadedModel(None, tokenizer, "cpu", "int4 weights, int8 activations (ONNX Runtime GenAI)", source,

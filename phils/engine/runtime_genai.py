@@ -52,7 +52,7 @@ class GenaiRuntime:
     # passes of many tokens, so a reused cache runs at least two for its answer to be the fresh one's.
     min_prefill = 2
 
-    def __init__(self, directory: Path, threads: int, reserve_tokens: int):
+    def __init__(self, directory: Path, threads: int, reserve_tokens: int, context_tokens: int = 0):
         try:
             import numpy
             import onnxruntime_genai as og
@@ -62,16 +62,26 @@ class GenaiRuntime:
         self._np, self._torch = numpy, torch
         described = json.loads((directory / "genai_config.json").read_text())["model"]
         context = int(described.get("context_length") or 2048)
+        if context_tokens > 0:  # a generator allocates its whole length up front: what the engine uses, no more
+            context = min(context, context_tokens + reserve_tokens)
         decoder = described["decoder"]
         # Room for what is judged after an answer (the code below the cursor) inside the model's window.
         self.window = max(context - reserve_tokens, 1)
         self.eos_ids = token_ids(described.get("eos_token_id"))
         per_token = 2 * int(decoder["num_hidden_layers"]) * int(decoder["num_key_value_heads"]) * int(decoder["head_size"])
         self._kv_bytes = per_token * 4 * context  # fp32 keys and values for the whole window
-        config = og.Config(str(directory))
+        overlay: dict[str, Any] = {}
         if threads > 0:
-            config.overlay(json.dumps({"model": {"decoder": {"session_options": {
-                "intra_op_num_threads": threads, "inter_op_num_threads": 1}}}}))
+            overlay["session_options"] = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
+        if isinstance(decoder.get("sliding_window"), dict):
+            # Sliding-window layers (Gemma 3) keep only their window plus a slack by default, and a generator
+            # cannot rewind past what they dropped: every keystroke on a longer document prefilled it all
+            # (Gemma 3 270M: 0 % reuse). Keeping every position resident makes rewinding always possible;
+            # attention still sees only the window.
+            overlay["sliding_window"] = {**decoder["sliding_window"], "cache_slack": context}
+        config = og.Config(str(directory))
+        if overlay:
+            config.overlay(json.dumps({"model": {"decoder": overlay}}))
         try:
             self.model = og.Model(config)
         except Exception as exc:  # onnxruntime raises its own kinds

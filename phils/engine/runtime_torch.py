@@ -24,7 +24,7 @@ class TorchRuntime:
         self.eos_ids = token_ids(getattr(model.generation_config, "eos_token_id", None))
         from .kv import GrowingLayer
 
-        # Sliding-window layers cannot be cut back past their window: no drafts to take back there.
+        # Every layer of our caches can be cut back (kv.new_cache): drafts can be taken back anywhere.
         self.can_rewind = all(isinstance(layer, GrowingLayer) for layer in self.new_kv(0).layers)
 
     def new_kv(self, reserve: int) -> Any:
