@@ -91,6 +91,25 @@ def test_blocks_of_128_are_a_setting_with_its_own_cached_build(tiny80_model, int
     assert wide.shape == narrow.shape and torch.isfinite(wide).all() and not torch.equal(wide, narrow)
 
 
+def test_a_new_build_removes_what_an_older_version_built(tiny80_model, tmp_path):
+    settings = EngineSettings(model=str(tiny80_model), quantize="int4", threads=1, cache_dir=str(tmp_path))
+    load_model(settings)
+    cache = tmp_path / "onnx-int4"
+    (current,) = [p for p in cache.iterdir()]
+    stem = current.name.split("-b32-")[0]
+    older = cache / f"{stem}-b32-a4-asym-head-int8"  # the name before the range search
+    other = cache / "another-model-0123-b32-a4-asym-head-int8"
+    for directory in (older, other):
+        directory.mkdir()
+        (directory / "genai_config.json").write_text("{}")
+    current.rename(cache / "moved-aside")  # this load builds again, as after an upgrade
+    load_model(dataclasses.replace(settings, int4_block=64))
+    load_model(settings)
+    names = {p.name for p in cache.iterdir()}
+    assert older.name not in names  # stale: gone
+    assert {current.name, f"{stem}-b64-a4-asym-clip-head-int8", other.name, "moved-aside"} <= names
+
+
 def test_the_model_is_built_once_into_the_cache(int4_settings, loaded):
     cache = Path(int4_settings.cache_dir) / "onnx-int4"
     built = [p for p in cache.iterdir() if (p / "genai_config.json").is_file() and "-b32-" in p.name]

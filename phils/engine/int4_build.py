@@ -50,6 +50,28 @@ CLIP_SEARCH = True
 BUILD_RECORD = "phils-build.json"
 
 
+def variant_name(block_size: int, head: str) -> str:
+    """How this version names a build in the cache: everything the file depends on besides the weights."""
+    return f"b{block_size}-a{ACCURACY_LEVEL}-{'sym' if SYMMETRIC else 'asym'}{'-clip' if CLIP_SEARCH else ''}-head-{head}"
+
+
+def drop_stale_builds(root: Path, stem: str, block_sizes: tuple[int, ...]) -> list[Path]:
+    """Remove the builds of ``stem`` (a checkpoint and its weights' key) this version would never load.
+
+    A build made by an older version under another variant name (2.2 GB for
+    Phi-2) would otherwise stay on disk beside its replacement; the variants
+    a setting can still ask for (other blocks or heads) stay.
+    """
+    current = {variant_name(block, head) for block in block_sizes for head in HEADS}
+    dropped = []
+    for path in root.glob(f"{stem}-*"):
+        variant = path.name[len(stem) + 1:]
+        if path.is_dir() and variant not in current and ".partial-" not in variant:
+            shutil.rmtree(path, ignore_errors=True)
+            dropped.append(path)
+    return dropped
+
+
 def build_int4(checkpoint: str | Path, target: Path, block_size: int = BLOCK_SIZE,
                accuracy_level: int = ACCURACY_LEVEL, head: str = HEAD, symmetric: bool = SYMMETRIC,
                clip_search: bool = CLIP_SEARCH) -> dict[str, Any]:

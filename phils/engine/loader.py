@@ -9,6 +9,7 @@ next start takes seconds instead of a minute.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import hashlib
 import json
@@ -26,7 +27,7 @@ from . import legacy_phi
 from .adapters import apply_adapter
 from .errors import ModelLoadError
 from .int8 import quantize_linears
-from .int4_build import ACCURACY_LEVEL, CLIP_SEARCH, SYMMETRIC, build_int4
+from .int4_build import build_int4, drop_stale_builds, variant_name
 from .mapping import own_copies
 from .runtime_torch import TorchRuntime
 from .sources import ModelSource, cache_root, resolve
@@ -137,13 +138,15 @@ def _load_int4(settings: EngineSettings, source: ModelSource, cache: Path, token
         raise ModelLoadError(f"engine.quantize = int4 builds from full-precision weights, and {settings.model} is "
                              f"already {method}: point engine.model at the original model (microsoft/phi-2), "
                              "or use the cpu-gptq profile for this checkpoint")
-    variant = (f"b{settings.int4_block}-a{ACCURACY_LEVEL}-{'sym' if SYMMETRIC else 'asym'}"
-               f"{'-clip' if CLIP_SEARCH else ''}-head-{settings.int4_head}")
-    target = cache / "onnx-int4" / f"{checkpoint.name}-{_cache_key(_weight_files(checkpoint))}-{variant}"
+    stem = f"{checkpoint.name}-{_cache_key(_weight_files(checkpoint))}"
+    target = cache / "onnx-int4" / f"{stem}-{variant_name(settings.int4_block, settings.int4_head)}"
     if not (target / "genai_config.json").is_file():
         report("building the 4-bit ONNX model (first start only)", 55)
         built = build_int4(checkpoint, target, block_size=settings.int4_block, head=settings.int4_head)
         log.info("built %s in %.0f s, peak memory %.1f GB", target, built["seconds"], built["peak_rss_bytes"] / 1e9)
+        blocks = next(f for f in dataclasses.fields(EngineSettings) if f.name == "int4_block").metadata["choices"]
+        for stale in drop_stale_builds(target.parent, stem, blocks):
+            log.info("removed %s: built by an older phils, never loaded again", stale)
     report("loading the 4-bit model", 80)
     runtime = GenaiRuntime(target, settings.threads or usable_cores(), MAX_SUFFIX_TOKENS, settings.context_tokens)
     seconds = time.monotonic() - started
