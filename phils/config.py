@@ -23,6 +23,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+INT4_BLOCKS = (32, 64, 128)  # engine.int4_block's choices (MatMulNBits block sizes phils builds)
+
+
 def _choice(default: Any, *choices: Any) -> Any:
     return field(default=default, metadata={"choices": choices})
 
@@ -53,7 +56,7 @@ class EngineSettings:
     int4_head: str = _choice("int8", "int4", "int8", "fp32")  # int4: the output head's weights (the body is 4-bit)
     # int4: weights per scale and zero point. 32 is the closest to full precision; 128 reads 16 % fewer bytes
     # a token (Phi-2's shape: ~17 % faster decoding) but lost much quality on Gemma 3 270M (engine/int4_build.py).
-    int4_block: int = _choice(32, 32, 64, 128)
+    int4_block: int = _choice(32, *INT4_BLOCKS)
     threads: int = _int(0, 0, 256)  # torch CPU threads; 0 = physical cores
     cpu_kernels: str = _choice("onednn", "onednn", "torch")  # fp32 Linear layers on CPU
     max_new_tokens: int = _int(64, 1, 2048)

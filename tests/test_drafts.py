@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from phils.config import EngineSettings
 from phils.engine import Engine, GenerationRequest
 from phils.engine.drafts import DraftLength, DraftSource

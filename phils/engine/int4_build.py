@@ -187,13 +187,13 @@ def _emit_nbits(model: Any, weight: Any, name: str, root_input: str, kwargs: dic
 
     attrs = model.quant_attrs
     block_size, symmetric = int(attrs["matmul_block_size"]), bool(attrs["is_symmetric"])
-    config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=symmetric,
-                                          accuracy_level=attrs["accuracy_level"], bits=bits)
     with torch.no_grad():
         matrix = np.ascontiguousarray(weight.detach().to(torch.float32).T.numpy())  # [K, N]
     if bits == 4 and clip_search:
         packed, scales, zero_points = quantize_blocks(matrix, block_size, symmetric)
     else:
+        config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=symmetric,
+                                              accuracy_level=attrs["accuracy_level"], bits=bits)
         packed, scales, zero_points = DefaultWeightOnlyQuantizer(config).qbits_block_quant(matrix)
     rows, cols = matrix.shape
     del matrix

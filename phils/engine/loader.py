@@ -9,7 +9,6 @@ next start takes seconds instead of a minute.
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import hashlib
 import json
@@ -21,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import EngineSettings
+from ..config import INT4_BLOCKS, EngineSettings
 from ..machine import usable_cores
 from . import legacy_phi
 from .adapters import apply_adapter
@@ -144,8 +143,7 @@ def _load_int4(settings: EngineSettings, source: ModelSource, cache: Path, token
         report("building the 4-bit ONNX model (first start only)", 55)
         built = build_int4(checkpoint, target, block_size=settings.int4_block, head=settings.int4_head)
         log.info("built %s in %.0f s, peak memory %.1f GB", target, built["seconds"], built["peak_rss_bytes"] / 1e9)
-        blocks = next(f for f in dataclasses.fields(EngineSettings) if f.name == "int4_block").metadata["choices"]
-        for stale in drop_stale_builds(target.parent, stem, blocks):
+        for stale in drop_stale_builds(target.parent, stem, INT4_BLOCKS):
             log.info("removed %s: built by an older phils, never loaded again", stale)
     report("loading the 4-bit model", 80)
     runtime = GenaiRuntime(target, settings.threads or usable_cores(), MAX_SUFFIX_TOKENS, settings.context_tokens)

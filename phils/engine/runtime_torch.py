@@ -12,6 +12,7 @@ from typing import Any
 class TorchRuntime:
     name = "torch"
     min_prefill = 1  # tokens a reused cache still runs: the last prompt token's logits start the decode
+    can_rewind = True  # every layer of its caches, sliding-window ones too, can be cut back (kv.new_cache)
 
     def __init__(self, model: Any):
         import torch
@@ -22,10 +23,6 @@ class TorchRuntime:
         window = getattr(model.config, "max_position_embeddings", None)
         self.window = int(window) if isinstance(window, int) and window > 0 else None
         self.eos_ids = token_ids(getattr(model.generation_config, "eos_token_id", None))
-        from .kv import GrowingLayer
-
-        # Every layer of our caches can be cut back (kv.new_cache): drafts can be taken back anywhere.
-        self.can_rewind = all(isinstance(layer, GrowingLayer) for layer in self.new_kv(0).layers)
 
     def new_kv(self, reserve: int) -> Any:
         """An empty KV cache; on the CPU with address space for ``reserve`` tokens (pages become resident when written)."""

@@ -70,7 +70,7 @@ class Stats:
         self.typed_through += 1
         self.latencies_ms.append(0.0)
 
-    def record_ahead(self, suggested: bool = True, waited_ms: float = 0.0) -> None:
+    def record_ahead(self, suggested: bool, waited_ms: float) -> None:
         self.requests += 1
         self.ahead += 1
         self.latencies_ms.append(waited_ms)  # for the part of the job still running when the request came

@@ -124,10 +124,13 @@ def _weight_bytes(runtime: str, args: Any) -> int | None:
     if runtime == LLAMA:
         return Path(args.gguf).stat().st_size
     if runtime.startswith("int4"):
+        from ..engine.int4_build import BLOCK_SIZE, HEAD, variant_name
         from ..engine.sources import cache_root
 
-        block = next((s.split("=")[1] for s in PHILS_RUNTIMES[runtime] if s.startswith("engine.int4_block=")), "32")
-        built = sorted((cache_root() / "onnx-int4").glob(f"{Path(args.model).name}-*-b{block}-*/model.onnx.data"),
+        block = next((int(s.split("=")[1]) for s in PHILS_RUNTIMES[runtime] if s.startswith("engine.int4_block=")),
+                     BLOCK_SIZE)
+        variant = variant_name(block, HEAD)
+        built = sorted((cache_root() / "onnx-int4").glob(f"{Path(args.model).name}-*-{variant}/model.onnx.data"),
                        key=lambda p: p.stat().st_mtime)
         return built[-1].stat().st_size if built else None
     files = list(Path(args.model).glob("*.safetensors"))
