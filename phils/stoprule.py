@@ -24,6 +24,7 @@ class Shape:
     resume_indent: int = -1  # that line's indentation: only a line at it resumes the code (-1: any)
     avoid: tuple[str, ...] = ()  # lines that must not be written again (the enclosing signature and docstring)
     statement: bool = False  # end with the first statement: at a later line indented no deeper than the first
+    code: bool = True  # the document is code: a Markdown fence (```) ends the text, as the model's prose begins
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -43,6 +44,7 @@ class Shape:
                 resume_indent=int(data.get("resume_indent", -1)),
                 avoid=tuple(str(line) for line in data.get("avoid", ())),
                 statement=bool(data.get("statement", False)),
+                code=bool(data.get("code", True)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"bad stop rule: {exc}") from None
@@ -54,24 +56,36 @@ def stop_index(text: str, shape: Shape) -> int | None:
 
     Stops: end of line in single-line mode; a non-blank line indented less than
     the block (the block is over); a line that resumes the code below the
-    cursor, or repeats the signature or docstring; in ``statement`` mode, a line
-    back at the first line's indentation; two blank lines in a row; ``max_lines``.
+    cursor, or repeats the signature or docstring; in ``statement`` mode (or
+    when the text goes on with the code before the cursor on its line), a line
+    back at the first line's indentation; two blank lines in a row; ``max_lines``;
+    in code, a Markdown fence line (base models trained on textbook-like text,
+    Phi-2 among them, close the code block and go on in prose).
     """
     if shape.single_line:
         cut = text.find("\n")
-        return cut if cut >= 0 else None
+        if cut >= 0:
+            return cut
+        return _nesting_loop(text)
     lines = text.split("\n")
+    if (loop := _nesting_loop(lines[-1])) is not None:  # a later line goes whole
+        return loop if len(lines) == 1 else len(text) - len(lines[-1]) - 1
     if (loop := _repetition_start(lines)) is not None:
         return loop
     offset = 0
     blank_run = 0
     first_indent = None  # the first written line's indentation, for ``statement``
+    # After code on the cursor's line, a suggestion that goes on with that line finishes its statement
+    # (`os.path.` + `join(a, b)`, then no unrelated `def` below); one that starts on a new line is a block.
+    statement = shape.statement or bool(shape.line_prefix.strip() and lines[0].strip())
     for number, line in enumerate(lines):
         whole = shape.line_prefix + line if number == 0 else line
         complete = number < len(lines) - 1
         if whole.strip():
             blank_run = 0
             written = number > 0 or not shape.line_prefix.strip()  # not the user's own text
+            if shape.code and written and whole.lstrip().startswith(FENCE):
+                return max(offset - 1, 0) if number > 0 else 0
             if complete and written and _written_already(whole, shape):
                 return max(offset - 1, 0) if number > 0 else 0
             if (number > 0 or not shape.line_prefix.strip()) and indent_width(whole) < shape.min_indent:
@@ -80,7 +94,7 @@ def stop_index(text: str, shape: Shape) -> int | None:
                 return offset - 1
             if first_indent is None:
                 first_indent = indent_width(whole)
-            elif shape.statement and indent_width(whole) <= first_indent:
+            elif statement and indent_width(whole) <= first_indent:
                 return offset - 1
         elif complete and number > 0:
             blank_run += 1
@@ -89,6 +103,8 @@ def stop_index(text: str, shape: Shape) -> int | None:
         offset += len(line) + 1
     return None
 
+
+FENCE = "```"
 
 # A line this similar to the next line of code resumes it. Short lines must match
 # exactly: `if n % 2 == 0:` is 93 % like `if n % k == 0:` and a different line.
@@ -128,6 +144,27 @@ def _repetition_start(lines: list[str]) -> int | None:
         if any(block) and all(tail[i] == block[i % size] for i in range(span)):
             keep = len(complete) - span + size  # lines up to and including the first block
             return len("\n".join(lines[:keep]))
+    return None
+
+
+OPENERS, CLOSERS = "([{", ")]}"
+MAX_LOOP_UNIT = 40
+
+
+def _nesting_loop(line: str) -> int | None:
+    """Where a line starts to nest the same opening text in itself (``f(f(f(``): a small model's loop.
+
+    Returns the offset in ``line`` of the first copy: the loop goes whole.
+    ``[0.0, 0.0, 0.0`` repeats too, but closes what it opens: that is data.
+    """
+    for size in range(2, min(MAX_LOOP_UNIT, len(line) // REPEATS) + 1):
+        unit = line[-size:]
+        opened = sum(unit.count(c) for c in OPENERS) - sum(unit.count(c) for c in CLOSERS)
+        if opened > 0 and line.endswith(unit * REPEATS):
+            start = len(line) - size * REPEATS
+            while line[max(start - size, 0) : start] == unit:  # back to the first copy
+                start -= size
+            return start
     return None
 
 

@@ -131,6 +131,51 @@ def test_when_the_file_parsed_the_suggestion_keeps_the_lines_that_still_parse():
     assert finish(marked, "y = x + 1\n    return (y,\n", max_lines=24) == "y = x + 1"
 
 
+def test_in_a_file_that_does_not_parse_yet_the_lines_after_the_finished_code_go():
+    # `print(` at the end of the file: the model closes the call, then leaves the code for prose.
+    assert finish("s = 'a'\nprint(█", "s)\nThis prints the string:\n\n    a\n") == "s)"
+    # An empty body: the body stays, the half statement after it goes.
+    assert finish("def f(x):\n    █", "return x + 1\n\n\nprint(f(2)\nwhile (\n") == "return x + 1"
+    # The whole suggestion makes the file parse: nothing goes.
+    assert finish("def f(x):\n    █", "y = x\n    return y\n") == "y = x\n    return y"
+
+
+def test_a_markdown_fence_ends_a_suggestion_in_code_but_not_in_markdown():
+    raw = "s)\n```\n\nThis will output:\n"
+    assert finish("def f(s):\n    print(█", raw) == "s)"  # a body that is code, and goes on after the call
+    from phils.lsp.documents import cursor_context
+
+    doc = TextDocument("file:///notes.md", "# Notes\n\n```python\nprint(1)\n")
+    ctx = cursor_context(doc, 3, 8)
+    shape = postprocess.shape_of(ctx)
+    assert not shape.code and postprocess.stop_index("\n```\n\nMore text", shape) is None
+    js = cursor_context(TextDocument("file:///a.js", "function f() {\n  "), 1, 2)
+    fenced = "const x = 1;\n  ```\nThis function returns 1."
+    assert fenced[: postprocess.stop_index(fenced, postprocess.shape_of(js))] == "const x = 1;"
+
+
+def test_a_line_that_nests_the_same_call_in_itself_goes_whole():
+    # Seen with SmolLM2-135M in the middle of a line: `os.path.join(os.path.join(os.path.join(...` to the token limit.
+    ctx = context("import os\npath = os.path.join(█, 'a')\n")
+    shape = postprocess.shape_of(ctx)
+    looping = "os.path.join(os.path.join(os.path.join("
+    assert postprocess.stop_index(looping, shape) == 0 and postprocess.apply(looping, ctx, shape) == ""
+    assert postprocess.stop_index("os.getcwd()", shape) is None
+    data = context("zeros = [█\n")  # repeated data closes what it opens
+    assert postprocess.stop_index("0.0, 0.0, 0.0, 0.0, 0.0", postprocess.shape_of(data)) is None
+    block = context("def f():\n    █")  # in a block, a later line goes whole
+    text = "x = 1\n    y = g(g(g(g("
+    assert text[: postprocess.stop_index(text, postprocess.shape_of(block))] == "x = 1"
+
+
+def test_after_code_on_its_line_a_suggestion_finishes_that_statement():
+    # Seen with SmolLM2-135M: `os.path.` + a call, then a whole unrelated test function.
+    assert finish("import os\n\nos.path.█", 'exists("a.txt")\n\ndef test_file():\n    pass\n') == 'exists("a.txt")'
+    assert finish("def f(xs):\n    for x in █", "xs:\n        print(x)\n    return 1\n") == "xs:\n        print(x)"
+    # A header finished on its line: its body is the block.
+    assert finish("def add(a, b):█", "\n    return a + b\n\n\nprint(add(1, 2))\n") == "\n    return a + b"
+
+
 def test_a_repeating_block_of_lines_stops_after_its_first_copy():
     ctx = context("def f(x):\n    █")
     shape = postprocess.shape_of(ctx)

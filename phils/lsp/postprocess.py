@@ -42,7 +42,27 @@ def shape_of(ctx: CursorContext, multiline: bool = True, max_lines: int = 24, mi
         resume_indent=indent_width(following) if following.strip() else -1,
         avoid=_enclosing_lines(ctx),
         statement=below == min_indent and mid_block == "statement",
+        code=not is_prose(ctx),
     )
+
+
+# Documents where a Markdown fence is content, not the model leaving the code.
+PROSE_LANGUAGES = frozenset({"markdown", "mdx", "plaintext", "text", "restructuredtext", "latex", "tex", "quarto",
+                             "rmd", "asciidoc", "org"})
+PROSE_SUFFIXES = (".md", ".markdown", ".mdx", ".txt", ".rst", ".tex", ".qmd", ".rmd", ".adoc", ".org")
+
+
+def is_python(ctx: CursorContext) -> bool:
+    if ctx.language_id:
+        return ctx.language_id.lower() == "python"
+    return ctx.uri.lower().endswith((".py", ".pyi"))
+
+
+def is_prose(ctx: CursorContext) -> bool:
+    """The document is text with code in it (by the client's language id, else by its file name)."""
+    if ctx.language_id:
+        return ctx.language_id.lower() in PROSE_LANGUAGES
+    return ctx.uri.lower().endswith(PROSE_SUFFIXES)
 
 
 FIT_LINES = 4  # candidates judged by the code below are written up to this many lines
@@ -173,10 +193,18 @@ def drop_lines_that_follow(text: str, ctx: CursorContext, shape: Shape) -> str:
 
 
 def keep_parsing_lines(text: str, ctx: CursorContext, shape: Shape) -> str:
-    """When the file parsed before, keep the longest run of the suggestion's lines that still parses."""
+    """Keep the longest run of the suggestion's lines that leaves the file parsing.
+
+    When the file parsed before, the suggestion must not break it. In a Python
+    file that does not parse yet (``print(`` at its end, a body still empty)
+    and does not parse with the whole suggestion either, the lines the model
+    wrote after finishing the user's code (prose, a Markdown fence, a half
+    statement) go when a shorter run of them makes the file parse.
+    """
     if "\n" not in text or len(ctx.prefix) + len(ctx.suffix) > MAX_PARSE_CHARS:
         return text
-    if not _parses(ctx.prefix + ctx.suffix):
+    if not _parses(ctx.prefix + ctx.suffix) and (
+            not is_python(ctx) or _parses(ctx.prefix + text.rstrip() + ctx.suffix)):
         return text
     lines = text.split("\n")
     for end in range(len(lines), max(len(lines) - MAX_PARSE_TRIES, 0), -1):
