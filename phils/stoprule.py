@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class Shape:
     avoid: tuple[str, ...] = ()  # lines that must not be written again (the enclosing signature and docstring)
     statement: bool = False  # end with the first statement: at a later line indented no deeper than the first
     code: bool = True  # the document is code: a Markdown fence (```) ends the text, as the model's prose begins
+    line_suffix: str = ""  # what follows the cursor on its line: the text ends where it closes what that closes
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -45,6 +46,7 @@ class Shape:
                 avoid=tuple(str(line) for line in data.get("avoid", ())),
                 statement=bool(data.get("statement", False)),
                 code=bool(data.get("code", True)),
+                line_suffix=str(data.get("line_suffix", "")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"bad stop rule: {exc}") from None
@@ -64,6 +66,10 @@ def stop_index(text: str, shape: Shape) -> int | None:
     """
     if shape.single_line:
         cut = text.find("\n")
+        line = text if cut < 0 else text[:cut]
+        closed = _reaches_line_suffix(shape.line_prefix, line, shape.line_suffix)
+        if closed is not None:
+            return closed
         if cut >= 0:
             return cut
         return _nesting_loop(text)
@@ -148,6 +154,58 @@ def _repetition_start(lines: list[str]) -> int | None:
 
 
 OPENERS, CLOSERS = "([{", ")]}"
+SEPARATORS = ",;"
+
+
+def _reaches_line_suffix(line_prefix: str, line: str, line_suffix: str) -> int | None:
+    """Where ``line`` writes the bracket or separator the rest of the cursor's line begins with.
+
+    ``print(|)`` + ``"hi") + str(x)``: the ``)`` after the cursor already closes
+    the call, so the text ends at its own ``)`` (outside strings, at the
+    cursor's depth): ``"hi"``. ``join(|, 'a')`` + ``root, 'b', 'a')``: ``root``.
+    The line before the cursor says whether the text starts inside a string.
+    """
+    first = line_suffix.lstrip()[:1]
+    if not first or first not in CLOSERS + SEPARATORS:
+        return None
+    depth, start = 0, len(line_prefix)
+    for index, char in code_chars(line_prefix + line):
+        if index < start:
+            continue
+        index -= start
+        if char in OPENERS:
+            depth += 1
+        elif char in CLOSERS:
+            if depth == 0:
+                return index if char == first else None
+            depth -= 1
+        elif char == first and depth == 0:
+            return index
+    return None
+
+
+def at_code(line_prefix: str) -> bool:
+    """The end of ``line_prefix`` is code: not inside a string literal or a comment."""
+    return any(index == len(line_prefix) for index, _ in code_chars(line_prefix + "\0"))
+
+
+def code_chars(line: str) -> Iterator[tuple[int, str]]:
+    """The characters of a line of code outside its string literals, up to a comment, with their offsets."""
+    quote, escaped = "", False
+    for index, char in enumerate(line):
+        if quote:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == quote:
+                quote = ""
+        elif char in "'\"":
+            quote = char
+        elif char == "#":
+            return
+        else:
+            yield index, char
 MAX_LOOP_UNIT = 40
 
 

@@ -115,10 +115,37 @@ def test_a_suggestion_cut_short_keeps_only_whole_lines():
         ("print(foo(█))", "1)", "1"),
         ("d = {█}", "'a': 1}", "'a': 1"),
         ("x = max(█, 3)", "a", "a"),
+        # The cursor inside a string: the brackets being balanced are the string's.
+        ('print("a(█)", 1)', 'b)', 'b'),
     ],
 )
 def test_brackets_are_balanced_against_the_rest_of_the_line(marked, raw, expected):
     assert finish(marked, raw) == expected
+
+
+@pytest.mark.parametrize(
+    "marked, raw, expected",
+    [
+        # The ")" after the cursor closes the call: the text ends at its own, and what it wrote after goes.
+        ('print(█)', '"hi") + str(x)', '"hi"'),
+        # The rest of the line begins with another argument: the text is this one.
+        ("path = os.path.join(█, 'a')", "root, 'b', 'a')", "root"),
+        ("f(█)", "g(1, 2)) or h()", "g(1, 2)"),
+        # Brackets and separators inside strings and nested calls are not the line's.
+        ("print(█)", '")", f(a, b)) + 1', '")", f(a, b)'),
+        ("let x = █;", "compute(a, b); x += 1;", "compute(a, b)"),
+        ("print(█)", "f(a, ')')) + 1", "f(a, ')')"),
+        # A closer the line does not start with is not a stop.
+        ("print(█)", "a + b", "a + b"),
+    ],
+)
+def test_a_suggestion_in_the_middle_of_a_line_ends_where_the_rest_of_the_line_takes_over(marked, raw, expected):
+    ctx = context(marked)
+    shape = postprocess.shape_of(ctx)
+    assert shape.single_line and shape.line_suffix == ctx.line_suffix
+    assert postprocess.apply(raw, ctx, shape) == expected
+    stop = postprocess.stop_index(raw, shape)  # the engine stops there too, instead of writing on
+    assert (raw if stop is None else raw[:stop]).rstrip() == expected
 
 
 def test_a_suggestion_that_runs_into_the_following_lines_stops_before_them():

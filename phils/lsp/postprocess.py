@@ -11,7 +11,7 @@ import ast
 from dataclasses import replace
 from typing import Callable
 
-from ..stoprule import Shape, indent_width, stop_index
+from ..stoprule import CLOSERS, SEPARATORS, Shape, at_code, code_chars, indent_width, stop_index
 from . import outline
 from .documents import CursorContext
 
@@ -43,6 +43,7 @@ def shape_of(ctx: CursorContext, multiline: bool = True, max_lines: int = 24, mi
         avoid=_enclosing_lines(ctx),
         statement=below == min_indent and mid_block == "statement",
         code=not is_prose(ctx),
+        line_suffix=ctx.line_suffix,
     )
 
 
@@ -151,9 +152,13 @@ def skip_leading_blank_lines(text: str, ctx: CursorContext, shape: Shape) -> str
 
 
 def drop_overlap_with_line_suffix(text: str, ctx: CursorContext, shape: Shape) -> str:
-    """``foo(|)`` + ``x)`` → ``x``: don't insert what already follows the cursor."""
+    """``x = |"`` + ``hello"`` → ``hello``: don't insert what already follows the cursor.
+
+    (A rest of the line that begins with a bracket or separator already ended
+    the text in the stop rule, before the model wrote it again.)
+    """
     rest = ctx.line_suffix.strip()
-    if rest and text.rstrip().endswith(rest):
+    if rest and rest[0] not in CLOSERS + SEPARATORS and text.rstrip().endswith(rest):
         return text.rstrip()[: -len(rest)].rstrip()
     return text
 
@@ -168,10 +173,12 @@ def balance_brackets(text: str, ctx: CursorContext, shape: Shape) -> str:
     """
     if "\n" in text or not ctx.line_suffix.strip():
         return text
+    in_code = at_code(ctx.line_prefix)  # else the brackets being balanced are a string's
     while text and text[-1] in _PAIRS:
         line = ctx.line_prefix + text + ctx.line_suffix
+        code = "".join(char for _, char in code_chars(line)) if in_code else line
         closer = text[-1]
-        if line.count(closer) <= line.count(_PAIRS[closer]):
+        if code.count(closer) <= code.count(_PAIRS[closer]):
             break
         text = text[:-1].rstrip()
     return text
