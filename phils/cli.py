@@ -405,7 +405,8 @@ def _parser() -> argparse.ArgumentParser:
 
     infill = with_settings(evals.add_parser("infill", help="completions in the middle of tested code (blanked lines)"))
     infill.add_argument("--limit", type=int, help="only the first N problems")
-    infill.add_argument("--kind", choices=["line", "span", "both"], default="both")
+    infill.add_argument("--kind", choices=["line", "span", "call", "both", "all"], default="both",
+                        help="both: line and span; call: a call's arguments in the middle of its line; all: the three")
     infill.add_argument("--raw", action="store_true", help="the baseline: the model's plain greedy continuation")
     infill.add_argument("--max-new-tokens", type=int, default=64, help="raw baseline's token budget")
     infill.add_argument("--name", help="results file name (default: the model's name)")

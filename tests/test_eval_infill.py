@@ -28,3 +28,12 @@ def test_the_next_line_written_again_in_place_differs_from_its_text_elsewhere():
     elsewhere = score(line, "if n % k == 0:")  # the same text at the cursor's indentation
     assert not elsewhere["repeats_next_line"] and elsewhere["next_line_text"]
     assert score(line, "")["empty"]
+
+
+def test_a_calls_arguments_are_blanked_mid_line_with_the_closing_bracket_kept():
+    (call,) = make_cases([ROW], ("call",))
+    line = call.document.split("\n")[call.line]
+    assert (line[: call.character], line[call.character :]) == ("    for k in range(", "):")
+    assert call.original == ["2, n"] and call.kind == "call"
+    assert score(call, "2, n")["passed"] and score(call, "2, n")["exact"]
+    assert not score(call, "2, n)")["passed"]  # the bracket the editor closed, written again

@@ -2,7 +2,9 @@
 
 Cases come from HumanEval's canonical solutions: one line, or a span of 2-4
 lines, in the middle of a body (code stays below it) is blanked; the cursor
-sits at that line's indentation, as an editor leaves it; the completion is
+sits at that line's indentation, as an editor leaves it (``--kind call``: a
+call's arguments are blanked in the middle of its line, the cursor after its
+``(`` and the ``)`` kept, as an editor that closes brackets leaves it); the completion is
 inserted there and the problem's tests run in the sandbox of ``eval
 humaneval``. ``--raw`` is the baseline: the same model's greedy continuation
 of the text before the cursor, cut after the first line (or as many lines as
@@ -26,6 +28,9 @@ from typing import Any
 
 from .eval_humaneval import latency_summary, passes, problems, progress_printer, save_results
 from .lsp_client import start_server, stop_server
+
+
+KINDS = ("line", "span", "call")
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,38 @@ def make_cases(rows: list[dict[str, Any]], kinds: tuple[str, ...] = ("line", "sp
             first = max((len(code) - size) // 2, 0)
             start, end = code[first], code[first + size - 1] + 1
             cases.append(_hole(row, body, start, end - start, "span"))
+        if "call" in kinds and (case := _call_hole(row, body, code)) is not None:
+            cases.append(case)
     return cases
+
+
+def _call_hole(row: dict[str, Any], body: list[str], code: list[int]) -> Case | None:
+    """A call's arguments blanked, the cursor after its ``(`` and the ``)`` still there, as an editor
+    that closes brackets leaves it: the code line nearest the body's middle that has such a call."""
+    from ..stoprule import code_chars
+
+    middle = len(code) // 2
+    for index in sorted(code, key=lambda i: abs(code.index(i) - middle)):
+        line = body[index]
+        depth, opened = 0, None
+        for offset, char in code_chars(line):
+            if char == "(":
+                if depth == 0 and offset > 0 and (line[offset - 1].isalnum() or line[offset - 1] in "_."):
+                    opened = offset
+                depth += 1
+            elif char == ")":
+                depth -= 1
+                if depth == 0 and opened is not None:
+                    if line[opened + 1 : offset].strip():
+                        prompt = row["prompt"] if row["prompt"].endswith("\n") else row["prompt"] + "\n"
+                        kept = body[:index] + [line[: opened + 1] + line[offset:]] + body[index + 1 :]
+                        following = next((l for l in body[index + 1 :] if l.strip()), "")
+                        return Case(task_id=row["task_id"], kind="call", document=prompt + "\n".join(kept) + "\n",
+                                    line=prompt.count("\n") + index, character=opened + 1,
+                                    original=[line[opened + 1 : offset]], following=following,
+                                    test=row["test"], entry_point=row["entry_point"])
+                    opened = None
+    return None
 
 
 def _hole(row: dict[str, Any], body: list[str], start: int, size: int, kind: str) -> Case:
@@ -179,7 +215,7 @@ def _docstring_lines(document: str) -> set[str]:
 
 def run(args: Any, settings: Any, server_args: list[str]) -> int:
     rows = problems(args.limit)
-    kinds = tuple(k for k in ("line", "span") if args.kind in (k, "both"))
+    kinds = tuple(k for k in KINDS if args.kind in (k, "all") or (args.kind == "both" and k != "call"))
     cases = make_cases(rows, kinds)
     mode = "raw" if args.raw else "phils"
     progress = progress_printer(len(cases))
