@@ -54,6 +54,7 @@ PROSE_SUFFIXES = (".md", ".markdown", ".mdx", ".txt", ".rst", ".tex", ".qmd", ".
 
 
 def is_python(ctx: CursorContext) -> bool:
+    """The document is Python (by the client's language id, else by its file name)."""
     if ctx.language_id:
         return ctx.language_id.lower() == "python"
     return ctx.uri.lower().endswith((".py", ".pyi"))

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .eval_humaneval import latency_summary, passes, problems, progress_printer, save_results
+from ..stoprule import code_chars
 from .lsp_client import start_server, stop_server
 
 
@@ -73,30 +74,37 @@ def make_cases(rows: list[dict[str, Any]], kinds: tuple[str, ...] = ("line", "sp
 
 def _call_hole(row: dict[str, Any], body: list[str], code: list[int]) -> Case | None:
     """A call's arguments blanked, the cursor after its ``(`` and the ``)`` still there, as an editor
-    that closes brackets leaves it: the code line nearest the body's middle that has such a call."""
-    from ..stoprule import code_chars
-
+    that closes brackets leaves it: on the code line nearest the body's middle that has such a call."""
     middle = len(code) // 2
-    for index in sorted(code, key=lambda i: abs(code.index(i) - middle)):
+    for _, index in sorted((abs(rank - middle), index) for rank, index in enumerate(code)):
         line = body[index]
-        depth, opened = 0, None
-        for offset, char in code_chars(line):
-            if char == "(":
-                if depth == 0 and offset > 0 and (line[offset - 1].isalnum() or line[offset - 1] in "_."):
-                    opened = offset
-                depth += 1
-            elif char == ")":
-                depth -= 1
-                if depth == 0 and opened is not None:
-                    if line[opened + 1 : offset].strip():
-                        prompt = row["prompt"] if row["prompt"].endswith("\n") else row["prompt"] + "\n"
-                        kept = body[:index] + [line[: opened + 1] + line[offset:]] + body[index + 1 :]
-                        following = next((l for l in body[index + 1 :] if l.strip()), "")
-                        return Case(task_id=row["task_id"], kind="call", document=prompt + "\n".join(kept) + "\n",
-                                    line=prompt.count("\n") + index, character=opened + 1,
-                                    original=[line[opened + 1 : offset]], following=following,
-                                    test=row["test"], entry_point=row["entry_point"])
-                    opened = None
+        arguments = _first_call_arguments(line)
+        if arguments is None:
+            continue
+        opened, closed = arguments
+        prompt = row["prompt"] if row["prompt"].endswith("\n") else row["prompt"] + "\n"
+        kept = body[:index] + [line[: opened + 1] + line[closed:]] + body[index + 1 :]
+        return Case(task_id=row["task_id"], kind="call", document=prompt + "\n".join(kept) + "\n",
+                    line=prompt.count("\n") + index, character=opened + 1, original=[line[opened + 1 : closed]],
+                    following=next((l for l in body[index + 1 :] if l.strip()), ""),
+                    test=row["test"], entry_point=row["entry_point"])
+    return None
+
+
+def _first_call_arguments(line: str) -> tuple[int, int] | None:
+    """The offsets of the ``(`` and ``)`` of the first outermost call in ``line`` with arguments."""
+    depth, opened = 0, None
+    for offset, char in code_chars(line):
+        if char == "(":
+            if depth == 0 and offset > 0 and (line[offset - 1].isalnum() or line[offset - 1] in "_."):
+                opened = offset
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth == 0 and opened is not None:
+                if line[opened + 1 : offset].strip():
+                    return opened, offset
+                opened = None
     return None
 
 
