@@ -170,8 +170,6 @@ def test_in_a_file_that_does_not_parse_yet_the_lines_after_the_finished_code_go(
 def test_a_markdown_fence_ends_a_suggestion_in_code_but_not_in_markdown():
     raw = "s)\n```\n\nThis will output:\n"
     assert finish("def f(s):\n    print(█", raw) == "s)"  # a body that is code, and goes on after the call
-    from phils.lsp.documents import cursor_context
-
     doc = TextDocument("file:///notes.md", "# Notes\n\n```python\nprint(1)\n")
     ctx = cursor_context(doc, 3, 8)
     shape = postprocess.shape_of(ctx)

@@ -54,17 +54,19 @@ PROSE_SUFFIXES = (".md", ".markdown", ".mdx", ".txt", ".rst", ".tex", ".qmd", ".
 
 
 def is_python(ctx: CursorContext) -> bool:
-    """The document is Python (by the client's language id, else by its file name)."""
-    if ctx.language_id:
-        return ctx.language_id.lower() == "python"
-    return ctx.uri.lower().endswith((".py", ".pyi"))
+    return _language_in(ctx, {"python"}, (".py", ".pyi"))
 
 
 def is_prose(ctx: CursorContext) -> bool:
-    """The document is text with code in it (by the client's language id, else by its file name)."""
+    """The document is text with code in it."""
+    return _language_in(ctx, PROSE_LANGUAGES, PROSE_SUFFIXES)
+
+
+def _language_in(ctx: CursorContext, languages: frozenset[str] | set[str], suffixes: tuple[str, ...]) -> bool:
+    """By the client's language id, else by the document's file name."""
     if ctx.language_id:
-        return ctx.language_id.lower() in PROSE_LANGUAGES
-    return ctx.uri.lower().endswith(PROSE_SUFFIXES)
+        return ctx.language_id.lower() in languages
+    return ctx.uri.lower().endswith(suffixes)
 
 
 FIT_LINES = 4  # candidates judged by the code below are written up to this many lines

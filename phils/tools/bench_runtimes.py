@@ -124,12 +124,14 @@ def _weight_bytes(runtime: str, args: Any) -> int | None:
     if runtime == LLAMA:
         return Path(args.gguf).stat().st_size
     if runtime.startswith("int4"):
-        from ..engine.int4_build import BLOCK_SIZE, HEAD, variant_name
+        from ..config import EngineSettings
+        from ..engine.int4_build import variant_name
         from ..engine.sources import cache_root
 
+        default = EngineSettings()  # what the server loads unless the runtime's settings say otherwise
         block = next((int(s.split("=")[1]) for s in PHILS_RUNTIMES[runtime] if s.startswith("engine.int4_block=")),
-                     BLOCK_SIZE)
-        variant = variant_name(block, HEAD)
+                     default.int4_block)
+        variant = variant_name(block, default.int4_head)
         built = sorted((cache_root() / "onnx-int4").glob(f"{Path(args.model).name}-*-{variant}/model.onnx.data"),
                        key=lambda p: p.stat().st_mtime)
         return built[-1].stat().st_size if built else None
