@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .engine.sources import hub_reachable
 from .machine import meminfo, usable_cores
 
 OPTIONAL = ("onnxruntime_genai", "gptqmodel", "optimum", "peft", "accelerate", "gguf")
@@ -55,6 +56,7 @@ def gather() -> dict[str, Any]:
             free, total = torch.cuda.mem_get_info(index)
             gpus.append({"name": torch.cuda.get_device_name(index), "free_gib": round(free / GIB, 1),
                          "total_gib": round(total / GIB, 1), "bf16": torch.cuda.is_bf16_supported()})
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
     return {
         "phils": __version__,
         "python": platform.python_version(),
@@ -68,7 +70,8 @@ def gather() -> dict[str, Any]:
         "memory": _memory(),
         "packages": {name: _version(name) for name in OPTIONAL},
         "hub_models": cached_models(),
-        "hub_offline": os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"),
+        "hub_offline": offline,
+        "hub_reachable": None if offline else hub_reachable(),
     }
 
 
@@ -100,7 +103,9 @@ def recommend(facts: dict[str, Any]) -> list[str]:
         advice.append("torch would use more threads than this process may run on: set engine.threads")
     if not any(m.startswith("microsoft/phi-2") for m in facts.get("hub_models", [])):
         advice.append("microsoft/phi-2 is not in the Hugging Face cache yet: the first start downloads 5.6 GB"
-                      + (" (but HF_HUB_OFFLINE is set: it cannot)" if facts.get("hub_offline") else ""))
+                      + (" (but HF_HUB_OFFLINE is set: it cannot)" if facts.get("hub_offline") else
+                         " (but the hub cannot be reached from here: it cannot; `--profile gemma3` works offline)"
+                         if facts.get("hub_reachable") is False else ""))
     return advice
 
 

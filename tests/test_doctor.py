@@ -44,6 +44,9 @@ def test_a_missing_phi2_download_is_mentioned_and_offline_mode_too():
     assert any("5.6 GB" in line and "HF_HUB_OFFLINE" in line for line in recommend(offline))
     cached = {**CPU_BOX, "hub_models": ["microsoft/phi-2"]}
     assert not any("5.6 GB" in line for line in recommend(cached))
+    unreachable = {**CPU_BOX, "hub_reachable": False}
+    assert any("5.6 GB" in line and "cannot be reached" in line for line in recommend(unreachable))
+    assert not any("cannot be reached" in line for line in recommend({**CPU_BOX, "hub_reachable": True}))
 
 
 def test_cached_models_are_read_from_the_hub_cache_layout(tmp_path):

@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,7 +29,7 @@ from .int8 import quantize_linears
 from .int4_build import build_int4, drop_stale_builds, variant_name
 from .mapping import own_copies
 from .runtime_torch import TorchRuntime
-from .sources import ModelSource, cache_root, resolve
+from .sources import ModelSource, cache_root, hub_endpoint, hub_reachable, resolve
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,13 @@ def load_model(settings: EngineSettings, report: Report = lambda message, percen
     _configure_threads(torch, settings.threads)
     device = _choose_device(torch, settings.device)
     dtype = _choose_dtype(torch, device, settings.dtype)
+    cache = cache_root(settings.cache_dir)
+    report("finding the model", 15)
+    source = resolve(settings.model, cache)
+    from_hub = not source.local or (settings.adapter and not Path(settings.adapter).expanduser().exists())
+    if from_hub and not settings.offline and not hub_reachable():
+        log.warning("the model hub (%s) cannot be reached: loading from the local cache only", hub_endpoint())
+        settings = replace(settings, offline=True)
     if settings.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
     # gptqmodel (GPTQ checkpoints) sizes its CPU worker pool from this; unset, it
@@ -67,9 +74,6 @@ def load_model(settings: EngineSettings, report: Report = lambda message, percen
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
-    cache = cache_root(settings.cache_dir)
-    report("finding the model", 15)
-    source = resolve(settings.model, cache)
     if source.gguf_file:
         report(f"converting {source.gguf_file} (first start only)", 25)
         source = _converted_gguf(source, cache, transformers, torch)
@@ -319,6 +323,8 @@ def _explain(exc: Exception, settings: EngineSettings) -> str:
             f"loaded; set engine.allow_pickle = true only if you trust them. ({text.splitlines()[0]})"
         )
     if "offline" in text.lower() or "local_files_only" in text or "couldn't connect" in text.lower():
-        return f"{settings.model} is not in the local model cache and the hub cannot be reached ({text.splitlines()[0]})"
+        return (f"{settings.model} is not in the local model cache and the hub cannot be reached. Connect once to "
+                "download it, or set engine.model to a local directory or .gguf file (the gemma3 and smollm2 "
+                f"profiles use models installed from PyPI). ({text.splitlines()[0]})")
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     return f"cannot load {settings.model}: {first}"
