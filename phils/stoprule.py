@@ -8,6 +8,7 @@ complete. The shape travels between the two processes as plain data.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -72,9 +73,9 @@ def stop_index(text: str, shape: Shape) -> int | None:
             return closed
         if cut >= 0:
             return cut
-        return _nesting_loop(text)
+        return _loop_in_line(text)
     lines = text.split("\n")
-    if (loop := _nesting_loop(lines[-1])) is not None:  # a later line goes whole
+    if (loop := _loop_in_line(lines[-1])) is not None:  # a later line goes whole
         return loop if len(lines) == 1 else len(text) - len(lines[-1]) - 1
     if (loop := _repetition_start(lines)) is not None:
         return loop
@@ -207,6 +208,23 @@ def code_chars(line: str) -> Iterator[tuple[int, str]]:
         else:
             yield index, char
 MAX_LOOP_UNIT = 40
+
+
+# A line that ends with the same text over and over (`unittest.mock.mock_tools.mock_tools…`,
+# seen with SmolLM2-135M in a Dockerfile) is a small model's loop; Tabby's client drops such
+# lines with these two patterns. A unit without a letter (`0.0, `, `=`) is data or a banner, and
+# one letter over and over (`"XXXXXXXX`) a placeholder on its way.
+_REPEATING_ENDS = (re.compile(r"(.{3,9}?)\1{5,}$"), re.compile(r"(.{10,40}?)\1{3,}$"))
+
+
+def _loop_in_line(line: str) -> int | None:
+    """Where a line's loop starts (its first copy), or None: nesting, or the same text repeated at its end."""
+    starts = [loop] if (loop := _nesting_loop(line)) is not None else []
+    for pattern in _REPEATING_ENDS:
+        found = pattern.search(line)
+        if found and any(char.isalpha() for char in found.group(1)) and len(set(found.group(1))) > 1:
+            starts.append(found.start())
+    return min(starts, default=None)
 
 
 def _nesting_loop(line: str) -> int | None:

@@ -193,6 +193,33 @@ def test_a_line_that_nests_the_same_call_in_itself_goes_whole():
     assert text[: postprocess.stop_index(text, postprocess.shape_of(block))] == "x = 1"
 
 
+def test_a_line_that_ends_with_the_same_text_over_and_over_is_a_loop():
+    # Seen with SmolLM2-135M in a Dockerfile: `RUN python -m unittest.mock.mock_tools.mock_tools…` to the limit.
+    docker = cursor_context(TextDocument("file:///app/Dockerfile", "FROM python:3.11-slim\nRUN "), 1, 4)
+    looping = "python -m unittest.mock" + ".mock_tools" * 6
+    assert postprocess.apply(looping, docker, postprocess.shape_of(docker)) == "python -m unittest.mock"
+    block = context("def f():\n    █")
+    text = "x = 1\n    return the the the the the the the"
+    assert text[: postprocess.stop_index(text, postprocess.shape_of(block))] == "x = 1"
+    line = postprocess.shape_of(context("x = █\n"))
+    # Data, banners and one letter over and over are not loops, nor is a unit said three times.
+    for fine in ("[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0", "'=' * 40  # ==================================",
+                 '"XXXXXXXXXXXXXXXXXXXXXXXXXXXX', "f(a), f(a), f(a)"):
+        assert postprocess.stop_index(fine, line) is None, fine
+
+
+def test_lines_at_the_end_that_only_open_a_comment_go():
+    # Seen with SmolLM2-135M in a shell script.
+    script = cursor_context(TextDocument("file:///run.sh", "#!/bin/sh\nset -e\n"), 2, 0)
+    shape = postprocess.shape_of(script)
+    assert postprocess.apply("# 1.1.1.1\n\n#", script, shape) == "# 1.1.1.1"
+    c = cursor_context(TextDocument("file:///a.c", "int main(void) {\n    "), 1, 4)
+    assert postprocess.apply("//", c, postprocess.shape_of(c)) == ""
+    assert postprocess.apply("x = 1;  // one\n    return x;", c, postprocess.shape_of(c)) == "x = 1;  // one\n    return x;"
+    typed = cursor_context(TextDocument("file:///a.py", "x = 1  "), 0, 7)  # the user's code before it stays
+    assert postprocess.apply("#", typed, postprocess.shape_of(typed)) == "#"
+
+
 def test_after_code_on_its_line_a_suggestion_finishes_that_statement():
     # Seen with SmolLM2-135M: `os.path.` + a call, then a whole unrelated test function.
     assert finish("import os\n\nos.path.█", 'exists("a.txt")\n\ndef test_file():\n    pass\n') == 'exists("a.txt")'

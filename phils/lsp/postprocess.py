@@ -234,6 +234,22 @@ def drop_repeat_of_next_line(text: str, ctx: CursorContext, shape: Shape) -> str
     return text
 
 
+BARE_COMMENT_MARKERS = frozenset({"#", "//", "--", "/*", "*", "<!--"})
+
+
+def drop_bare_comment_markers_at_end(text: str, ctx: CursorContext, shape: Shape) -> str:
+    """Lines at the end that hold only a comment marker (`#`) go: the model stopped before saying anything.
+
+    (Seen with SmolLM2-135M in a shell script: `# 1.1.1.1`, a blank line, then `#`.)
+    """
+    lines = text.split("\n")
+    while lines and lines[-1].strip() in BARE_COMMENT_MARKERS and (len(lines) > 1 or not ctx.line_prefix.strip()):
+        lines.pop()
+        while len(lines) > 1 and not lines[-1].strip():
+            lines.pop()
+    return "\n".join(lines)
+
+
 FILTERS: tuple[Callable[[str, CursorContext, Shape], str], ...] = (
     cut_at_stop,
     trim_trailing_whitespace,
@@ -243,6 +259,7 @@ FILTERS: tuple[Callable[[str, CursorContext, Shape], str], ...] = (
     drop_lines_that_follow,
     keep_parsing_lines,
     drop_repeat_of_next_line,
+    drop_bare_comment_markers_at_end,
 )
 
 
