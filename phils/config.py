@@ -99,6 +99,9 @@ class CompletionSettings:
     # Signatures and docstrings of what the document imports from other modules of the
     # workspace, at the top of the prompt (at most a quarter of it).
     project_context: bool = True
+    # In Python, lines that make the code up to the cursor invalid (not just unfinished) go. The
+    # server's own Python judges: turn this off for syntax newer than it.
+    python_syntax: bool = True
     timeout_ms: int = _int(0, 0, 600_000)  # longest a request may decode; 0 = no limit
     warmup_ms: int = _int(150, 0, 60_000)  # prefill this long after the last edit; 0 = never
     # While a suggestion is shown, compute the one that follows accepting it (engine time that no

@@ -24,7 +24,7 @@ METHODS = [
 
 @pytest.fixture(scope="module")
 def server(tiny_model):
-    srv = RawServer("--model", str(tiny_model), "--set", "engine.ignore_stops=true",
+    srv = RawServer("--model", str(tiny_model), "--set", "engine.ignore_stops=true", "--set", "completion.python_syntax=false",
                     "--set", "engine.max_new_tokens=4", "--set", "engine.threads=1")
     srv.initialize()
     srv.open(DOC, TEXT)

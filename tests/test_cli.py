@@ -21,7 +21,7 @@ def test_complete_prints_the_suggestion_as_json(tiny_model, tmp_path):
     source = tmp_path / "example.py"
     source.write_text('def add(a, b):\n    """Sum."""\n    \n')
     done = phils("complete", str(source), "--line", "2", "--col", "4", "--model", str(tiny_model),
-                 "--set", "engine.ignore_stops=true", "--set", "engine.max_new_tokens=5")
+                 "--set", "engine.ignore_stops=true", "--set", "completion.python_syntax=false", "--set", "engine.max_new_tokens=5")
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)
     assert answer["range"] == {"start": {"line": 2, "character": 4}, "end": {"line": 2, "character": 4}}

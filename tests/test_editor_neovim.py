@@ -53,7 +53,8 @@ def nvim(tiny_model, tmp_path_factory):
             local python, model = ...
             require('phils').setup{
               cmd = { python, '-m', 'phils', 'serve', '--model', model,
-                      '--set', 'engine.ignore_stops=true', '--set', 'completion.multiline=false' },
+                      '--set', 'engine.ignore_stops=true', '--set', 'completion.python_syntax=false',
+                      '--set', 'completion.multiline=false' },
               max_tokens = 6,
               settings = { engine = { threads = 1 } },
             }

@@ -27,7 +27,7 @@ vim.opt.rtp:prepend(os.getenv("PHILS_PLUGIN"))
 vim.o.termguicolors = false  -- a 256-colour terminal, as in tmux without Tc
 require("phils").setup{
   cmd = { os.getenv("PHILS_PYTHON"), "-m", "phils", "serve", "--model", os.getenv("PHILS_MODEL"),
-          "--set", "engine.ignore_stops=true", "--set", "completion.multiline=false",
+          "--set", "engine.ignore_stops=true", "--set", "completion.python_syntax=false", "--set", "completion.multiline=false",
           "--set", "engine.kv_cache_mb=47" },
   max_tokens = 6,
 }

@@ -38,7 +38,7 @@ ARTIFACTS = ROOT / "tests" / "artifacts"
 SOURCE = "def add(a, b):\n    return"
 TYPED = " a"
 # Fixed-length single-line suggestions from the random model, on one thread.
-SERVER_FLAGS = ["--set", "engine.ignore_stops=true", "--set", "engine.max_new_tokens=6",
+SERVER_FLAGS = ["--set", "engine.ignore_stops=true", "--set", "completion.python_syntax=false", "--set", "engine.max_new_tokens=6",
                 "--set", "completion.multiline=false", "--set", "engine.threads=1"]
 
 missing = [str(p) for p in (NODE_BIN / "node", CODE_SERVER, VSIX, CHROMIUM) if not p.exists()]

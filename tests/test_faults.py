@@ -33,7 +33,7 @@ def statuses(server: RawServer) -> list[str]:
 
 def test_an_exception_in_generation_is_an_error_status_and_the_next_request_works(tiny_model, tmp_path):
     server = RawServer("--model", str(broken_tokenizer_model(tiny_model, tmp_path)),
-                       "--set", "engine.ignore_stops=true", "--set", "engine.max_new_tokens=4",
+                       "--set", "engine.ignore_stops=true", "--set", "completion.python_syntax=false", "--set", "engine.max_new_tokens=4",
                        "--set", "completion.warmup_ms=0")
     try:
         server.initialize()

@@ -14,7 +14,7 @@ from phils.tools.bench_load import run_flood
 def test_a_flood_of_edits_never_waits_behind_generation(tiny_model):
     # Drafts off: the random model's loops would let them write 64 tokens in a few passes, and this
     # test needs a generation that keeps the model busy.
-    result = run_flood(["--model", str(tiny_model), "--set", "engine.ignore_stops=true",
+    result = run_flood(["--model", str(tiny_model), "--set", "engine.ignore_stops=true", "--set", "completion.python_syntax=false",
                         "--set", "engine.max_new_tokens=64", "--set", "engine.threads=1",
                         "--set", "engine.draft_tokens=0"],
                        seconds=10, edits_per_s=1000, env=server_env(), cwd=str(ROOT))

@@ -13,6 +13,8 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 from conftest import server_env
 
 from phils.engine.sources import hub_reachable
@@ -28,7 +30,7 @@ def no_network_env(hf_home) -> dict[str, str]:
     env = server_env()
     for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         env.pop(name, None)
-    env.update(HF_HOME=str(hf_home), HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}")
+    env.update(HF_HOME=str(hf_home), HF_HUB_CACHE=str(hf_home / "hub"), HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}")
     return env
 
 
@@ -88,3 +90,18 @@ def test_a_hub_model_that_is_not_cached_fails_with_a_way_out(tmp_path):
     assert done.returncode == 1 and done.stdout == ""
     assert "acme/not-downloaded is not in the local model cache and the hub cannot be reached" in done.stderr
     assert "set engine.model to a local directory" in done.stderr
+
+
+def test_loading_keeps_the_users_hub_cache_when_gptqmodel_is_imported(tiny_model, tmp_path):
+    # gptqmodel's tokenicer sets an unset HF_HOME to /tmp/tokenicer_hf_home when imported.
+    pytest.importorskip("gptqmodel", reason="needs the GPTQ extra (phils[gptq])")
+    env = server_env()
+    for name in ("HF_HOME", "HF_HUB_CACHE", "TRANSFORMERS_CACHE", "HF_MODULES_CACHE"):
+        env.pop(name, None)
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    script = (f"from phils.config import EngineSettings; from phils.engine.loader import load_model; "
+              f"load_model(EngineSettings(model={str(tiny_model)!r}, threads=1)); import gptqmodel, os; "
+              "print(os.environ['HF_HOME'])")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == str(tmp_path / "cache" / "huggingface")

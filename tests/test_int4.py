@@ -204,7 +204,7 @@ async def test_the_shared_engine_serves_int4_completions_over_lsp(tiny80_model, 
 
     uri = "file:///work/int4.py"
     async with phils_server("--model", str(tiny80_model), "--set", "engine.quantize=int4",
-                            "--set", f"engine.cache_dir={int4_settings.cache_dir}", "--set", "engine.ignore_stops=true",
+                            "--set", f"engine.cache_dir={int4_settings.cache_dir}", "--set", "engine.ignore_stops=true", "--set", "completion.python_syntax=false",
                             "--set", "engine.max_new_tokens=6", env=server_env()) as client:
         assert client.status.states[-1]["state"] == "ready", client.status.states[-1]
         assert "int4" in client.status.states[-1]["message"]

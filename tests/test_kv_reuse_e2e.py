@@ -28,7 +28,7 @@ def type_text(client, version: int, line: int, character: int, text: str) -> Non
 
 async def test_a_pause_in_typing_prefills_the_prompt_so_the_request_computes_almost_nothing(tiny_model):
     async with phils_server("--model", str(tiny_model), "--set", "completion.warmup_ms=50",
-                            "--set", "engine.ignore_stops=true", "--set", "engine.max_new_tokens=4") as client:
+                            "--set", "engine.ignore_stops=true", "--set", "completion.python_syntax=false", "--set", "engine.max_new_tokens=4") as client:
         open_doc(client, URI, SOURCE)
         type_text(client, 2, 5, 4, "return")
         warmed = await wait_until(client, lambda s: s["warmups"] >= 1 and not s["busy"])
@@ -42,7 +42,7 @@ async def test_a_pause_in_typing_prefills_the_prompt_so_the_request_computes_alm
 
 async def test_typing_the_start_of_a_suggestion_answers_the_rest_without_the_model(tiny_model):
     async with phils_server("--model", str(tiny_model), "--set", "completion.warmup_ms=0",
-                            "--set", "engine.ignore_stops=true", "--set", "engine.max_new_tokens=8",
+                            "--set", "engine.ignore_stops=true", "--set", "completion.python_syntax=false", "--set", "engine.max_new_tokens=8",
                             "--set", "completion.multiline=false") as client:
         open_doc(client, URI, SOURCE)
         first = (await inline(client, URI, 5, 4)).items[0].insert_text
@@ -61,7 +61,7 @@ async def test_typing_the_start_of_a_suggestion_answers_the_rest_without_the_mod
 
 
 async def test_after_accepting_a_suggestion_the_next_was_computed_while_it_was_shown(tiny_model):
-    settings = ["--set", "completion.warmup_ms=0", "--set", "engine.ignore_stops=true",
+    settings = ["--set", "completion.warmup_ms=0", "--set", "engine.ignore_stops=true", "--set", "completion.python_syntax=false",
                 "--set", "engine.max_new_tokens=6", "--set", "completion.multiline=false"]
     async with phils_server("--model", str(tiny_model), *settings) as client:
         open_doc(client, URI, SOURCE)

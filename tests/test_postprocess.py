@@ -220,6 +220,23 @@ def test_lines_at_the_end_that_only_open_a_comment_go():
     assert postprocess.apply("#", typed, postprocess.shape_of(typed)) == "#"
 
 
+def test_python_that_no_continuation_can_repair_goes():
+    # Seen with Gemma 3 270M in an almost empty .py file.
+    assert finish("import █", "{ Component, OnInit } from '@angular/core';") == ""
+    assert finish("import █", "os") == "os"
+    # Unfinished is fine: the rest of the line, or of the statement, comes later.
+    assert finish("print(greet(█))\n", "'John'") == "'John'"
+    assert finish("total = compute(█", "a, b,") == "a, b,"
+    assert finish("s = '''█", "Docstring") == "Docstring"
+    # The lines up to the first that breaks the code stay.
+    assert finish("def f(x):\n    █", "y = x + 1\n    return y }") == "y = x + 1"
+    # Code before the cursor that is broken already, or code after it, is not the suggestion's fault.
+    assert finish("print 'x'\ny = █", "1") == "1"
+    assert finish("y = █\nx = = 2\n", "1") == "1"
+    js = cursor_context(TextDocument("file:///a.js", "import "), 0, 7)
+    assert postprocess.apply("{ a } from 'b';", js, postprocess.shape_of(js)) == "{ a } from 'b';"
+
+
 def test_after_code_on_its_line_a_suggestion_finishes_that_statement():
     # Seen with SmolLM2-135M: `os.path.` + a call, then a whole unrelated test function.
     assert finish("import os\n\nos.path.█", 'exists("a.txt")\n\ndef test_file():\n    pass\n') == 'exists("a.txt")'

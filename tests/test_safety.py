@@ -25,7 +25,7 @@ async def test_a_hundred_open_documents_keep_the_kv_cache_within_its_budget(tiny
 async def _completion_logged(tiny_model, tmp_path, *extra: str) -> str:
     log_file = tmp_path / "server.log"
     async with phils_server("--model", str(tiny_model), "--log-level", "debug", "--log-file", str(log_file),
-                            "--set", "engine.max_new_tokens=6", "--set", "engine.ignore_stops=true", *extra) as client:
+                            "--set", "engine.max_new_tokens=6", "--set", "engine.ignore_stops=true", "--set", "completion.python_syntax=false", *extra) as client:
         uri = "file:///private/settings.py"
         open_doc(client, uri, f'PASSWORD = "{SECRET}"\n\ndef login(user):\n    return')
         answer = await inline(client, uri, 3, 10)

@@ -16,7 +16,7 @@ SOURCE = 'import os\n\n\ndef add(a, b):\n    """Return the sum of a and b."""\n 
 
 
 async def test_capabilities_and_inline_completion_at_the_cursor(tiny_model):
-    async with phils_server("--model", str(tiny_model), "--set", "engine.ignore_stops=true",
+    async with phils_server("--model", str(tiny_model), "--set", "engine.ignore_stops=true", "--set", "completion.python_syntax=false",
                             "--set", "engine.max_new_tokens=6") as client:
         caps = client.init_result.capabilities
         assert caps.inline_completion_provider is not None
@@ -36,7 +36,7 @@ async def test_capabilities_and_inline_completion_at_the_cursor(tiny_model):
 
 
 async def test_completion_fallback_gives_the_same_suggestion_as_a_text_edit(tiny_model):
-    async with phils_server("--model", str(tiny_model), "--set", "engine.ignore_stops=true",
+    async with phils_server("--model", str(tiny_model), "--set", "engine.ignore_stops=true", "--set", "completion.python_syntax=false",
                             "--set", "engine.max_new_tokens=6", "--set", "completion.multiline=false") as client:
         open_doc(client, URI, SOURCE)
         ghost = await inline(client, URI, 9, 4)
@@ -66,7 +66,7 @@ async def test_progress_and_status_while_the_model_loads(tiny_model):
 
 
 async def test_edits_are_applied_incrementally_before_completing(tiny_model):
-    async with phils_server("--model", str(tiny_model), "--set", "engine.ignore_stops=true",
+    async with phils_server("--model", str(tiny_model), "--set", "engine.ignore_stops=true", "--set", "completion.python_syntax=false",
                             "--set", "engine.max_new_tokens=4", "--log-level", "debug") as client:
         open_doc(client, URI, "x = 1\n")
         client.text_document_did_change(
@@ -150,7 +150,7 @@ async def test_changing_the_model_setting_reloads_it(tiny_model, tmp_path):
 
 async def test_cancel_request_stops_the_decode_loop(tiny_model):
     # ignore_stops makes the model decode until max_new_tokens: a long generation.
-    async with phils_server("--model", str(tiny_model), "--set", "engine.ignore_stops=true",
+    async with phils_server("--model", str(tiny_model), "--set", "engine.ignore_stops=true", "--set", "completion.python_syntax=false",
                             "--set", "engine.max_new_tokens=1900") as client:
         open_doc(client, URI, SOURCE)
         msg_id, answer = start_inline(client, URI, 9, 4)
@@ -171,7 +171,7 @@ async def test_cancel_request_stops_the_decode_loop(tiny_model):
 
 
 async def test_a_newer_request_for_the_same_document_supersedes_the_older(tiny_model):
-    async with phils_server("--model", str(tiny_model), "--set", "engine.ignore_stops=true",
+    async with phils_server("--model", str(tiny_model), "--set", "engine.ignore_stops=true", "--set", "completion.python_syntax=false",
                             "--set", "engine.max_new_tokens=1900") as client:
         open_doc(client, URI, SOURCE)
         _, first = start_inline(client, URI, 9, 4)

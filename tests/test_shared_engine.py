@@ -27,7 +27,7 @@ SOURCE = 'def add(a, b):\n    return'
 
 def front(tiny_model, *extra: str) -> RawServer:
     return RawServer("--model", str(tiny_model), "--set", "engine.max_new_tokens=4",
-                     "--set", "engine.ignore_stops=true", "--set", "completion.warmup_ms=0", *extra)
+                     "--set", "engine.ignore_stops=true", "--set", "completion.python_syntax=false", "--set", "completion.warmup_ms=0", *extra)
 
 
 def engine_of(server: RawServer) -> dict:

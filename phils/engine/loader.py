@@ -71,6 +71,12 @@ def load_model(settings: EngineSettings, report: Report = lambda message, percen
     # gptqmodel (GPTQ checkpoints) sizes its CPU worker pool from this; unset, it
     # asks for more workers than its default pool has on a 2-core machine.
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(2, torch.get_num_threads())))
+    # Importing gptqmodel (GPTQ checkpoints; peft imports it too) runs tokenicer, which points an
+    # unset HF_HOME at /tmp/tokenicer_hf_home: pin the hub's own default first, so models are
+    # found in, and downloaded to, the user's cache.
+    from huggingface_hub import constants as hub_constants
+
+    os.environ.setdefault("HF_HOME", hub_constants.HF_HOME)
     import transformers
 
     transformers.utils.logging.disable_progress_bar()

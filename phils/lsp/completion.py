@@ -400,7 +400,7 @@ async def _pipeline(
     text = built.forced + prompt.heal(result.text, strip)
     if result.reason in ("length", "deadline") and not shape.single_line:
         text = postprocess.drop_unfinished_line(text)
-    text, emptied_by = postprocess.apply_explained(text, ctx, shape)
+    text, emptied_by = postprocess.apply_explained(text, ctx, shape, settings.completion.python_syntax)
     total_ms = (time.monotonic() - started) * 1000
     suggestion = None
     if text and result.reason != "cancelled":

@@ -8,6 +8,8 @@ runs the ordered filters on the final text.
 from __future__ import annotations
 
 import ast
+import codeop
+import warnings
 from dataclasses import replace
 from typing import Callable
 
@@ -224,6 +226,42 @@ def keep_parsing_lines(text: str, ctx: CursorContext, shape: Shape) -> str:
     return text
 
 
+def keep_valid_python(text: str, ctx: CursorContext, shape: Shape) -> str:
+    """In Python, the suggestion's lines that turn the code up to the cursor into invalid code go.
+
+    Unfinished code is fine (``print(`` + ``x``: the rest comes later); code
+    no continuation can repair is not (``import `` + ``{ Component } from
+    '@angular/core';``, seen with Gemma 3 270M in an almost empty file). The
+    code after the cursor is left out of the judgement, except the rest of the
+    cursor's line; it may be broken for reasons of its own.
+    """
+    if not is_python(ctx) or not text.strip() or len(ctx.prefix) > MAX_PARSE_CHARS:
+        return text
+    if _python_state(ctx.prefix + "x" + ctx.line_suffix) == "invalid" and _python_state(ctx.prefix) == "invalid":
+        return text  # broken before the suggestion: nothing to judge it by
+    lines = text.split("\n")
+    for end in range(len(lines), max(len(lines) - MAX_PARSE_TRIES, 0), -1):
+        candidate = "\n".join(lines[:end]).rstrip()
+        rest = ctx.line_suffix if end == 1 else ""
+        if _python_state(ctx.prefix + candidate + rest) != "invalid":
+            return candidate if end < len(lines) else text
+    return ""
+
+
+def _python_state(source: str) -> str:
+    """``valid``, ``unfinished`` (some continuation makes it valid) or ``invalid`` Python; ``unknown``."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # invalid escapes and the like are the user's business
+            compile(source, "<suggestion>", "exec", dont_inherit=True,
+                    flags=codeop.PyCF_ALLOW_INCOMPLETE_INPUT | codeop.PyCF_DONT_IMPLY_DEDENT | ast.PyCF_ONLY_AST)
+        return "valid"
+    except SyntaxError as exc:
+        return "unfinished" if "incomplete input" in str(exc.msg) else "invalid"
+    except (ValueError, RecursionError, MemoryError):
+        return "unknown"
+
+
 def drop_repeat_of_next_line(text: str, ctx: CursorContext, shape: Shape) -> str:
     """A suggestion that only repeats the line below the cursor is noise."""
     first = ctx.line_prefix + text
@@ -258,6 +296,7 @@ FILTERS: tuple[Callable[[str, CursorContext, Shape], str], ...] = (
     balance_brackets,
     drop_lines_that_follow,
     keep_parsing_lines,
+    keep_valid_python,
     drop_repeat_of_next_line,
     drop_bare_comment_markers_at_end,
 )
@@ -267,9 +306,11 @@ def apply(text: str, ctx: CursorContext, shape: Shape) -> str:
     return apply_explained(text, ctx, shape)[0]
 
 
-def apply_explained(text: str, ctx: CursorContext, shape: Shape) -> tuple[str, str]:
+def apply_explained(text: str, ctx: CursorContext, shape: Shape, python_syntax: bool = True) -> tuple[str, str]:
     """The filtered text, and the name of the filter that emptied it ("" when none did)."""
     for step in FILTERS:
+        if step is keep_valid_python and not python_syntax:
+            continue
         before = text
         text = step(text, ctx, shape)
         if before.strip() and not text.strip():
