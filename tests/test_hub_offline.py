@@ -17,6 +17,7 @@ import pytest
 
 from conftest import server_env
 
+from phils.engine.loader import cached_from_hub
 from phils.engine.sources import hub_reachable
 
 
@@ -105,3 +106,11 @@ def test_loading_keeps_the_users_hub_cache_when_gptqmodel_is_imported(tiny_model
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == str(tmp_path / "cache" / "huggingface")
+
+
+def test_a_first_start_knows_it_will_download(tiny_model, tmp_path):
+    # The editor's status then says "downloading microsoft/phi-2 ..." instead of "loading the tokenizer".
+    cache_as_hub_model(tiny_model, tmp_path / "hf", "acme/tiny-phi")
+    assert cached_from_hub("acme/tiny-phi", cache_dir=str(tmp_path / "hf" / "hub"))
+    assert not cached_from_hub("acme/other", cache_dir=str(tmp_path / "hf" / "hub"))
+    assert not cached_from_hub("acme/tiny-phi", revision="v2", cache_dir=str(tmp_path / "hf" / "hub"))

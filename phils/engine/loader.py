@@ -77,6 +77,10 @@ def load_model(settings: EngineSettings, report: Report = lambda message, percen
     from huggingface_hub import constants as hub_constants
 
     os.environ.setdefault("HF_HOME", hub_constants.HF_HOME)
+    fetching = ""  # said while the first start downloads the files (5.6 GB for Phi-2)
+    if not source.local and not settings.offline and not cached_from_hub(source.location, settings.revision):
+        fetching = f"downloading {source.location} (first start only) and "
+        report(f"downloading {source.location} from the model hub (first start only)", 20)
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
@@ -87,13 +91,13 @@ def load_model(settings: EngineSettings, report: Report = lambda message, percen
         report("rewriting an old-layout Phi checkpoint (first start only)", 25)
         source = _converted_legacy(legacy, cache)
     common = _hub_options(settings, source)
-    report("loading the tokenizer", 35)
+    report(f"{fetching}loading the tokenizer", 35)
     try:
         _refuse_remote_code(transformers, source, settings, common)
         tokenizer = transformers.AutoTokenizer.from_pretrained(source.location, **common)
         if settings.quantize == "int4":
             return _load_int4(settings, source, cache, tokenizer, device, report, started)
-        report(f"loading weights ({str(dtype).removeprefix('torch.')} on {device})", 50)
+        report(f"{fetching}loading weights ({str(dtype).removeprefix('torch.')} on {device})", 50)
         model = transformers.AutoModelForCausalLM.from_pretrained(
             source.location,
             dtype=dtype,
@@ -161,6 +165,17 @@ def _load_int4(settings: EngineSettings, source: ModelSource, cache: Path, token
     log.info("loaded %s as int4 (ONNX Runtime GenAI) in %.1f s", source.describe(), seconds)
     return LoadedModel(None, tokenizer, "cpu", "int4 weights, int8 activations (ONNX Runtime GenAI)", source,
                        seconds, runtime)
+
+
+def cached_from_hub(repo: str, revision: str = "", cache_dir: str | None = None) -> bool:
+    """Whether the hub model ``repo`` has been downloaded before (its config.json is in the local cache)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo, "config.json", cache_dir=cache_dir, revision=revision or None)
+    except Exception:  # a malformed id or cache: the load itself will say what is wrong
+        return False
+    return isinstance(found, str)
 
 
 def _checkpoint_directory(source: ModelSource, settings: EngineSettings) -> Path:
