@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .engine.sources import hub_reachable
+from .engine.sources import hub_offline_by_env, hub_reachable
 from .machine import meminfo, usable_cores
 
 OPTIONAL = ("onnxruntime_genai", "gptqmodel", "optimum", "peft", "accelerate", "gguf")
@@ -56,7 +56,7 @@ def gather() -> dict[str, Any]:
             free, total = torch.cuda.mem_get_info(index)
             gpus.append({"name": torch.cuda.get_device_name(index), "free_gib": round(free / GIB, 1),
                          "total_gib": round(total / GIB, 1), "bf16": torch.cuda.is_bf16_supported()})
-    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    offline = hub_offline_by_env()
     return {
         "phils": __version__,
         "python": platform.python_version(),

@@ -114,3 +114,11 @@ def test_a_first_start_knows_it_will_download(tiny_model, tmp_path):
     assert cached_from_hub("acme/tiny-phi", cache_dir=str(tmp_path / "hf" / "hub"))
     assert not cached_from_hub("acme/other", cache_dir=str(tmp_path / "hf" / "hub"))
     assert not cached_from_hub("acme/tiny-phi", revision="v2", cache_dir=str(tmp_path / "hf" / "hub"))
+
+
+def test_hf_hub_offline_in_the_environment_means_no_probe(monkeypatch):
+    from phils.engine.sources import hub_offline_by_env
+
+    for value, offline in (("1", True), ("true", True), ("ON", True), ("0", False), ("", False), ("false", False)):
+        monkeypatch.setenv("HF_HUB_OFFLINE", value)
+        assert hub_offline_by_env() is offline, value

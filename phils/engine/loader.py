@@ -29,7 +29,7 @@ from .int8 import quantize_linears
 from .int4_build import build_int4, drop_stale_builds, variant_name
 from .mapping import own_copies
 from .runtime_torch import TorchRuntime
-from .sources import ModelSource, cache_root, hub_endpoint, hub_reachable, resolve
+from .sources import ModelSource, cache_root, hub_endpoint, hub_offline_by_env, hub_reachable, resolve
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,9 @@ def load_model(settings: EngineSettings, report: Report = lambda message, percen
     report("finding the model", 15)
     source = resolve(settings.model, cache)
     from_hub = not source.local or (settings.adapter and not Path(settings.adapter).expanduser().exists())
-    if from_hub and not settings.offline and not hub_reachable():
+    if hub_offline_by_env():
+        settings = replace(settings, offline=True)
+    elif from_hub and not settings.offline and not hub_reachable():
         log.warning("the model hub (%s) cannot be reached: loading from the local cache only", hub_endpoint())
         settings = replace(settings, offline=True)
     if settings.offline:

@@ -100,6 +100,11 @@ def hub_endpoint() -> str:
     return os.environ.get("HF_ENDPOINT", "").rstrip("/") or "https://huggingface.co"
 
 
+def hub_offline_by_env() -> bool:
+    """The user told huggingface_hub not to go online (HF_HUB_OFFLINE, read as huggingface_hub reads it)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+
 def hub_reachable(endpoint: str = "", timeout: float = HUB_TIMEOUT_S) -> bool:
     """Whether the model hub accepts a connection (a configured proxy is trusted to reach it).
 
