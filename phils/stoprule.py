@@ -27,6 +27,8 @@ class Shape:
     statement: bool = False  # end with the first statement: at a later line indented no deeper than the first
     code: bool = True  # the document is code: a Markdown fence (```) ends the text, as the model's prose begins
     line_suffix: str = ""  # what follows the cursor on its line: the text ends where it closes what that closes
+    string_end: str = ""  # the cursor is in a string that this closes (a docstring's """): the text ends there
+    string_end_below: bool = False  # ... and the document already closes it after the cursor: end before it
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -48,6 +50,8 @@ class Shape:
                 statement=bool(data.get("statement", False)),
                 code=bool(data.get("code", True)),
                 line_suffix=str(data.get("line_suffix", "")),
+                string_end=str(data.get("string_end", "")),
+                string_end_below=bool(data.get("string_end_below", False)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"bad stop rule: {exc}") from None
@@ -55,6 +59,22 @@ class Shape:
 
 
 def stop_index(text: str, shape: Shape) -> int | None:
+    """Where the suggestion ``text`` must end, or None while it may go on (see ``_stop_index``).
+
+    Inside a string that a delimiter closes (the cursor right after a
+    docstring's opening quotes), the text also ends where it closes it: the
+    docstring, not the body the model goes on to write, is what the user is
+    typing; the body is the next request's, with the finished docstring in
+    the prompt.
+    """
+    if shape.string_end and (at := text.find(shape.string_end)) >= 0:
+        end = at if shape.string_end_below else at + len(shape.string_end)
+        inner = _stop_index(text[:end], shape)
+        return end if inner is None else min(inner, end)
+    return _stop_index(text, shape)
+
+
+def _stop_index(text: str, shape: Shape) -> int | None:
     """Where the suggestion ``text`` must end, or None while it may go on.
 
     Stops: end of line in single-line mode; a non-blank line indented less than

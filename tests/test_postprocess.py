@@ -220,6 +220,21 @@ def test_lines_at_the_end_that_only_open_a_comment_go():
     assert postprocess.apply("#", typed, postprocess.shape_of(typed)) == "#"
 
 
+def test_in_a_docstring_the_suggestion_ends_where_the_docstring_does():
+    # Seen with Gemma 3 270M right after `"""`: the docstring, then a body and a run of prints (5.9 s).
+    written = '\n    Calculates the area of a circle.\n    """\n    area = 2*pi*r**2\n    print(area)'
+    assert finish('def area(r):\n    """█', written) == '\n    Calculates the area of a circle.\n    """'
+    # The document closes it already: the text ends before the closing quotes, which stay where they are.
+    assert finish("def area(r):\n    '''█\n    '''\n", "Area of a circle.\n    '''\n    return r") == "Area of a circle."
+    # Closed strings before the cursor, and other languages, change nothing.
+    assert finish('def f():\n    """Doc."""\n    █', "return 1") == "return 1"
+    js = cursor_context(TextDocument("file:///a.js", 'const s = """'), 0, 13)
+    assert postprocess.shape_of(js).string_end == ""
+    shape = postprocess.shape_of(context('x = 1\ns = r"""█'))
+    assert shape.string_end == '"""' and not shape.string_end_below
+    assert postprocess.Shape.from_dict(shape.as_dict()) == shape  # it travels to the engine
+
+
 def test_python_that_no_continuation_can_repair_goes():
     # Seen with Gemma 3 270M in an almost empty .py file.
     assert finish("import █", "{ Component, OnInit } from '@angular/core';") == ""

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ast
 import codeop
+import io
+import tokenize
 import warnings
 from dataclasses import replace
 from typing import Callable
@@ -34,6 +36,7 @@ def shape_of(ctx: CursorContext, multiline: bool = True, max_lines: int = 24, mi
     """
     min_indent = _block_indent(ctx)
     following = ctx.next_line
+    string_end = open_triple_quote(ctx.prefix) if is_python(ctx) else ""
     below = indent_width(following) if following.strip() else -1
     return Shape(
         single_line=ctx.single_line or not multiline,
@@ -46,7 +49,28 @@ def shape_of(ctx: CursorContext, multiline: bool = True, max_lines: int = 24, mi
         statement=below == min_indent and mid_block == "statement",
         code=not is_prose(ctx),
         line_suffix=ctx.line_suffix,
+        string_end=string_end,
+        string_end_below=bool(string_end) and string_end in ctx.suffix,
     )
+
+
+def open_triple_quote(source: str) -> str:
+    """The triple quote (double or single) that opens the string Python ``source`` ends inside, or ""."""
+    last = max(source.rfind('"""'), source.rfind("'''"))
+    if last < 0 or source.count(source[last:last + 3]) % 2 == 0 or len(source) > MAX_PARSE_CHARS:
+        return ""  # the cheap answer; tokenizing (below) is for the rare odd count
+    try:
+        for _ in tokenize.generate_tokens(io.StringIO(source).readline):
+            pass
+    except tokenize.TokenError as exc:
+        message, (line, column) = exc.args
+        if "multi-line string" not in message:
+            return ""
+        opened = source.splitlines()[line - 1][column:].lstrip("rRbBuUfF")[:3]
+        return opened if opened in ('"""', "'''") else ""
+    except (SyntaxError, ValueError):
+        return ""
+    return ""
 
 
 # Documents where a Markdown fence is content, not the model leaving the code.
