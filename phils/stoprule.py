@@ -227,7 +227,6 @@ def code_chars(line: str) -> Iterator[tuple[int, str]]:
             return
         else:
             yield index, char
-MAX_LOOP_UNIT = 40
 
 
 # A line that ends with the same text over and over (`unittest.mock.mock_tools.mock_tools…`,
@@ -245,6 +244,9 @@ def _loop_in_line(line: str) -> int | None:
         if found and any(char.isalpha() for char in found.group(1)) and len(set(found.group(1))) > 1:
             starts.append(found.start())
     return min(starts, default=None)
+
+
+MAX_LOOP_UNIT = 40
 
 
 def _nesting_loop(line: str) -> int | None:

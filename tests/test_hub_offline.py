@@ -17,8 +17,7 @@ import pytest
 
 from conftest import server_env
 
-from phils.engine.loader import cached_from_hub
-from phils.engine.sources import hub_reachable
+from phils.engine.sources import cached_from_hub, hub_reachable
 
 
 def closed_port() -> int:

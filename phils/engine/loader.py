@@ -29,7 +29,8 @@ from .int8 import quantize_linears
 from .int4_build import build_int4, drop_stale_builds, variant_name
 from .mapping import own_copies
 from .runtime_torch import TorchRuntime
-from .sources import ModelSource, cache_root, hub_endpoint, hub_offline_by_env, hub_reachable, resolve
+from .sources import (ModelSource, cache_root, cached_from_hub, hub_endpoint, hub_offline_by_env, hub_reachable,
+                      resolve)
 
 log = logging.getLogger(__name__)
 
@@ -167,17 +168,6 @@ def _load_int4(settings: EngineSettings, source: ModelSource, cache: Path, token
     log.info("loaded %s as int4 (ONNX Runtime GenAI) in %.1f s", source.describe(), seconds)
     return LoadedModel(None, tokenizer, "cpu", "int4 weights, int8 activations (ONNX Runtime GenAI)", source,
                        seconds, runtime)
-
-
-def cached_from_hub(repo: str, revision: str = "", cache_dir: str | None = None) -> bool:
-    """Whether the hub model ``repo`` has been downloaded before (its config.json is in the local cache)."""
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        found = try_to_load_from_cache(repo, "config.json", cache_dir=cache_dir, revision=revision or None)
-    except Exception:  # a malformed id or cache: the load itself will say what is wrong
-        return False
-    return isinstance(found, str)
 
 
 def _checkpoint_directory(source: ModelSource, settings: EngineSettings) -> Path:

@@ -122,3 +122,14 @@ def hub_reachable(endpoint: str = "", timeout: float = HUB_TIMEOUT_S) -> bool:
     except OSError as exc:
         log.debug("the model hub %s is unreachable: %s", url.geturl(), exc)
         return False
+
+
+def cached_from_hub(repo: str, revision: str = "", cache_dir: str | None = None) -> bool:
+    """Whether the hub model ``repo`` has been downloaded before (its config.json is in the local cache)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo, "config.json", cache_dir=cache_dir, revision=revision or None)
+    except Exception:  # a malformed id or cache: the load itself will say what is wrong
+        return False
+    return isinstance(found, str)

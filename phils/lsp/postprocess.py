@@ -243,11 +243,20 @@ def keep_parsing_lines(text: str, ctx: CursorContext, shape: Shape) -> str:
             not is_python(ctx) or _parses(ctx.prefix + text.rstrip() + ctx.suffix)):
         return text
     lines = text.split("\n")
-    for end in range(len(lines), max(len(lines) - MAX_PARSE_TRIES, 0), -1):
-        candidate = "\n".join(lines[:end]).rstrip()
-        if _parses(ctx.prefix + candidate + ctx.suffix):
-            return candidate
-    return text
+    end = _most_lines(len(lines), lambda end: _parses(ctx.prefix + _first_lines(lines, end) + ctx.suffix))
+    return text if end is None else _first_lines(lines, end)
+
+
+def _most_lines(count: int, keeps: Callable[[int], bool]) -> int | None:
+    """The largest ``end`` (of ``count`` lines, at most MAX_PARSE_TRIES tried) for which ``keeps(end)`` holds."""
+    for end in range(count, max(count - MAX_PARSE_TRIES, 0), -1):
+        if keeps(end):
+            return end
+    return None
+
+
+def _first_lines(lines: list[str], end: int) -> str:
+    return "\n".join(lines[:end]).rstrip()
 
 
 def keep_valid_python(text: str, ctx: CursorContext, shape: Shape) -> str:
@@ -263,32 +272,29 @@ def keep_valid_python(text: str, ctx: CursorContext, shape: Shape) -> str:
         return text
     lines = text.split("\n")
 
-    def breaks(end: int) -> bool:  # the first ``end`` lines make the code invalid
-        rest = ctx.line_suffix if end == 1 else ""
-        return _python_state(ctx.prefix + "\n".join(lines[:end]).rstrip() + rest) == "invalid"
+    def keeps(end: int) -> bool:  # the first ``end`` lines leave the code valid or unfinished
+        return not _invalid_python(ctx.prefix + _first_lines(lines, end) + (ctx.line_suffix if end == 1 else ""))
 
-    if not breaks(len(lines)):  # the usual case: one compile (about 3 ms for 10 000 characters here)
+    if keeps(len(lines)):  # the usual case: one compile (about 3 ms for 10 000 characters here)
         return text
-    if _python_state(ctx.prefix + "x" + ctx.line_suffix) == "invalid" and _python_state(ctx.prefix) == "invalid":
+    if _invalid_python(ctx.prefix + "x" + ctx.line_suffix) and _invalid_python(ctx.prefix):
         return text  # broken before the suggestion: nothing to judge it by
-    for end in range(len(lines) - 1, max(len(lines) - MAX_PARSE_TRIES, 0), -1):
-        if not breaks(end):
-            return "\n".join(lines[:end]).rstrip()
-    return ""
+    end = _most_lines(len(lines), keeps)  # (all of them, tried again, still break it)
+    return "" if end is None else _first_lines(lines, end)
 
 
-def _python_state(source: str) -> str:
-    """``valid``, ``unfinished`` (some continuation makes it valid) or ``invalid`` Python; ``unknown``."""
+def _invalid_python(source: str) -> bool:
+    """No continuation can make ``source`` valid Python (unfinished code, ``print(``, is not invalid)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # invalid escapes and the like are the user's business
             compile(source, "<suggestion>", "exec", dont_inherit=True,
                     flags=codeop.PyCF_ALLOW_INCOMPLETE_INPUT | codeop.PyCF_DONT_IMPLY_DEDENT | ast.PyCF_ONLY_AST)
-        return "valid"
     except SyntaxError as exc:
-        return "unfinished" if "incomplete input" in str(exc.msg) else "invalid"
-    except (ValueError, RecursionError, MemoryError):
-        return "unknown"
+        return "incomplete input" not in str(exc.msg)
+    except (ValueError, RecursionError, MemoryError):  # cannot tell: not the suggestion's fault
+        pass
+    return False
 
 
 def drop_repeat_of_next_line(text: str, ctx: CursorContext, shape: Shape) -> str:
