@@ -348,7 +348,7 @@ def _parser() -> argparse.ArgumentParser:
     runtimes = bench.add_parser("runtimes", help="phils' CPU runtimes and llama.cpp on the same weights, one sitting")
     runtimes.add_argument("--model", required=True, help="a local transformers checkpoint directory")
     runtimes.add_argument("--file", required=True, help="a real Python file to type")
-    runtimes.add_argument("--runtimes", default="int8,int4", help="from fp32, int8, int4, int4-b128, llama.cpp")
+    runtimes.add_argument("--runtimes", default="int8,int4", help="from fp32, int8, int4, int4-mlas, int4-b128, llama.cpp")
     runtimes.add_argument("--gguf", help="llama.cpp: the GGUF file of the same weights (e.g. q4_0)")
     runtimes.add_argument("--llama-server", help="llama.cpp: the llama-server binary")
     runtimes.add_argument("--prompt-lines", type=int, default=80, help="lines opened before typing starts")

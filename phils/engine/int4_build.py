@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import ModelLoadError
+from . import q4_kernel
 from .int4_quant import quantize_blocks
 from .mapping import checkpoint_ranges, drop_mapped
 
@@ -50,9 +51,10 @@ CLIP_SEARCH = True
 BUILD_RECORD = "phils-build.json"
 
 
-def variant_name(block_size: int, head: str) -> str:
+def variant_name(block_size: int, head: str, kernel: bool = False) -> str:
     """How this version names a build in the cache: everything the file depends on besides the weights."""
-    return f"b{block_size}-a{ACCURACY_LEVEL}-{'sym' if SYMMETRIC else 'asym'}{'-clip' if CLIP_SEARCH else ''}-head-{head}"
+    return (f"b{block_size}-a{ACCURACY_LEVEL}-{'sym' if SYMMETRIC else 'asym'}{'-clip' if CLIP_SEARCH else ''}"
+            f"-head-{head}{'-q4k' if kernel else ''}")
 
 
 def drop_stale_builds(root: Path, stem: str, block_sizes: tuple[int, ...]) -> list[Path]:
@@ -62,7 +64,7 @@ def drop_stale_builds(root: Path, stem: str, block_sizes: tuple[int, ...]) -> li
     Phi-2) would otherwise stay on disk beside its replacement; the variants
     a setting can still ask for (other blocks or heads) stay.
     """
-    current = {variant_name(block, head) for block in block_sizes for head in HEADS}
+    current = {variant_name(block, head, kernel) for block in block_sizes for head in HEADS for kernel in (False, True)}
     dropped = []
     for path in root.glob(f"{stem}-*"):
         variant = path.name[len(stem) + 1:]
@@ -74,8 +76,11 @@ def drop_stale_builds(root: Path, stem: str, block_sizes: tuple[int, ...]) -> li
 
 def build_int4(checkpoint: str | Path, target: Path, block_size: int = BLOCK_SIZE,
                accuracy_level: int = ACCURACY_LEVEL, head: str = HEAD, symmetric: bool = SYMMETRIC,
-               clip_search: bool = CLIP_SEARCH) -> dict[str, Any]:
+               clip_search: bool = CLIP_SEARCH, kernel: bool = False) -> dict[str, Any]:
     """Write the 4-bit ONNX model of the transformers checkpoint directory ``checkpoint`` to ``target``.
+
+    ``kernel``: the 4-bit matrices the kernel can run are ``phils.Q4MatMul``
+    nodes (``q4_kernel``), in its layout; the others stay MatMulNBits.
 
     The build runs in a child process: its memory goes back to the system when
     it ends, and the builder's prints never reach this process's stdout. Returns
@@ -87,7 +92,8 @@ def build_int4(checkpoint: str | Path, target: Path, block_size: int = BLOCK_SIZ
     partial = target.with_name(target.name + f".partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     command = [sys.executable, "-m", __name__, str(checkpoint), str(partial), str(block_size), str(accuracy_level), head,
-               "symmetric" if symmetric else "asymmetric", "clip-search" if clip_search else "rtn"]
+               "symmetric" if symmetric else "asymmetric", "clip-search" if clip_search else "rtn",
+               "q4-kernel" if kernel else "matmulnbits"]
     child = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            text=True, errors="replace")
     if child.returncode != 0 or not (partial / BUILD_RECORD).is_file():
@@ -107,7 +113,7 @@ def build_int4(checkpoint: str | Path, target: Path, block_size: int = BLOCK_SIZ
 
 
 def _build_here(checkpoint: str, target: str, block_size: int, accuracy_level: int, head: str,
-                symmetric: bool, clip_search: bool) -> None:
+                symmetric: bool, clip_search: bool, kernel: bool) -> None:
     from onnxruntime_genai.models import builder
 
     started = time.monotonic()
@@ -115,18 +121,18 @@ def _build_here(checkpoint: str, target: str, block_size: int, accuracy_level: i
     # A tied output head stays its own matrix (the embeddings a plain Gather): the head's precision is ours to set.
     options = [f"block_size={block_size}", f"accuracy_level={accuracy_level}", "shared_embeddings=false",
                f"is_symmetric={'true' if symmetric else 'false'}"]
-    with _quantize_as_emitted(head, clip_search):
+    with _quantize_as_emitted(head, clip_search, kernel):
         extra = builder.parse_extra_options(None, checkpoint, target, "int4", "cpu", cache, options)
         builder.create_model(None, checkpoint, target, "int4", "cpu", cache, **extra)
     shutil.rmtree(cache, ignore_errors=True)
     record = {"source": str(Path(checkpoint).resolve()), "block_size": block_size, "accuracy_level": accuracy_level,
-              "head": head, "symmetric": symmetric, "clip_search": clip_search, "seconds": round(time.monotonic() - started, 1),
+              "head": head, "symmetric": symmetric, "clip_search": clip_search, "kernel": kernel, "seconds": round(time.monotonic() - started, 1),
               "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
     (Path(target) / BUILD_RECORD).write_text(json.dumps(record, indent=2))
 
 
 @contextlib.contextmanager
-def _quantize_as_emitted(head: str, clip_search: bool) -> Iterator[None]:
+def _quantize_as_emitted(head: str, clip_search: bool, kernel: bool = False) -> Iterator[None]:
     from onnxruntime_genai.models import builder
 
     Model = builder.Model  # the builder imports its modules top-level ("builders.base"): patch the class it uses
@@ -142,7 +148,7 @@ def _quantize_as_emitted(head: str, clip_search: bool) -> Iterator[None]:
             left_float.add(name)
             return emit_float(self, matmul, name, root_input, **kwargs)
         _emit_nbits(self, matmul.weight, name, root_input, kwargs, bits=8 if is_head and head == "int8" else 4,
-                    clip_search=clip_search)
+                    clip_search=clip_search, kernel=kernel)
         drop_mapped(checkpoint_ranges())  # q, k and v were read to fuse them: drop theirs too
         return name
 
@@ -176,8 +182,12 @@ def _quantizing(model: Any) -> bool:
 
 
 def _emit_nbits(model: Any, weight: Any, name: str, root_input: str, kwargs: dict[str, Any], bits: int,
-                clip_search: bool = False) -> None:
-    """A MatMulNBits node for ``root_input @ weight.T``, named as onnxruntime's quantizer names it."""
+                clip_search: bool = False, kernel: bool = False) -> None:
+    """A MatMulNBits node for ``root_input @ weight.T``, named as onnxruntime's quantizer names it.
+
+    With ``kernel``, a ``phils.Q4MatMul`` node where our kernel can run the matrix (same quantized
+    values, its layout).
+    """
     import numpy as np
     import torch
     from onnxruntime.quantization.matmul_nbits_quantizer import (
@@ -198,6 +208,19 @@ def _emit_nbits(model: Any, weight: Any, name: str, root_input: str, kwargs: dic
     rows, cols = matrix.shape
     del matrix
     tensor = name[1:].replace("/", ".") + ".weight"
+    output = "logits" if kwargs.get("logits", False) else f"{name}/output_0"
+    if kernel and q4_kernel.fits(rows, cols, block_size, bits, symmetric):
+        weights, scales16, zeros16 = q4_kernel.repack(packed, scales, zero_points, rows, cols)
+        model.make_initializer(weights, tensor + "_Q4K")
+        model.make_initializer(scales16, tensor + "_Q4K_scales")
+        model.make_initializer(zeros16, tensor + "_Q4K_zero_scales")
+        model.graph.opset_imports[q4_kernel.DOMAIN] = 1
+        model.make_node("Q4MatMul", inputs=[root_input, tensor + "_Q4K", tensor + "_Q4K_scales",
+                                            tensor + "_Q4K_zero_scales"],
+                        outputs=[output], name=name + "_Q4K", domain=q4_kernel.DOMAIN, K=rows, N=cols)
+        model.make_value(output, model.io_dtype, shape=model.make_hidden_state_shape(
+            seq_dim=kwargs.get("seq_dim", "sequence_length"), last_dim=cols))
+        return
     inputs = [root_input, tensor + f"_Q{bits}", tensor + "_scales"]
     model.make_initializer(packed, tensor + f"_Q{bits}")
     model.make_initializer(scales.astype(np.float32), tensor + "_scales")
@@ -205,7 +228,6 @@ def _emit_nbits(model: Any, weight: Any, name: str, root_input: str, kwargs: dic
         model.make_initializer(zero_points, tensor + "_zero_points")
         inputs.append(tensor + "_zero_points")
     extra = {"accuracy_level": attrs["accuracy_level"]} if attrs["accuracy_level"] else {}
-    output = "logits" if kwargs.get("logits", False) else f"{name}/output_0"
     model.make_node("MatMulNBits", inputs=inputs, outputs=[output], name=name + f"_Q{bits}", domain="com.microsoft",
                     K=rows, N=cols, bits=bits, block_size=block_size, **extra)
     model.make_value(output, model.io_dtype, shape=model.make_hidden_state_shape(seq_dim=kwargs.get("seq_dim", "sequence_length"), last_dim=cols))
@@ -213,4 +235,4 @@ def _emit_nbits(model: Any, weight: Any, name: str, root_input: str, kwargs: dic
 
 if __name__ == "__main__":  # the child process build_int4 starts
     _build_here(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6] == "symmetric",
-                sys.argv[7] == "clip-search")
+                sys.argv[7] == "clip-search", sys.argv[8] == "q4-kernel")

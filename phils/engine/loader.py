@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from ..config import INT4_BLOCKS, EngineSettings
 from ..machine import usable_cores
-from . import legacy_phi
+from . import legacy_phi, q4_kernel
 from .adapters import apply_adapter
 from .errors import ModelLoadError
 from .int8 import quantize_linears
@@ -155,19 +155,23 @@ def _load_int4(settings: EngineSettings, source: ModelSource, cache: Path, token
                              f"already {method}: point engine.model at the original model (microsoft/phi-2), "
                              "or use the cpu-gptq profile for this checkpoint")
     stem = f"{checkpoint.name}-{_cache_key(_weight_files(checkpoint))}"
-    target = cache / "onnx-int4" / f"{stem}-{variant_name(settings.int4_block, settings.int4_head)}"
+    kernel = q4_kernel.library(cache) if settings.int4_kernel == "auto" and settings.int4_block == q4_kernel.BLOCK else None
+    target = cache / "onnx-int4" / f"{stem}-{variant_name(settings.int4_block, settings.int4_head, kernel is not None)}"
     if not (target / "genai_config.json").is_file():
         report("building the 4-bit ONNX model (first start only)", 55)
-        built = build_int4(checkpoint, target, block_size=settings.int4_block, head=settings.int4_head)
+        built = build_int4(checkpoint, target, block_size=settings.int4_block, head=settings.int4_head,
+                           kernel=kernel is not None)
         log.info("built %s in %.0f s, peak memory %.1f GB", target, built["seconds"], built["peak_rss_bytes"] / 1e9)
         for stale in drop_stale_builds(target.parent, stem, INT4_BLOCKS):
             log.info("removed %s: built by an older phils, never loaded again", stale)
     report("loading the 4-bit model", 80)
-    runtime = GenaiRuntime(target, settings.threads or usable_cores(), MAX_SUFFIX_TOKENS, settings.context_tokens)
+    runtime = GenaiRuntime(target, settings.threads or usable_cores(), MAX_SUFFIX_TOKENS, settings.context_tokens,
+                           custom_ops=kernel)
     seconds = time.monotonic() - started
     log.info("loaded %s as int4 (ONNX Runtime GenAI) in %.1f s", source.describe(), seconds)
-    return LoadedModel(None, tokenizer, "cpu", "int4 weights, int8 activations (ONNX Runtime GenAI)", source,
-                       seconds, runtime)
+    matrices = "our AVX-512 VNNI kernel" if kernel else "MLAS"
+    return LoadedModel(None, tokenizer, "cpu", f"int4 weights, int8 activations (ONNX Runtime GenAI, {matrices})",
+                       source, seconds, runtime)
 
 
 def _checkpoint_directory(source: ModelSource, settings: EngineSettings) -> Path:

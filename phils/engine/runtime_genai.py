@@ -17,6 +17,7 @@ counts.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,8 @@ class GenaiRuntime:
     # passes of many tokens, so a reused cache runs at least two for its answer to be the fresh one's.
     min_prefill = 2
 
-    def __init__(self, directory: Path, threads: int, reserve_tokens: int, context_tokens: int = 0):
+    def __init__(self, directory: Path, threads: int, reserve_tokens: int, context_tokens: int = 0,
+                 custom_ops: Path | None = None):
         try:
             import numpy
             import onnxruntime_genai as og
@@ -70,9 +72,11 @@ class GenaiRuntime:
         self.eos_ids = token_ids(described.get("eos_token_id"))
         per_token = 2 * int(decoder["num_hidden_layers"]) * int(decoder["num_key_value_heads"]) * int(decoder["head_size"])
         self._kv_bytes = per_token * 4 * context  # fp32 keys and values for the whole window
-        overlay: dict[str, Any] = {}
+        overlay: dict[str, Any] = {"session_options": {}}
         if threads > 0:
             overlay["session_options"] = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
+        if custom_ops is not None:  # the library behind phils.Q4MatMul nodes (q4_kernel): compiled on this machine
+            overlay["session_options"]["custom_ops_library"] = str(_beside_model(custom_ops, directory))
         if isinstance(decoder.get("sliding_window"), dict):
             # Sliding-window layers (Gemma 3) keep only their window plus a slack by default, and a generator
             # cannot rewind past what they dropped: every keystroke on a longer document prefilled it all
@@ -80,7 +84,7 @@ class GenaiRuntime:
             # attention still sees only the window.
             overlay["sliding_window"] = {**decoder["sliding_window"], "cache_slack": context}
         config = og.Config(str(directory))
-        if overlay:
+        if any(overlay.values()):
             config.overlay(json.dumps({"model": {"decoder": overlay}}))
         try:
             self.model = og.Model(config)
@@ -100,3 +104,14 @@ class GenaiRuntime:
         rows = self._np.array(logits, dtype=self._np.float32, copy=True)  # the next run reuses GenAI's buffer
         return self._torch.from_numpy(rows.reshape(-1, rows.shape[-1])[-keep:])
 
+
+def _beside_model(library: Path, directory: Path) -> Path:
+    """A copy of ``library`` in the model's folder: GenAI loads custom operators only from there."""
+    import shutil
+
+    copy = directory / library.name
+    if not copy.is_file():
+        partial = copy.with_name(f"{copy.name}.partial-{os.getpid()}")
+        shutil.copyfile(library, partial)
+        partial.replace(copy)
+    return copy

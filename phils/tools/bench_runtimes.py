@@ -28,7 +28,8 @@ from ..machine import process_figures, usable_cores
 PHILS_RUNTIMES = {
     "fp32": ["engine.quantize=none"],
     "int8": ["engine.quantize=int8"],
-    "int4": ["engine.quantize=int4"],
+    "int4": ["engine.quantize=int4"],  # our kernel where the CPU has AVX-512 VNNI (engine.int4_kernel = auto)
+    "int4-mlas": ["engine.quantize=int4", "engine.int4_kernel=mlas"],
     "int4-b128": ["engine.quantize=int4", "engine.int4_block=128"],
 }
 LLAMA = "llama.cpp"
@@ -125,13 +126,16 @@ def _weight_bytes(runtime: str, args: Any) -> int | None:
         return Path(args.gguf).stat().st_size
     if runtime.startswith("int4"):
         from ..config import EngineSettings
+        from ..engine import q4_kernel
         from ..engine.int4_build import variant_name
         from ..engine.sources import cache_root
 
         default = EngineSettings()  # what the server loads unless the runtime's settings say otherwise
         block = next((int(s.split("=")[1]) for s in PHILS_RUNTIMES[runtime] if s.startswith("engine.int4_block=")),
                      default.int4_block)
-        variant = variant_name(block, default.int4_head)
+        kernel = ("engine.int4_kernel=mlas" not in PHILS_RUNTIMES[runtime] and block == q4_kernel.BLOCK
+                  and q4_kernel.unavailable_reason() is None)
+        variant = variant_name(block, default.int4_head, kernel)
         built = sorted((cache_root() / "onnx-int4").glob(f"{Path(args.model).name}-*-{variant}/model.onnx.data"),
                        key=lambda p: p.stat().st_mtime)
         return built[-1].stat().st_size if built else None

@@ -1,0 +1,109 @@
+"""Our 4-bit matrix kernel for the int4 runtime (``kernels/q4_matmul.c``), built once for this machine.
+
+The int4 runtime's matrices run on MLAS' MatMulNBits everywhere; on a CPU
+with AVX-512 VNNI and a C compiler, ``phils.Q4MatMul`` (an ONNX Runtime
+custom operator) replaces the 4-bit ones: 0.5x MatMulNBits' time for a few
+tokens and 0.65-0.76x for one on this project's machine
+(bench/results/q4-kernel.md). The library is compiled into phils' cache the
+first time (about 2 s) and ONNX Runtime GenAI loads it with the model
+(``custom_ops_library``). Without either, the build keeps MatMulNBits:
+``library`` says why in the log and returns None.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("kernels") / "q4_matmul.c"
+HEADERS = SOURCE.parent / "onnxruntime"
+# Explicit instruction sets rather than -march=native: the library runs on any CPU with these.
+FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mf16c", "-mfma", "-fPIC", "-shared"]
+NEEDED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "f16c", "fma")  # as /proc/cpuinfo spells them
+DOMAIN = "phils"  # the operator's ONNX domain (RegisterCustomOps in q4_matmul.c)
+BLOCK = 32  # weights per scale along K: the kernel's only layout
+ROWS = 16  # output rows per group
+
+
+def unavailable_reason() -> str | None:
+    """Why this machine cannot run the kernel, or None when it can."""
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return f"it is built for x86-64 Linux, not {platform.system()} {platform.machine()}"
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError as exc:
+        return f"cannot read /proc/cpuinfo: {exc}"
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    missing = [flag for flag in NEEDED_FLAGS if flag not in flags]
+    if missing:
+        return "the CPU lacks " + ", ".join(missing)
+    if compiler() is None:
+        return "no C compiler (cc, gcc or clang) was found"
+    return None
+
+
+def compiler() -> str | None:
+    named = os.environ.get("CC")
+    return shutil.which(named) if named else (shutil.which("cc") or shutil.which("gcc") or shutil.which("clang"))
+
+
+def library(cache: Path) -> Path | None:
+    """The compiled operator library in ``cache`` (built on first use), or None when it cannot run here."""
+    reason = unavailable_reason()
+    if reason:
+        log.info("4-bit matrices on MLAS' MatMulNBits: our kernel needs AVX-512 VNNI and a C compiler, and %s", reason)
+        return None
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
+    target = cache / "kernels" / f"phils-q4-{digest}.so"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
+    command = [str(compiler()), *FLAGS, "-I", str(SOURCE.parent), "-o", str(partial), str(SOURCE)]
+    try:
+        done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning("4-bit matrices on MLAS' MatMulNBits: compiling our kernel failed: %s", exc)
+        return None
+    if done.returncode != 0:
+        log.warning("4-bit matrices on MLAS' MatMulNBits: compiling our kernel failed: %s",
+                    (done.stderr.strip().splitlines() or ["exit status %d" % done.returncode])[-1])
+        partial.unlink(missing_ok=True)
+        return None
+    partial.replace(target)
+    log.info("built %s", target)
+    return target
+
+
+def fits(k: int, n: int, block_size: int, bits: int, symmetric: bool) -> bool:
+    """Whether a MatMulNBits matrix of this kind can be run by the kernel instead."""
+    return bits == 4 and block_size == BLOCK and not symmetric and k % BLOCK == 0 and n % ROWS == 0
+
+
+def repack(packed: Any, scales: Any, zero_points: Any, k: int, n: int) -> tuple[Any, Any, Any]:
+    """MatMulNBits' tensors (B [N, K/32, 16], scales [N*K/32], zero points [N, K/64]) in the kernel's layout."""
+    import numpy as np
+
+    blocks, groups = k // BLOCK, n // ROWS
+    packed = np.asarray(packed, dtype=np.uint8).reshape(n, blocks, BLOCK // 2)
+    weights = np.empty((n, blocks, BLOCK), dtype=np.uint8)
+    weights[..., 0::2], weights[..., 1::2] = packed & 0x0F, packed >> 4
+    zeros = np.asarray(zero_points, dtype=np.uint8).reshape(n, -1)
+    zero = np.empty((n, zeros.shape[1] * 2), dtype=np.uint8)
+    zero[:, 0::2], zero[:, 1::2] = zeros & 0x0F, zeros >> 4
+    zero = zero[:, :blocks].astype(np.float32)
+    scale = np.asarray(scales, dtype=np.float32).reshape(n, blocks)
+    # group, block, chunk of 8 weights, row, nibble (low: k = 8c+j, high: 8c+4+j), j
+    six = weights.reshape(groups, ROWS, blocks, 4, 2, 4).transpose(0, 2, 3, 1, 4, 5)
+    kernel_weights = np.ascontiguousarray(six[..., 0, :] | (six[..., 1, :] << 4)).reshape(-1)
+    by_group = lambda values: np.ascontiguousarray(  # noqa: E731
+        values.astype(np.float16).reshape(groups, ROWS, blocks).transpose(0, 2, 1)).reshape(-1)
+    return kernel_weights, by_group(scale), by_group(zero * scale)

@@ -1,0 +1,131 @@
+"""Our 4-bit kernel (phils.Q4MatMul): MatMulNBits' results in its own layout, chosen at load where it can run."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from phils.config import EngineSettings
+from phils.engine import q4_kernel
+from phils.engine.int4_quant import quantize_blocks
+from phils.engine.loader import load_model
+
+UNAVAILABLE = q4_kernel.unavailable_reason()
+needs_kernel = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"needs AVX-512 VNNI and a C compiler: {UNAVAILABLE}")
+
+
+def _quantized(k: int, n: int, seed: int = 0):
+    matrix = np.random.default_rng(seed).standard_normal((k, n)).astype(np.float32) * 0.05
+    return quantize_blocks(matrix, 32, False)  # MatMulNBits' tensors: B [N, K/32, 16], scales, zero points
+
+
+def _dequantized(packed, scales, zeros, k: int, n: int) -> np.ndarray:
+    """W [N, K] from MatMulNBits' tensors (low nibble first, zero points packed two to a byte)."""
+    q = np.empty((n, k // 32, 32), np.float32)
+    q[..., 0::2], q[..., 1::2] = packed & 0x0F, packed >> 4
+    z = np.empty((n, zeros.reshape(n, -1).shape[1] * 2), np.float32)
+    z[:, 0::2], z[:, 1::2] = zeros.reshape(n, -1) & 0x0F, zeros.reshape(n, -1) >> 4
+    return ((q - z[:, : k // 32, None]) * scales.reshape(n, k // 32, 1)).reshape(n, k)
+
+
+def test_the_kernels_layout_holds_the_same_weights():
+    k, n = 96, 48
+    packed, scales, zeros = _quantized(k, n)
+    weights, scale16, zero16 = q4_kernel.repack(packed, scales, zeros, k, n)
+    groups, blocks = n // 16, k // 32
+    chunks = weights.reshape(groups, blocks, 4, 16, 4)  # group, block, chunk, row, j
+    low, high = (chunks & 0x0F).astype(np.float32), (chunks >> 4).astype(np.float32)
+    q = np.concatenate([low, high], axis=-1)  # k = 8c + j (low), 8c + 4 + j (high)
+    q = q.transpose(0, 3, 1, 2, 4).reshape(n, k)
+    s = scale16.astype(np.float32).reshape(groups, blocks, 16).transpose(0, 2, 1).reshape(n, blocks)
+    zs = zero16.astype(np.float32).reshape(groups, blocks, 16).transpose(0, 2, 1).reshape(n, blocks)
+    rebuilt = q * np.repeat(s, 32, axis=1) - np.repeat(zs, 32, axis=1)
+    expected = _dequantized(packed, scales, zeros, k, n)
+    assert np.allclose(rebuilt, expected, atol=2e-3 * np.abs(expected).max())  # fp16 scales
+
+
+def test_only_what_the_kernel_can_run_goes_to_it():
+    assert q4_kernel.fits(2560, 10240, 32, 4, False)
+    assert not q4_kernel.fits(2560, 10240, 128, 4, False)  # another block size
+    assert not q4_kernel.fits(2560, 10240, 32, 8, False)  # the 8-bit head
+    assert not q4_kernel.fits(2560, 10240, 32, 4, True)  # symmetric
+    assert not q4_kernel.fits(80, 160, 32, 4, False) and not q4_kernel.fits(160, 40, 32, 4, False)
+
+
+def _session(kind: str, packed, scales, zeros, k: int, n: int, library: Path | None):
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    if kind == "ours":
+        w, s, z = q4_kernel.repack(packed, scales, zeros, k, n)
+        inits = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(s, "S"), numpy_helper.from_array(z, "Z")]
+        node = helper.make_node("Q4MatMul", ["x", "W", "S", "Z"], ["y"], domain=q4_kernel.DOMAIN, K=k, N=n)
+        domain = helper.make_opsetid(q4_kernel.DOMAIN, 1)
+    else:
+        inits = [numpy_helper.from_array(packed, "W"), numpy_helper.from_array(scales.astype(np.float32), "S"),
+                 numpy_helper.from_array(zeros, "Z")]
+        node = helper.make_node("MatMulNBits", ["x", "W", "S", "Z"], ["y"], domain="com.microsoft", K=k, N=n, bits=4,
+                                block_size=32, accuracy_level=4)
+        domain = helper.make_opsetid("com.microsoft", 1)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "M", k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "M", n])], inits)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    if library is not None:
+        options.register_custom_ops_library(str(library))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), domain])
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+@needs_kernel
+def test_the_kernel_gives_what_matmulnbits_gives(tmp_path):
+    k, n = 256, 96
+    packed, scales, zeros = _quantized(k, n, seed=1)
+    library = q4_kernel.library(tmp_path)
+    assert library is not None and library.is_file()
+    ours = _session("ours", packed, scales, zeros, k, n, library)
+    mlas = _session("mlas", packed, scales, zeros, k, n, None)
+    rng = np.random.default_rng(2)
+    for tokens in (1, 3, 8, 37):
+        x = rng.standard_normal((1, tokens, k)).astype(np.float32)
+        got, expected = ours.run(None, {"x": x})[0], mlas.run(None, {"x": x})[0]
+        assert got.shape == (1, tokens, n)
+        assert np.abs(got - expected).max() <= 3e-3 * np.abs(expected).max(), tokens
+    # A token's row does not depend on the tokens beside it: a cached prefix gives a fresh prefill's numbers.
+    x = rng.standard_normal((1, 8, k)).astype(np.float32)
+    assert np.array_equal(ours.run(None, {"x": x})[0][:, 5:6], ours.run(None, {"x": x[:, 5:6]})[0])
+    assert q4_kernel.library(tmp_path) == library  # compiled once
+
+
+@needs_kernel
+def test_int4_runs_its_matrices_on_the_kernel_and_agrees_with_mlas(tiny80_model, tmp_path):
+    import onnx
+
+    settings = EngineSettings(model=str(tiny80_model), quantize="int4", threads=1, cache_dir=str(tmp_path))
+    ours, mlas = load_model(settings), load_model(dataclasses.replace(settings, int4_kernel="mlas"))
+    assert "our AVX-512 VNNI kernel" in ours.dtype and "MLAS" in mlas.dtype
+    ops = {}
+    for built in (tmp_path / "onnx-int4").iterdir():
+        ops[built.name.endswith("-q4k")] = {n.op_type for n in onnx.load(str(built / "model.onnx"),
+                                                                          load_external_data=False).graph.node}
+    assert "Q4MatMul" in ops[True] and "MatMulNBits" in ops[True]  # the 8-bit head stays MatMulNBits
+    assert "Q4MatMul" not in ops[False]
+    ids = ours.tokenizer("def add(a, b):\n    return a + b\n").input_ids
+    a = ours.runtime.forward(ids, ours.runtime.new_kv(0), keep=len(ids))
+    b = mlas.runtime.forward(ids, mlas.runtime.new_kv(0), keep=len(ids))
+    assert float((a - b).abs().max()) <= 0.05 * float(b.abs().max())
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 0.9
+
+
+def test_without_the_kernel_int4_stays_on_mlas(tiny80_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("CC", "false")  # a compiler that fails: the load must not
+    library = None if UNAVAILABLE else q4_kernel.library(tmp_path / "no-compiler")
+    assert library is None
+    monkeypatch.setattr(q4_kernel, "unavailable_reason", lambda: "the CPU lacks avx512_vnni")
+    loaded = load_model(EngineSettings(model=str(tiny80_model), quantize="int4", threads=1, cache_dir=str(tmp_path)))
+    assert "MLAS" in loaded.dtype
+    (built,) = (tmp_path / "onnx-int4").iterdir()
+    assert not built.name.endswith("-q4k")
