@@ -109,10 +109,12 @@ def test_int4_runs_its_matrices_on_the_kernel_and_agrees_with_mlas(tiny80_model,
     assert "our AVX-512 VNNI kernel" in ours.dtype and "MLAS" in mlas.dtype
     ops = {}
     for built in (tmp_path / "onnx-int4").iterdir():
-        ops[built.name.endswith("-q4k")] = {n.op_type for n in onnx.load(str(built / "model.onnx"),
+        ops[built.name.endswith("-kernels")] = {n.op_type for n in onnx.load(str(built / "model.onnx"),
                                                                           load_external_data=False).graph.node}
-    assert "Q4MatMul" in ops[True] and "MatMulNBits" in ops[True]  # the 8-bit head stays MatMulNBits
-    assert "Q4MatMul" not in ops[False]
+    assert {"Q4MatMul", "AttentionF16", "MatMulNBits"} <= ops[True]  # the 8-bit head stays MatMulNBits
+    assert "GroupQueryAttention" not in ops[True]
+    assert not {"Q4MatMul", "AttentionF16"} & ops[False]
+    assert ours.runtime.new_kv(0).nbytes * 2 == mlas.runtime.new_kv(0).nbytes  # fp16 keys and values
     ids = ours.tokenizer("def add(a, b):\n    return a + b\n").input_ids
     a = ours.runtime.forward(ids, ours.runtime.new_kv(0), keep=len(ids))
     b = mlas.runtime.forward(ids, mlas.runtime.new_kv(0), keep=len(ids))
@@ -128,4 +130,62 @@ def test_without_the_kernel_int4_stays_on_mlas(tiny80_model, tmp_path, monkeypat
     loaded = load_model(EngineSettings(model=str(tiny80_model), quantize="int4", threads=1, cache_dir=str(tmp_path)))
     assert "MLAS" in loaded.dtype
     (built,) = (tmp_path / "onnx-int4").iterdir()
-    assert not built.name.endswith("-q4k")
+    assert not built.name.endswith("-kernels")
+
+
+def _attention_session(op: str, heads: int, kv_heads: int, width: int, cos, sin, library: Path | None):
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    cache = TensorProto.FLOAT16 if op == "AttentionF16" else TensorProto.FLOAT
+    extra = {"do_rotary": 1, "rotary_interleaved": 0} if op == "GroupQueryAttention" else {}
+    node = helper.make_node(op, ["qkv", "", "", "pk", "pv", "seqlens", "total", "cos", "sin"], ["out", "k", "v"],
+                            domain=q4_kernel.DOMAIN if op == "AttentionF16" else "com.microsoft",
+                            num_heads=heads, kv_num_heads=kv_heads, scale=0.0, **extra)
+    value = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        [node], "g",
+        [value("qkv", TensorProto.FLOAT, [1, None, width]), value("pk", cache, None), value("pv", cache, None),
+         value("seqlens", TensorProto.INT32, [1]), value("total", TensorProto.INT32, [])],
+        [value("out", TensorProto.FLOAT, None), value("k", cache, None), value("v", cache, None)],
+        [numpy_helper.from_array(cos, "cos"), numpy_helper.from_array(sin, "sin")])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    options.log_severity_level = 3  # the reference's inferred present shape is not the one it writes
+    if library is not None:
+        options.register_custom_ops_library(str(library))
+    domain = helper.make_opsetid(node.domain, 1)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), domain])
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+@needs_kernel
+@pytest.mark.parametrize("heads, kv_heads, size, rotary, past, new", [
+    (4, 4, 80, 32, 10, 1),  # Phi-2's head: partial rotary, one token on a cache
+    (4, 4, 80, 32, 10, 5),  # a few tokens on a cache
+    (4, 4, 80, 32, 0, 7),  # a fresh prompt
+    (8, 2, 64, 64, 33, 3),  # grouped heads (SmolLM2, Llama)
+    (4, 1, 256, 256, 20, 2),  # one key/value head, a wide head
+])
+def test_our_attention_gives_what_group_query_attention_gives(tmp_path, heads, kv_heads, size, rotary, past, new):
+    library = q4_kernel.library(tmp_path)
+    rng = np.random.default_rng(3)
+    capacity = 64
+    frequencies = np.outer(np.arange(capacity), 1.0 / (10000 ** (np.arange(0, rotary, 2) / rotary))).astype(np.float32)
+    cos, sin = np.cos(frequencies), np.sin(frequencies)
+    width = (heads + 2 * kv_heads) * size
+    qkv = rng.standard_normal((1, new, width)).astype(np.float32)
+    keys, values = (rng.standard_normal((1, kv_heads, past, size)).astype(np.float32) for _ in range(2))
+    lengths = {"seqlens": np.array([past + new - 1], np.int32), "total": np.array(past + new, np.int32)}
+    expected = _attention_session("GroupQueryAttention", heads, kv_heads, width, cos, sin, None).run(
+        None, {"qkv": qkv, "pk": keys, "pv": values, **lengths})
+    # Ours holds the whole window in fp16 and writes the new tokens' keys and values in place.
+    window_k, window_v = (np.zeros((1, kv_heads, capacity, size), np.float16) for _ in range(2))
+    window_k[:, :, :past], window_v[:, :, :past] = keys, values
+    got = _attention_session("AttentionF16", heads, kv_heads, width, cos, sin, library).run(
+        None, {"qkv": qkv, "pk": window_k, "pv": window_v, **lengths})
+    assert got[0].shape == expected[0].shape
+    for ours, theirs in zip(got, expected):
+        ours = ours[:, :, : past + new] if ours.ndim == 4 else ours
+        assert np.abs(ours.astype(np.float32) - theirs).max() <= 2e-3 * np.abs(theirs).max()
+    assert not got[1][:, :, past + new:].any()  # nothing written past the new tokens

@@ -54,7 +54,7 @@ BUILD_RECORD = "phils-build.json"
 def variant_name(block_size: int, head: str, kernel: bool = False) -> str:
     """How this version names a build in the cache: everything the file depends on besides the weights."""
     return (f"b{block_size}-a{ACCURACY_LEVEL}-{'sym' if SYMMETRIC else 'asym'}{'-clip' if CLIP_SEARCH else ''}"
-            f"-head-{head}{'-q4k' if kernel else ''}")
+            f"-head-{head}{'-kernels' if kernel else ''}")
 
 
 def drop_stale_builds(root: Path, stem: str, block_sizes: tuple[int, ...]) -> list[Path]:
@@ -80,7 +80,9 @@ def build_int4(checkpoint: str | Path, target: Path, block_size: int = BLOCK_SIZ
     """Write the 4-bit ONNX model of the transformers checkpoint directory ``checkpoint`` to ``target``.
 
     ``kernel``: the 4-bit matrices the kernel can run are ``phils.Q4MatMul``
-    nodes (``q4_kernel``), in its layout; the others stay MatMulNBits.
+    nodes (``q4_kernel``), in its layout, the others stay MatMulNBits; and
+    where every attention node allows it, they are ``phils.AttentionF16``
+    over an fp16 key/value cache.
 
     The build runs in a child process: its memory goes back to the system when
     it ends, and the builder's prints never reach this process's stdout. Returns
@@ -125,10 +127,49 @@ def _build_here(checkpoint: str, target: str, block_size: int, accuracy_level: i
         extra = builder.parse_extra_options(None, checkpoint, target, "int4", "cpu", cache, options)
         builder.create_model(None, checkpoint, target, "int4", "cpu", cache, **extra)
     shutil.rmtree(cache, ignore_errors=True)
+    kv_fp16 = kernel and _attention_on_kernel(Path(target) / "model.onnx")
     record = {"source": str(Path(checkpoint).resolve()), "block_size": block_size, "accuracy_level": accuracy_level,
-              "head": head, "symmetric": symmetric, "clip_search": clip_search, "kernel": kernel, "seconds": round(time.monotonic() - started, 1),
+              "head": head, "symmetric": symmetric, "clip_search": clip_search, "kernel": kernel, "kv_fp16": kv_fp16, "seconds": round(time.monotonic() - started, 1),
               "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
     (Path(target) / BUILD_RECORD).write_text(json.dumps(record, indent=2))
+
+
+# GroupQueryAttention as onnxruntime-genai writes it for a CPU model, which phils.AttentionF16 reproduces.
+ATTENTION_DEFAULTS = {"do_rotary": 1, "rotary_interleaved": 0, "local_window_size": -1, "softcap": 0.0,
+                      "smooth_softmax": 0, "qk_output": 0}
+ATTENTION_INPUTS = 9  # packed query, (key, value), past key and value, seqlens_k, total length, cos and sin caches
+
+
+def _attention_on_kernel(path: Path) -> bool:
+    """Swap every GroupQueryAttention for phils.AttentionF16 and make the cache fp16, if all of them allow it."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(path), load_external_data=False)
+    nodes = [node for node in model.graph.node if node.op_type == "GroupQueryAttention"]
+    initializers = {tensor.name for tensor in model.graph.initializer}
+    for node in nodes:
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if any(attributes.get(name, default) != default for name, default in ATTENTION_DEFAULTS.items()):
+            return False
+        inputs = list(node.input) + [""] * ATTENTION_INPUTS
+        if inputs[1] or inputs[2] or any(inputs[ATTENTION_INPUTS:]) or not {inputs[7], inputs[8]} <= initializers:
+            return False
+    if not nodes:
+        return False
+    for node in nodes:
+        kept = [a for a in node.attribute if a.name in ("num_heads", "kv_num_heads", "scale")]
+        node.op_type, node.domain = "AttentionF16", q4_kernel.DOMAIN
+        del node.attribute[:]
+        node.attribute.extend(kept)
+        del node.input[ATTENTION_INPUTS:]
+    for value in list(model.graph.input) + list(model.graph.output):
+        if value.name.startswith(("past_key_values.", "present.")):
+            value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+    if not any(o.domain == q4_kernel.DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(q4_kernel.DOMAIN, 1))
+    onnx.save(model, str(path))
+    return True
 
 
 @contextlib.contextmanager

@@ -1,13 +1,15 @@
-"""Our 4-bit matrix kernel for the int4 runtime (``kernels/q4_matmul.c``), built once for this machine.
+"""Our kernels for the int4 runtime (``kernels/``), built once for this machine.
 
-The int4 runtime's matrices run on MLAS' MatMulNBits everywhere; on a CPU
-with AVX-512 VNNI and a C compiler, ``phils.Q4MatMul`` (an ONNX Runtime
-custom operator) replaces the 4-bit ones: 0.5x MatMulNBits' time for a few
-tokens and 0.65-0.76x for one on this project's machine
-(bench/results/q4-kernel.md). The library is compiled into phils' cache the
-first time (about 2 s) and ONNX Runtime GenAI loads it with the model
-(``custom_ops_library``). Without either, the build keeps MatMulNBits:
-``library`` says why in the log and returns None.
+The int4 runtime runs on MLAS' MatMulNBits and ONNX Runtime's attention
+everywhere; on a CPU with AVX-512 VNNI and a C compiler, two ONNX Runtime
+custom operators take over: ``phils.Q4MatMul`` for the 4-bit matrices (0.5x
+MatMulNBits' time for a few tokens and 0.65-0.76x for one on this project's
+machine, bench/results/q4-kernel.md) and ``phils.AttentionF16``, attention
+over an fp16 key/value cache (half the bytes ONNX Runtime's fp32 cache reads
+a token). The library is compiled into phils' cache the first time (about
+3 s) and ONNX Runtime GenAI loads it with the model (``custom_ops_library``).
+Without either, the build keeps ONNX Runtime's own operators: ``library``
+says why in the log and returns None.
 """
 
 from __future__ import annotations
@@ -23,8 +25,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("kernels") / "q4_matmul.c"
-HEADERS = SOURCE.parent / "onnxruntime"
+SOURCES = [Path(__file__).with_name("kernels") / name for name in ("q4_matmul.c", "attention_f16.c")]
 # Explicit instruction sets rather than -march=native: the library runs on any CPU with these.
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mf16c", "-mfma", "-fPIC", "-shared"]
 NEEDED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "f16c", "fma")  # as /proc/cpuinfo spells them
@@ -61,13 +62,13 @@ def library(cache: Path) -> Path | None:
     if reason:
         log.info("4-bit matrices on MLAS' MatMulNBits: our kernel needs AVX-512 VNNI and a C compiler, and %s", reason)
         return None
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES) + " ".join(FLAGS).encode()).hexdigest()[:16]
     target = cache / "kernels" / f"phils-q4-{digest}.so"
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
-    command = [str(compiler()), *FLAGS, "-I", str(SOURCE.parent), "-o", str(partial), str(SOURCE)]
+    command = [str(compiler()), *FLAGS, "-I", str(SOURCES[0].parent), "-o", str(partial), *map(str, SOURCES)]
     try:
         done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
     except (OSError, subprocess.TimeoutExpired) as exc:

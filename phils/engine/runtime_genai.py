@@ -71,7 +71,9 @@ class GenaiRuntime:
         self.window = max(context - reserve_tokens, 1)
         self.eos_ids = token_ids(described.get("eos_token_id"))
         per_token = 2 * int(decoder["num_hidden_layers"]) * int(decoder["num_key_value_heads"]) * int(decoder["head_size"])
-        self._kv_bytes = per_token * 4 * context  # fp32 keys and values for the whole window
+        built = directory / "phils-build.json"  # int4_build's record: our attention keeps fp16 keys and values
+        kv_fp16 = built.is_file() and bool(json.loads(built.read_text()).get("kv_fp16"))
+        self._kv_bytes = per_token * (2 if kv_fp16 else 4) * context  # keys and values for the whole window
         overlay: dict[str, Any] = {"session_options": {}}
         if threads > 0:
             overlay["session_options"] = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}

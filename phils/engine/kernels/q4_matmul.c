@@ -209,7 +209,8 @@ static OrtMemType ORT_API_CALL memory_type(const OrtCustomOp* op, size_t index) 
     return OrtMemTypeDefault;
 }
 
-static OrtCustomOp g_op;
+static OrtCustomOp g_op, g_attention;
+void phils_attention_op(OrtCustomOp* op);  // attention_f16.c
 
 ORT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* base) {
     g_api = base->GetApi(ORT_API_VERSION);
@@ -233,5 +234,7 @@ ORT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options,
     OrtCustomOpDomain* domain;
     CHECK(g_api->CreateCustomOpDomain("phils", &domain));
     CHECK(g_api->CustomOpDomain_Add(domain, &g_op));
+    phils_attention_op(&g_attention);
+    CHECK(g_api->CustomOpDomain_Add(domain, &g_attention));
     return g_api->AddCustomOpDomain(options, domain);
 }
