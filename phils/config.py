@@ -57,8 +57,9 @@ class EngineSettings:
     # int4: weights per scale and zero point. 32 is the closest to full precision; 128 reads 16 % fewer bytes
     # a token (Phi-2's shape: ~17 % faster decoding) but lost much quality on Gemma 3 270M (engine/int4_build.py).
     int4_block: int = _choice(32, *INT4_BLOCKS)
-    # int4: who runs the 4-bit matrices. auto: our AVX-512 VNNI kernel (engine/kernels/q4_matmul.c, compiled once)
-    # where the CPU has it and a C compiler is found, else MLAS' MatMulNBits; mlas: always MatMulNBits.
+    # int4: who runs the 4-bit matrices and attention. auto: phils' AVX-512 VNNI kernels (engine/kernels/, compiled
+    # once; fp16 keys and values) where the CPU has VNNI and a C compiler is found, else ONNX Runtime's (MLAS'
+    # MatMulNBits, GroupQueryAttention on fp32 keys and values); mlas: always ONNX Runtime's.
     int4_kernel: str = _choice("auto", "auto", "mlas")
     threads: int = _int(0, 0, 256)  # torch CPU threads; 0 = physical cores
     cpu_kernels: str = _choice("onednn", "onednn", "torch")  # fp32 Linear layers on CPU

@@ -39,6 +39,13 @@ def test_a_cpu_machine_gets_4_bit_phi2_or_a_smaller_model_by_its_ram():
     assert any("CPU build" in line for line in recommend(CPU_BOX))
 
 
+def test_the_cpu_advice_says_whether_phils_kernels_run_here():
+    fast = "\n".join(recommend({**CPU_BOX, "int4_kernels": "available"}))
+    assert "phils' AVX-512 VNNI kernels run it here" in fast and "0.65 GiB per open document" in fast
+    slow = "\n".join(recommend({**CPU_BOX, "int4_kernels": "the CPU lacks avx512_vnni"}))
+    assert "cannot run here: the CPU lacks avx512_vnni" in slow and "1.3 GiB per open document" in slow
+
+
 def test_a_missing_phi2_download_is_mentioned_and_offline_mode_too():
     offline = {**CPU_BOX, "hub_offline": True}
     assert any("5.6 GB" in line and "HF_HUB_OFFLINE" in line for line in recommend(offline))

@@ -106,7 +106,7 @@ def test_int4_runs_its_matrices_on_the_kernel_and_agrees_with_mlas(tiny80_model,
 
     settings = EngineSettings(model=str(tiny80_model), quantize="int4", threads=1, cache_dir=str(tmp_path))
     ours, mlas = load_model(settings), load_model(dataclasses.replace(settings, int4_kernel="mlas"))
-    assert "our AVX-512 VNNI kernel" in ours.dtype and "MLAS" in mlas.dtype
+    assert "phils' AVX-512 VNNI kernels" in ours.dtype and "ONNX Runtime's kernels" in mlas.dtype
     ops = {}
     for built in (tmp_path / "onnx-int4").iterdir():
         ops[built.name.endswith("-kernels")] = {n.op_type for n in onnx.load(str(built / "model.onnx"),
@@ -128,7 +128,7 @@ def test_without_the_kernel_int4_stays_on_mlas(tiny80_model, tmp_path, monkeypat
     assert library is None
     monkeypatch.setattr(q4_kernel, "unavailable_reason", lambda: "the CPU lacks avx512_vnni")
     loaded = load_model(EngineSettings(model=str(tiny80_model), quantize="int4", threads=1, cache_dir=str(tmp_path)))
-    assert "MLAS" in loaded.dtype
+    assert "ONNX Runtime's kernels" in loaded.dtype
     (built,) = (tmp_path / "onnx-int4").iterdir()
     assert not built.name.endswith("-kernels")
 

@@ -169,8 +169,8 @@ def _load_int4(settings: EngineSettings, source: ModelSource, cache: Path, token
                            custom_ops=kernel)
     seconds = time.monotonic() - started
     log.info("loaded %s as int4 (ONNX Runtime GenAI) in %.1f s", source.describe(), seconds)
-    matrices = "our AVX-512 VNNI kernel" if kernel else "MLAS"
-    return LoadedModel(None, tokenizer, "cpu", f"int4 weights, int8 activations (ONNX Runtime GenAI, {matrices})",
+    kernels = "phils' AVX-512 VNNI kernels" if kernel else "ONNX Runtime's kernels"
+    return LoadedModel(None, tokenizer, "cpu", f"int4 weights, int8 activations (ONNX Runtime GenAI, {kernels})",
                        source, seconds, runtime)
 
 
