@@ -189,3 +189,14 @@ def test_our_attention_gives_what_group_query_attention_gives(tmp_path, heads, k
         ours = ours[:, :, : past + new] if ours.ndim == 4 else ours
         assert np.abs(ours.astype(np.float32) - theirs).max() <= 2e-3 * np.abs(theirs).max()
     assert not got[1][:, :, past + new:].any()  # nothing written past the new tokens
+
+
+@needs_kernel
+def test_a_kernel_library_the_runtime_refuses_falls_back_to_onnx_runtimes_operators(tiny80_model, tmp_path, monkeypatch):
+    broken = tmp_path / "phils-q4-broken.so"
+    broken.write_bytes(b"not a shared library")
+    monkeypatch.setattr(q4_kernel, "library", lambda cache: broken)
+    loaded = load_model(EngineSettings(model=str(tiny80_model), quantize="int4", threads=1, cache_dir=str(tmp_path)))
+    assert "ONNX Runtime's kernels" in loaded.dtype
+    ids = loaded.tokenizer("def add(a, b):").input_ids
+    assert loaded.runtime.forward(ids, loaded.runtime.new_kv(0)).isfinite().all()

@@ -156,17 +156,30 @@ def _load_int4(settings: EngineSettings, source: ModelSource, cache: Path, token
                              "or use the cpu-gptq profile for this checkpoint")
     stem = f"{checkpoint.name}-{_cache_key(_weight_files(checkpoint))}"
     kernel = q4_kernel.library(cache) if settings.int4_kernel == "auto" and settings.int4_block == q4_kernel.BLOCK else None
-    target = cache / "onnx-int4" / f"{stem}-{variant_name(settings.int4_block, settings.int4_head, kernel is not None)}"
-    if not (target / "genai_config.json").is_file():
-        report("building the 4-bit ONNX model (first start only)", 55)
-        built = build_int4(checkpoint, target, block_size=settings.int4_block, head=settings.int4_head,
-                           kernel=kernel is not None)
-        log.info("built %s in %.0f s, peak memory %.1f GB", target, built["seconds"], built["peak_rss_bytes"] / 1e9)
-        for stale in drop_stale_builds(target.parent, stem, INT4_BLOCKS):
-            log.info("removed %s: built by an older phils, never loaded again", stale)
-    report("loading the 4-bit model", 80)
-    runtime = GenaiRuntime(target, settings.threads or usable_cores(), MAX_SUFFIX_TOKENS, settings.context_tokens,
-                           custom_ops=kernel)
+
+    def runtime_for(kernel: Path | None) -> GenaiRuntime:
+        target = cache / "onnx-int4" / f"{stem}-{variant_name(settings.int4_block, settings.int4_head, kernel is not None)}"
+        if not (target / "genai_config.json").is_file():
+            report("building the 4-bit ONNX model (first start only)", 55)
+            built = build_int4(checkpoint, target, block_size=settings.int4_block, head=settings.int4_head,
+                               kernel=kernel is not None)
+            log.info("built %s in %.0f s, peak memory %.1f GB", target, built["seconds"], built["peak_rss_bytes"] / 1e9)
+            for stale in drop_stale_builds(target.parent, stem, INT4_BLOCKS):
+                log.info("removed %s: built by an older phils, never loaded again", stale)
+        report("loading the 4-bit model", 80)
+        return GenaiRuntime(target, settings.threads or usable_cores(), MAX_SUFFIX_TOKENS, settings.context_tokens,
+                            custom_ops=kernel)
+
+    try:
+        runtime = runtime_for(kernel)
+    except ModelLoadError as exc:
+        if kernel is None:
+            raise
+        # Our kernels are an optimization: a library this runtime refuses must not cost the user the model.
+        log.warning("phils' int4 kernels did not load (%s); using ONNX Runtime's own (engine.int4_kernel = mlas "
+                    "skips this attempt)", exc)
+        kernel = None
+        runtime = runtime_for(kernel)
     seconds = time.monotonic() - started
     log.info("loaded %s as int4 (ONNX Runtime GenAI) in %.1f s", source.describe(), seconds)
     kernels = "phils' AVX-512 VNNI kernels" if kernel else "ONNX Runtime's kernels"
