@@ -2,8 +2,8 @@
 
 The int4 runtime runs on MLAS' MatMulNBits and ONNX Runtime's attention
 everywhere; on a CPU with AVX-512 VNNI and a C compiler, two ONNX Runtime
-custom operators take over: ``phils.Q4MatMul`` for the 4-bit matrices (0.5x
-MatMulNBits' time for a few tokens and 0.65-0.76x for one on this project's
+custom operators take over: ``phils.Q4MatMul`` for the 4-bit matrices (0.43x
+MatMulNBits' time for eight tokens and 0.71x for one on this project's
 machine, bench/results/q4-kernel.md) and ``phils.AttentionF16``, attention
 over an fp16 key/value cache (half the bytes ONNX Runtime's fp32 cache reads
 a token). The library is compiled into phils' cache the first time (about
