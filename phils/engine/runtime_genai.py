@@ -2,8 +2,8 @@
 
 4-bit weights with int8 activations decode Phi-2's shape at about 25-40 ms a
 token on this project's 2-core machine with phils' kernels (``q4_kernel``:
-AVX-512 VNNI), 50-70 on ONNX Runtime's own, where torch's int8 takes 85-190. A document's KV cache is a GenAI ``Generator``:
-``append_tokens`` runs tokens and keeps their keys and values, ``rewind_to``
+AVX-512 VNNI), 50-70 on ONNX Runtime's own, where torch's int8 takes 85-190.
+A document's KV cache is a GenAI ``Generator``: ``append_tokens`` runs tokens and keeps their keys and values, ``rewind_to``
 crops, which is all the prefix reuse, the decode loop and the judging of
 mid-code candidates need; the logits come back as a torch tensor, so token
 healing and candidate scoring work unchanged.
