@@ -251,26 +251,23 @@ def _emit_nbits(model: Any, weight: Any, name: str, root_input: str, kwargs: dic
     tensor = name[1:].replace("/", ".") + ".weight"
     output = "logits" if kwargs.get("logits", False) else f"{name}/output_0"
     if kernel and q4_kernel.fits(rows, cols, block_size, bits, symmetric):
-        weights, scales16, zeros16 = q4_kernel.repack(packed, scales, zero_points, rows, cols)
-        model.make_initializer(weights, tensor + "_Q4K")
-        model.make_initializer(scales16, tensor + "_Q4K_scales")
-        model.make_initializer(zeros16, tensor + "_Q4K_zero_scales")
+        tensors = dict(zip(("_Q4K", "_Q4K_scales", "_Q4K_zero_scales"),
+                           q4_kernel.repack(packed, scales, zero_points, rows, cols)))
+        for suffix, values in tensors.items():
+            model.make_initializer(values, tensor + suffix)
         model.graph.opset_imports[q4_kernel.DOMAIN] = 1
-        model.make_node("Q4MatMul", inputs=[root_input, tensor + "_Q4K", tensor + "_Q4K_scales",
-                                            tensor + "_Q4K_zero_scales"],
-                        outputs=[output], name=name + "_Q4K", domain=q4_kernel.DOMAIN, K=rows, N=cols)
-        model.make_value(output, model.io_dtype, shape=model.make_hidden_state_shape(
-            seq_dim=kwargs.get("seq_dim", "sequence_length"), last_dim=cols))
-        return
-    inputs = [root_input, tensor + f"_Q{bits}", tensor + "_scales"]
-    model.make_initializer(packed, tensor + f"_Q{bits}")
-    model.make_initializer(scales.astype(np.float32), tensor + "_scales")
-    if not symmetric:
-        model.make_initializer(zero_points, tensor + "_zero_points")
-        inputs.append(tensor + "_zero_points")
-    extra = {"accuracy_level": attrs["accuracy_level"]} if attrs["accuracy_level"] else {}
-    model.make_node("MatMulNBits", inputs=inputs, outputs=[output], name=name + f"_Q{bits}", domain="com.microsoft",
-                    K=rows, N=cols, bits=bits, block_size=block_size, **extra)
+        model.make_node("Q4MatMul", inputs=[root_input, *(tensor + suffix for suffix in tensors)], outputs=[output],
+                        name=name + "_Q4K", domain=q4_kernel.DOMAIN, K=rows, N=cols)
+    else:
+        inputs = [root_input, tensor + f"_Q{bits}", tensor + "_scales"]
+        model.make_initializer(packed, tensor + f"_Q{bits}")
+        model.make_initializer(scales.astype(np.float32), tensor + "_scales")
+        if not symmetric:
+            model.make_initializer(zero_points, tensor + "_zero_points")
+            inputs.append(tensor + "_zero_points")
+        extra = {"accuracy_level": attrs["accuracy_level"]} if attrs["accuracy_level"] else {}
+        model.make_node("MatMulNBits", inputs=inputs, outputs=[output], name=name + f"_Q{bits}", domain="com.microsoft",
+                        K=rows, N=cols, bits=bits, block_size=block_size, **extra)
     model.make_value(output, model.io_dtype, shape=model.make_hidden_state_shape(seq_dim=kwargs.get("seq_dim", "sequence_length"), last_dim=cols))
 
 

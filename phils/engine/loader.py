@@ -155,7 +155,7 @@ def _load_int4(settings: EngineSettings, source: ModelSource, cache: Path, token
                              f"already {method}: point engine.model at the original model (microsoft/phi-2), "
                              "or use the cpu-gptq profile for this checkpoint")
     stem = f"{checkpoint.name}-{_cache_key(_weight_files(checkpoint))}"
-    kernel = q4_kernel.library(cache) if settings.int4_kernel == "auto" and settings.int4_block == q4_kernel.BLOCK else None
+    kernel = q4_kernel.library(cache) if q4_kernel.wanted(settings.int4_kernel, settings.int4_block) else None
 
     def runtime_for(kernel: Path | None) -> GenaiRuntime:
         target = cache / "onnx-int4" / f"{stem}-{variant_name(settings.int4_block, settings.int4_head, kernel is not None)}"

@@ -25,7 +25,9 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-SOURCES = [Path(__file__).with_name("kernels") / name for name in ("q4_matmul.c", "attention_f16.c")]
+KERNELS = Path(__file__).with_name("kernels")
+SOURCES = [KERNELS / name for name in ("q4_matmul.c", "attention_f16.c")]
+HEADER = KERNELS / "ort_helpers.h"  # ours, shared by both sources: part of what the library is built from
 # Explicit instruction sets rather than -march=native: the library runs on any CPU with these.
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mf16c", "-mfma", "-fPIC", "-shared"]
 NEEDED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "f16c", "fma")  # as /proc/cpuinfo spells them
@@ -60,28 +62,35 @@ def library(cache: Path) -> Path | None:
     """The compiled operator library in ``cache`` (built on first use), or None when it cannot run here."""
     reason = unavailable_reason()
     if reason:
-        log.info("4-bit matrices on MLAS' MatMulNBits: our kernel needs AVX-512 VNNI and a C compiler, and %s", reason)
+        log.info("int4 on ONNX Runtime's own operators: phils' kernels need AVX-512 VNNI and a C compiler, and %s",
+                 reason)
         return None
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES) + " ".join(FLAGS).encode()).hexdigest()[:16]
+    built_from = b"".join(p.read_bytes() for p in (*SOURCES, HEADER))
+    digest = hashlib.sha256(built_from + " ".join(FLAGS).encode()).hexdigest()[:16]
     target = cache / "kernels" / f"phils-q4-{digest}.so"
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
-    command = [str(compiler()), *FLAGS, "-I", str(SOURCES[0].parent), "-o", str(partial), *map(str, SOURCES)]
+    command = [str(compiler()), *FLAGS, "-I", str(KERNELS), "-o", str(partial), *map(str, SOURCES)]
     try:
         done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        log.warning("4-bit matrices on MLAS' MatMulNBits: compiling our kernel failed: %s", exc)
+        log.warning("int4 on ONNX Runtime's own operators: compiling phils' kernels failed: %s", exc)
         return None
     if done.returncode != 0:
-        log.warning("4-bit matrices on MLAS' MatMulNBits: compiling our kernel failed: %s",
+        log.warning("int4 on ONNX Runtime's own operators: compiling phils' kernels failed: %s",
                     (done.stderr.strip().splitlines() or ["exit status %d" % done.returncode])[-1])
         partial.unlink(missing_ok=True)
         return None
     partial.replace(target)
     log.info("built %s", target)
     return target
+
+
+def wanted(setting: str, block_size: int) -> bool:
+    """Whether ``engine.int4_kernel`` and ``engine.int4_block`` ask for the kernels (the machine aside)."""
+    return setting == "auto" and block_size == BLOCK
 
 
 def fits(k: int, n: int, block_size: int, bits: int, symmetric: bool) -> bool:
@@ -94,13 +103,8 @@ def repack(packed: Any, scales: Any, zero_points: Any, k: int, n: int) -> tuple[
     import numpy as np
 
     blocks, groups = k // BLOCK, n // ROWS
-    packed = np.asarray(packed, dtype=np.uint8).reshape(n, blocks, BLOCK // 2)
-    weights = np.empty((n, blocks, BLOCK), dtype=np.uint8)
-    weights[..., 0::2], weights[..., 1::2] = packed & 0x0F, packed >> 4
-    zeros = np.asarray(zero_points, dtype=np.uint8).reshape(n, -1)
-    zero = np.empty((n, zeros.shape[1] * 2), dtype=np.uint8)
-    zero[:, 0::2], zero[:, 1::2] = zeros & 0x0F, zeros >> 4
-    zero = zero[:, :blocks].astype(np.float32)
+    weights = _nibbles(np.asarray(packed, dtype=np.uint8).reshape(n, blocks, BLOCK // 2))
+    zero = _nibbles(np.asarray(zero_points, dtype=np.uint8).reshape(n, -1))[:, :blocks].astype(np.float32)
     scale = np.asarray(scales, dtype=np.float32).reshape(n, blocks)
     # group, block, chunk of 8 weights, row, nibble (low: k = 8c+j, high: 8c+4+j), j
     six = weights.reshape(groups, ROWS, blocks, 4, 2, 4).transpose(0, 2, 3, 1, 4, 5)
@@ -108,3 +112,12 @@ def repack(packed: Any, scales: Any, zero_points: Any, k: int, n: int) -> tuple[
     by_group = lambda values: np.ascontiguousarray(  # noqa: E731
         values.astype(np.float16).reshape(groups, ROWS, blocks).transpose(0, 2, 1)).reshape(-1)
     return kernel_weights, by_group(scale), by_group(zero * scale)
+
+
+def _nibbles(packed: Any) -> Any:
+    """Two 4-bit values per byte along the last axis, low nibble first (MatMulNBits' order), one per byte."""
+    import numpy as np
+
+    values = np.empty(packed.shape[:-1] + (packed.shape[-1] * 2,), dtype=np.uint8)
+    values[..., 0::2], values[..., 1::2] = packed & 0x0F, packed >> 4
+    return values

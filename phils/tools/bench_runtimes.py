@@ -131,9 +131,9 @@ def _weight_bytes(runtime: str, args: Any) -> int | None:
         from ..engine.sources import cache_root
 
         default = EngineSettings()  # what the server loads unless the runtime's settings say otherwise
-        block = next((int(s.split("=")[1]) for s in PHILS_RUNTIMES[runtime] if s.startswith("engine.int4_block=")),
-                     default.int4_block)
-        kernel = ("engine.int4_kernel=mlas" not in PHILS_RUNTIMES[runtime] and block == q4_kernel.BLOCK
+        chosen = dict(s.split("=", 1) for s in PHILS_RUNTIMES[runtime])
+        block = int(chosen.get("engine.int4_block", default.int4_block))
+        kernel = (q4_kernel.wanted(chosen.get("engine.int4_kernel", default.int4_kernel), block)
                   and q4_kernel.unavailable_reason() is None)
         variant = variant_name(block, default.int4_head, kernel)
         built = sorted((cache_root() / "onnx-int4").glob(f"{Path(args.model).name}-*-{variant}/model.onnx.data"),

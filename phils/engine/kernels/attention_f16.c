@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "onnxruntime/onnxruntime_c_api.h"
+#include "ort_helpers.h"
 
 #define MAX_HEAD 256
 
@@ -133,22 +133,6 @@ static void attend(void* data, size_t h) {
 
 // --- the ONNX Runtime operator ---------------------------------------------------------------
 
-#define CHECK(expr)                  \
-    do {                             \
-        OrtStatus* status_ = (expr); \
-        if (status_) return status_; \
-    } while (0)
-
-static OrtStatus* shape_of(const OrtApi* api, const OrtValue* value, int64_t* dims, size_t* rank) {
-    OrtTensorTypeAndShapeInfo* info;
-    CHECK(api->GetTensorTypeAndShape(value, &info));
-    OrtStatus* status = api->GetDimensionsCount(info, rank);
-    if (!status && *rank > 4) status = api->CreateStatus(ORT_INVALID_ARGUMENT, "phils.AttentionF16: bad rank");
-    if (!status) status = api->GetDimensions(info, dims, *rank);
-    api->ReleaseTensorTypeAndShapeInfo(info);
-    return status;
-}
-
 typedef struct {
     const OrtApi* api;
     Attention attrs;
@@ -184,9 +168,9 @@ static OrtStatus* ORT_API_CALL compute_attention(void* opaque, OrtKernelContext*
     CHECK(api->KernelContext_GetInput(context, 7, &cos));
     int64_t qdims[4], kdims[4], cdims[4];
     size_t qrank, krank, crank;
-    CHECK(shape_of(api, qkv, qdims, &qrank));
-    CHECK(shape_of(api, past_k, kdims, &krank));
-    CHECK(shape_of(api, cos, cdims, &crank));
+    CHECK(shape_of(api, qkv, qdims, 4, &qrank));
+    CHECK(shape_of(api, past_k, kdims, 4, &krank));
+    CHECK(shape_of(api, cos, cdims, 4, &crank));
     Job job = {0};
     job.heads = kernel->attrs.heads, job.kv_heads = kernel->attrs.kv_heads;
     if (qrank != 3 || krank != 4 || crank != 2 || qdims[0] != 1 || kdims[1] != job.kv_heads)
@@ -210,12 +194,10 @@ static OrtStatus* ORT_API_CALL compute_attention(void* opaque, OrtKernelContext*
     CHECK(api->GetTensorMutableData(present_k, (void**)&job.kc));
     CHECK(api->GetTensorMutableData(present_v, (void**)&job.vc));
     CHECK(api->GetTensorMutableData((OrtValue*)cos, (void**)&job.cos));
-    const OrtValue* sin;
-    CHECK(api->KernelContext_GetInput(context, 8, &sin));
-    CHECK(api->GetTensorMutableData((OrtValue*)sin, (void**)&job.sin));
-    uint16_t *pk, *pv;
-    CHECK(api->GetTensorMutableData((OrtValue*)past_k, (void**)&pk));
-    CHECK(api->GetTensorMutableData((OrtValue*)past_v, (void**)&pv));
+    CHECK(input_data(api, context, 8, (const void**)&job.sin));
+    const uint16_t *pk, *pv;
+    CHECK(input_data(api, context, 3, (const void**)&pk));
+    CHECK(input_data(api, context, 4, (const void**)&pv));
     size_t bytes = (size_t)(job.kv_heads * job.capacity * job.hs) * sizeof(uint16_t);
     if (pk != job.kc) memcpy(job.kc, pk, bytes);  // not shared in place: start from the past
     if (pv != job.vc) memcpy(job.vc, pv, bytes);
