@@ -123,12 +123,13 @@ def _make_test_model(args: argparse.Namespace) -> int:
 
     started = time.monotonic()
     if args.gptq_bits:
+        group_size = args.gptq_group or (32 if args.shape == "tiny" else 128)
         directory = make_random_gptq(args.directory, shape=args.shape, bits=args.gptq_bits, seed=args.seed,
-                                     group_size=32 if args.shape == "tiny" else 128)
-        kind = f"random {args.gptq_bits}-bit GPTQ {args.shape}"
+                                     group_size=group_size, desc_act=args.gptq_act_order)
+        kind = f"random {args.gptq_bits}-bit GPTQ ({group_size}g{', act-order' if args.gptq_act_order else ''}) {args.shape}"
     else:
-        directory = make_test_model(args.directory, shape=args.shape, seed=args.seed)
-        kind = f"random {args.shape}"
+        directory = make_test_model(args.directory, shape=args.shape, seed=args.seed, dtype=args.dtype)
+        kind = f"random {args.dtype} {args.shape}"
     print(f"wrote a {kind} Phi model to {directory} in {time.monotonic() - started:.1f} s", file=sys.stderr)
     return 0
 
@@ -330,6 +331,10 @@ def _parser() -> argparse.ArgumentParser:
     make.add_argument("--seed", type=int, default=0)
     make.add_argument("--gptq-bits", type=int, choices=[4, 8],
                       help="write random packed GPTQ weights of this width instead (speed benchmarks; no calibration)")
+    make.add_argument("--gptq-group", type=int, choices=[32, 64, 128], help="GPTQ group size (default 32 tiny, 128 else)")
+    make.add_argument("--gptq-act-order", action="store_true", help="GPTQ act-order (desc_act), as TheBloke's *-actorder_True")
+    make.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                      help="saved weights' type (float16: Phi-2's own checkpoint type)")
     make.set_defaults(run=_make_test_model)
 
     bench = commands.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)

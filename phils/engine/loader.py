@@ -104,6 +104,9 @@ def load_model(settings: EngineSettings, report: Report = lambda message, percen
         model = transformers.AutoModelForCausalLM.from_pretrained(
             source.location,
             dtype=dtype,
+            # Straight onto the GPU (no full copy in RAM first); a GPTQ checkpoint's kernels are chosen for
+            # the device named here, and without it gptqmodel picks CPU kernels that .to("cuda") cannot fix.
+            device_map={"": device} if device != "cpu" else None,
             use_safetensors=None if settings.allow_pickle else True,
             **common,
         )
@@ -116,7 +119,7 @@ def load_model(settings: EngineSettings, report: Report = lambda message, percen
         raise ModelLoadError(_explain(exc, settings)) from exc
     report(f"moving the model to {device}", 80)
     model.to(device).eval()
-    precision = str(dtype).removeprefix("torch.")
+    precision = _quantized_precision(model, dtype) or str(dtype).removeprefix("torch.")
     if settings.quantize == "int8":
         if device != "cpu":
             raise ModelLoadError("engine.quantize = int8 is for the CPU; on CUDA use fp16/bf16 or a GPTQ model")
@@ -133,6 +136,18 @@ def load_model(settings: EngineSettings, report: Report = lambda message, percen
     seconds = time.monotonic() - started
     log.info("loaded %s on %s as %s in %.1f s", source.describe(), device, dtype, seconds)
     return LoadedModel(model, tokenizer, device, precision, source, seconds)
+
+
+def _quantized_precision(model: Any, dtype: Any) -> str | None:
+    """A GPTQ (or other pre-quantized) checkpoint's precision, with the kernels its layers run on."""
+    config = getattr(model.config, "quantization_config", None)
+    if config is None:
+        return None
+    described = config if isinstance(config, dict) else config.to_dict()
+    kernels = sorted({type(m).__name__ for m in model.modules() if hasattr(m, "qweight")})
+    method = str(described.get("quant_method", "quantized")).upper().removeprefix("QUANTIZATIONMETHOD.")
+    return (f"{method} {described.get('bits', '?')}-bit weights ({', '.join(kernels) or 'unknown kernels'}), "
+            f"{str(dtype).removeprefix('torch.')} activations")
 
 
 def _load_int4(settings: EngineSettings, source: ModelSource, cache: Path, tokenizer: Any, device: str,

@@ -118,20 +118,39 @@ async def run_mode(
     }
 
 
-def measure_bandwidth(size_mb: int = 1024, repeats: int = 5) -> float:
+def measure_bandwidth(size_mb: int = 1024, repeats: int = 5, device: str = "cpu") -> float:
     """Best read bandwidth in GB/s over several kernels (a busy machine lowers some more than others)."""
     import torch
 
-    x = torch.ones(size_mb * 2**20 // 4, dtype=torch.float32)
+    if device == "cuda":
+        size_mb *= 4  # several times a GPU's L2
+    x = torch.ones(size_mb * 2**20 // 4, dtype=torch.float32, device=device)
     kernels = {"sum": torch.sum, "amax": torch.amax, "dot": lambda t: torch.dot(t, t)}
     best = 0.0
     for kernel in kernels.values():
         kernel(x)
         for _ in range(repeats):
+            _sync(device)
             started = time.perf_counter()
             kernel(x)
+            _sync(device)
             best = max(best, x.nbytes / (time.perf_counter() - started) / 1e9)
     return best
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def server_device(settings: list[str]) -> str:
+    """Where the server under test runs its model: what engine.device says, CUDA when auto finds one."""
+    import torch
+
+    wanted = next((item.split("=", 1)[1] for item in reversed(settings) if item.startswith("engine.device=")), "auto")
+    return "cuda" if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()) else "cpu"
 
 
 def weight_bytes(model: str) -> int | None:
@@ -140,23 +159,27 @@ def weight_bytes(model: str) -> int | None:
     return sum(f.stat().st_size for f in files) or None
 
 
-def machine() -> dict[str, Any]:
+def machine(device: str = "cpu") -> dict[str, Any]:
     import torch
 
-    return {
+    facts = {
         "cpu": _cpu_name(),
         "cores": usable_cores(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
     }
+    if device == "cuda":
+        facts["gpu"] = torch.cuda.get_device_name()
+    return facts
 
 
 def run(args: Any) -> int:
     source = Path(args.file).read_text(encoding="utf-8")
     replay = plan_replay(Path(args.file), source, args.prompt_lines, args.requests)
     modes = args.modes.split(",")
-    bandwidth = measure_bandwidth()
+    device = server_device(args.set or [])
+    bandwidth = measure_bandwidth(device=device)
     results = {}
     for mode in modes:
         started = time.monotonic()
@@ -166,8 +189,8 @@ def run(args: Any) -> int:
         )
         print(f"{mode}: {json.dumps({k: v for k, v in results[mode].items() if k not in ('suggestions', 'server_stats')})}"
               f" ({time.monotonic() - started:.0f} s)", file=sys.stderr)
-    bandwidth = max(bandwidth, measure_bandwidth())  # the same sitting, before and after
-    report = summarize(args, results, bandwidth)
+    bandwidth = max(bandwidth, measure_bandwidth(device=device))  # the same sitting, before and after
+    report = summarize(args, results, bandwidth, device)
     write_report(args.out, f"keystrokes-{args.name or Path(args.model).name}", report, markdown(report))
     return 0
 
@@ -181,7 +204,7 @@ def write_report(out: str | Path, stem: str, report: dict[str, Any], table: str)
     print(table)
 
 
-def summarize(args: Any, results: dict[str, Any], bandwidth: float) -> dict[str, Any]:
+def summarize(args: Any, results: dict[str, Any], bandwidth: float, device: str = "cpu") -> dict[str, Any]:
     weights = weight_bytes(args.model)
     floor_ms = weights / (bandwidth * 1e9) * 1000 if weights else None
     modes = list(results)
@@ -194,7 +217,8 @@ def summarize(args: Any, results: dict[str, Any], bandwidth: float) -> dict[str,
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "model": args.model,
         "file": args.file,
-        "machine": machine(),
+        "machine": machine(device),
+        "device": device,
         "bandwidth_gb_s": round(bandwidth, 1),
         "weight_bytes": weights,
         "decode_floor_ms": round(floor_ms, 1) if floor_ms else None,
@@ -225,8 +249,9 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# Keystroke replay: {Path(report['model']).name}",
         "",
-        f"`{report['command']}` on {report['date']}: {m['cpu']}, {m['cores']} cores, torch {m['torch']}.",
-        f"Read bandwidth (best of several kernels, same sitting): {report['bandwidth_gb_s']} GB/s; "
+        f"`{report['command']}` on {report['date']}: {m['cpu']}, {m['cores']} cores, "
+        f"{'the GPU ' + m['gpu'] + ', ' if m.get('gpu') else ''}torch {m['torch']}.",
+        f"{'GPU r' if m.get('gpu') else 'R'}ead bandwidth (best of several kernels, same sitting): {report['bandwidth_gb_s']} GB/s; "
         f"weights {report['weight_bytes']} bytes → decode floor {report['decode_floor_ms']} ms/token.",
         "",
         *rows,

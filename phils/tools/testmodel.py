@@ -40,7 +40,9 @@ def train_tokenizer(vocab_size: int = 4096, corpus_bytes: int = 3_000_000):
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, bos_token=EOS, unk_token=EOS)
 
 
-def make_test_model(directory: str | Path, shape: str = "tiny", seed: int = 0, vocab_size: int = 4096) -> Path:
+def make_test_model(directory: str | Path, shape: str = "tiny", seed: int = 0, vocab_size: int = 4096,
+                    dtype: str = "float32") -> Path:
+    """``dtype`` "float16" saves the weights as Phi-2's own checkpoint does (half the bytes, for GPU benchmarks)."""
     import torch
     from transformers import PhiConfig, PhiForCausalLM
 
@@ -59,7 +61,7 @@ def make_test_model(directory: str | Path, shape: str = "tiny", seed: int = 0, v
         **dims,
     )
     torch.manual_seed(seed)
-    model = PhiForCausalLM(config).to(torch.float32).eval()
+    model = PhiForCausalLM(config).to(getattr(torch, dtype)).eval()
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.eos_token_id
     directory.mkdir(parents=True, exist_ok=True)
@@ -69,13 +71,15 @@ def make_test_model(directory: str | Path, shape: str = "tiny", seed: int = 0, v
 
 
 def make_random_gptq(directory: str | Path, shape: str = "phi-2", bits: int = 4, group_size: int = 128,
-                     seed: int = 0, vocab_size: int = 4096) -> Path:
+                     seed: int = 0, vocab_size: int = 4096, desc_act: bool = False) -> Path:
     """A random GPTQ checkpoint (native layout) of a Phi shape, written directly.
 
     No calibration: the packed weights, zero points and scales are random, with
     the shapes and dtypes a real GPTQ checkpoint has. Decode speed depends on
     those shapes, not the values, so this benchmarks 4-bit (or 8-bit) kernels
     on Phi-2's exact shape in seconds instead of hours of CPU quantization.
+    ``desc_act`` (act-order, as in TheBloke's ``*-actorder_True`` branches)
+    scatters each group's input channels, as a calibration would.
     """
     import json
 
@@ -102,9 +106,15 @@ def make_random_gptq(directory: str | Path, shape: str = "phi-2", bits: int = 4,
             f"{prefix}.qweight": rand_int32(n_in // pack, n_out),
             f"{prefix}.qzeros": torch.full((groups, n_out // pack), zero - 2**32 if zero >= 2**31 else zero, dtype=torch.int32),
             f"{prefix}.scales": (torch.rand(groups, n_out, generator=generator) * 0.002 + 0.001).half(),
-            f"{prefix}.g_idx": (torch.arange(n_in) // group_size).to(torch.int32),
+            f"{prefix}.g_idx": group_of_input(n_in),
             f"{prefix}.bias": (torch.randn(n_out, generator=generator) * 0.01).half(),
         }
+
+    def group_of_input(n_in: int) -> torch.Tensor:
+        groups = torch.arange(n_in) // group_size
+        if desc_act:  # act-order: the channels of a group are wherever the calibration put them
+            groups = groups[torch.randperm(n_in, generator=generator)]
+        return groups.to(torch.int32)
 
     def dense(*size: int) -> torch.Tensor:
         return (torch.randn(*size, generator=generator) * 0.02).half()
@@ -129,7 +139,7 @@ def make_random_gptq(directory: str | Path, shape: str = "phi-2", bits: int = 4,
         "tie_word_embeddings": False, "torch_dtype": "float16",
         "bos_token_id": tokenizer.eos_token_id, "eos_token_id": tokenizer.eos_token_id,
         "quantization_config": {"quant_method": "gptq", "bits": bits, "group_size": group_size,
-                                "desc_act": False, "sym": True, "checkpoint_format": "gptq"},
+                                "desc_act": desc_act, "sym": True, "checkpoint_format": "gptq"},
     }
     (directory / "config.json").write_text(json.dumps(config, indent=2))
     return directory
