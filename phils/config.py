@@ -100,6 +100,12 @@ class CompletionSettings:
     # show the one (cut at any line end) under which the next lines are most likely.
     fit_suffix: bool = True
     candidates: int = _int(3, 1, 8)  # with fit_suffix: the greedy answer and first lines from the next best first tokens
+    # With fit_suffix, in Python: where the code below reads a variable that nothing above defines
+    # (``result.append(x)``, no ``result`` before), also judge answers that begin by defining it.
+    define_names: bool = True
+    # With fit_suffix: also write this many answers sampled from the model (temperature 0.7, the
+    # 40 best tokens, seeded by the text) and judge them with the rest.
+    samples: int = _int(0, 0, 8)
     # Signatures and docstrings of what the document imports from other modules of the
     # workspace, at the top of the prompt (at most a quarter of it).
     project_context: bool = True

@@ -31,6 +31,8 @@ class EngineJob:
     window: str = ""  # the editor window that asked; its departure cancels the job
     fit_suffix: str = ""  # the code after the cursor: answer with the candidate it follows best ("" = greedy)
     candidates: int = 1  # with fit_suffix: how many first tokens to try (the greedy one and the next best)
+    define: tuple[str, ...] = ()  # with fit_suffix: names the code below reads that only the answer can define
+    samples: int = 0  # with fit_suffix: answers sampled from the model, judged with the others
     background: bool = False  # computed ahead (after accepting the shown suggestion): yields to any other job
 
     @property

@@ -27,6 +27,9 @@ class FakeService:
     ({"prompt": "x", "phils": []}, "phils"),
     ({"prompt": "x", "phils": {"shape": {"single_line": True}}}, "stop rule"),
     ({"prompt": "x", "phils": {"deadline_ms": -5}}, "deadline_ms"),
+    ({"prompt": "x", "phils": {"define": "result"}}, "define"),
+    ({"prompt": "x", "phils": {"define": ["a b"]}}, "define"),
+    ({"prompt": "x", "phils": {"samples": -1}}, "samples"),
 ])
 def test_bad_requests_are_named(body, problem):
     with pytest.raises(BadRequest, match=problem):
@@ -36,10 +39,13 @@ def test_bad_requests_are_named(body, problem):
 def test_an_openai_request_becomes_a_job():
     job, stream = parse_job({"prompt": ["def f():"], "max_tokens": 8, "stop": "\n", "stream": True,
                              "phils": {"document": "file:///a.py", "window": "w1", "heal": False,
+                                       "fit_suffix": "\n    return x", "define": ["x", "y", "z", "u", "v"], "samples": 99,
                                        "shape": {"single_line": True, "min_indent": 0, "line_prefix": "", "max_lines": 1}}},
                             FakeService())
     assert stream and job.prompt == "def f():" and job.max_new_tokens == 8 and job.stop_strings == ("\n",)
     assert job.key == "w1\x1ffile:///a.py" and not job.heal and job.shape.single_line
+    assert job.fit_suffix == "\n    return x" and job.define == ("x", "y", "z", "u")  # at most MAX_DEFINE
+    assert job.samples == 8  # at most MAX_SAMPLES
 
 
 @pytest.fixture(scope="module")

@@ -92,6 +92,20 @@ def test_an_answer_may_end_at_any_of_its_non_blank_lines():
 # --- the engine's choice, on the tiny random Phi --------------------------------
 
 # The random model writes noise, at any indentation: the block may hold any of it.
+def test_a_python_line_of_its_own_asks_for_the_names_only_it_can_define():
+    def define(marked, uri="file:///t.py"):
+        before, after = marked.split(CURSOR)
+        lines = before.split("\n")
+        ctx = cursor_context(TextDocument(uri, before + after), len(lines) - 1, len(lines[-1]))
+        return postprocess.names_to_define(ctx, postprocess.shape_of(ctx))
+
+    nested = "def f(xs):\n    for x in xs:\n        █\n        seen.add(x)\n    return seen, other\n\n\ndef g():\n    return more\n"
+    assert define(nested) == ("seen", "other")  # the whole function below, not the next one
+    assert define(nested, "file:///t.js") == ()  # Python only
+    assert define("def f(xs):\n    y = █\n    return z\n") == ()  # after code on the line: not a line of its own
+    assert define("x = 1\n█\nprint(y)\n") == ("y",)  # module level
+
+
 PROMPT = 'import os\n\n\ndef add(a, b):\n    """Return the sum of a and b."""\n    total = a + b\n    '
 SUFFIX = "\n    return total\n\n\nprint(add(1, 2))"
 BLOCK = Shape(single_line=False, min_indent=0, line_prefix="    ", max_lines=4)
@@ -187,3 +201,46 @@ def test_past_its_deadline_the_greedy_answer_is_not_judged(loaded):
 
     result = fresh(loaded).generate(request("doc", fit_suffix=SUFFIX, deadline=time.monotonic()))
     assert result.reason == "deadline" and result.candidates == 0 and result.new_tokens == 1
+
+
+def test_a_name_the_code_below_needs_gets_answers_that_begin_by_defining_it(loaded, tmp_path, monkeypatch):
+    log = tmp_path / "judged.jsonl"
+    monkeypatch.setenv(fitting.JUDGE_LOG, str(log))
+    prompt = 'def add(a, b):\n    """Return the sum of a and b."""\n    '
+    suffix = "\n    return total\n"
+    without = fresh(loaded).generate(request("doc", prompt, fit_suffix=suffix, candidates=1))
+    cached, uncached = fresh(loaded), fresh(loaded, cache_bytes=0)
+    defined = cached.generate(request("doc", prompt, fit_suffix=suffix, candidates=1, define=("total",)))
+    judged = json.loads(log.read_text().splitlines()[-1])["judged"]
+    forced = [j for j in judged if j["origin"] > 0]
+    assert forced and all(j["text"].startswith("total") for j in forced)
+    assert defined.candidates == without.candidates + len(forced)
+    assert defined.new_tokens > without.new_tokens
+    # Every judged answer kept its own log-probability: the forced tokens' cost included.
+    chosen = max(judged, key=lambda j: j["written"] + j["suffix"])
+    assert defined.text == chosen["text"]
+    # The cache is exact afterwards.
+    typed = prompt + "t"
+    assert cached.generate(request("doc", typed)).text == uncached.generate(request("doc", typed)).text
+
+
+def test_a_name_is_forced_only_where_the_tokenizer_spells_it_alone(loaded):
+    engine = fresh(loaded)
+    tokens = fitting._spelled(engine, "", "total")
+    assert tokens and engine.tokenizer.decode(tokens) == "total"
+    assert engine.tokenizer.decode(fitting._spelled(engine, "  ", "total")) == "  total"
+
+
+def test_sampled_answers_are_judged_too_and_the_same_text_gets_the_same_answer(loaded, tmp_path, monkeypatch):
+    log = tmp_path / "judged.jsonl"
+    monkeypatch.setenv(fitting.JUDGE_LOG, str(log))
+    plain = fresh(loaded).generate(request("doc", fit_suffix=SUFFIX, candidates=1))
+    cached, uncached = fresh(loaded), fresh(loaded, cache_bytes=0)
+    first = cached.generate(request("doc", fit_suffix=SUFFIX, candidates=1, samples=3))
+    judged = json.loads(log.read_text().splitlines()[-1])["judged"]
+    assert {j["origin"] for j in judged} - {0}  # some sampled answer wrote a line the greedy one did not
+    assert first.new_tokens > plain.new_tokens and first.candidates >= plain.candidates
+    again = fresh(loaded).generate(request("doc", fit_suffix=SUFFIX, candidates=1, samples=3))
+    assert again.text == first.text
+    typed = PROMPT + "    total"
+    assert cached.generate(request("doc", typed)).text == uncached.generate(request("doc", typed)).text

@@ -160,7 +160,8 @@ class PhilsEngineBackend:
                 "background": job.background,
                 "shape": job.shape.as_dict() if job.shape else None, "heal": job.heal,
                 "ignore_stops": job.ignore_stops, "deadline_ms": job.deadline_ms,
-                "fit_suffix": job.fit_suffix, "candidates": job.candidates,
+                "fit_suffix": job.fit_suffix, "candidates": job.candidates, "define": list(job.define),
+                "samples": job.samples,
             },
         }
         try:

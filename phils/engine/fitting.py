@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import time
+import zlib
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 JUDGE_LOG = "PHILS_JUDGE_LOG"  # a file to append every judgement to (buffer text: for tuning only, asked for)
 MAX_SUFFIX_TOKENS = 48  # the judged text: the next lines after the cursor, this many tokens at most
 TOP_TOKENS = 64  # alternatives are looked for among this many of the best first tokens
+SAMPLE_TEMPERATURE, SAMPLE_TOP_K = 0.7, 40  # sampled answers (completion.samples)
 
 
 class CannotRewind(Exception):
@@ -70,12 +72,44 @@ def choose(engine: "Engine", logits: Any, kv: Any, prompt_length: int, request: 
                 judge.rewind(branch.generated)
                 other = GenerationResult(text="", reason="", healed=result.healed)
                 other_scores = list(branch.scores)
-                tokens = engine._decode(branch.logits, kv, one_line, other, max_new, start=branch, force=token,
+                tokens = engine._decode(branch.logits, kv, one_line, other, max_new, start=branch, force=[token],
                                         scores=other_scores)
-                result.new_tokens += other.new_tokens
-                result.decode_steps += other.decode_steps
-                result.drafted_tokens += other.drafted_tokens
-                result.kept_draft_tokens += other.kept_draft_tokens
+                _add_counts(result, other)
+                judge.held = tokens[: kv.get_seq_length() - prompt_length]
+                written.append((other.text, other.reason, other_scores))
+        if branches:
+            # Answers that begin by defining a name the code below reads and nothing above defines
+            # (``result = []`` for a ``return result`` below), written as far as the greedy answer goes.
+            branch = branches[-1]
+            for name in request.define:
+                if greedy_text.lstrip().startswith(name):
+                    continue  # the greedy answer is one
+                forced = _spelled(engine, branch.pending, name)
+                if request.cancel.is_set() or not forced:
+                    break
+                judge.rewind(branch.generated)
+                other = GenerationResult(text="", reason="", healed=result.healed)
+                other_scores = list(branch.scores)
+                tokens = engine._decode(branch.logits, kv, request, other, max_new, start=branch, force=forced,
+                                        scores=other_scores)
+                _add_counts(result, other)
+                judge.held = tokens[: kv.get_seq_length() - prompt_length]
+                written.append((other.text, other.reason, other_scores))
+        if branches and request.samples:
+            # Answers sampled from the model, judged with the rest: where the greedy answer's second
+            # line goes wrong, one of them often does not. Seeded by the text, so the same keystroke
+            # gets the same answer.
+            branch = branches[-1]
+            sampled = _sampler(engine, zlib.crc32((request.prompt[-4000:] + request.fit_suffix).encode()))
+            for _ in range(request.samples):
+                if request.cancel.is_set():
+                    break
+                judge.rewind(branch.generated)
+                other = GenerationResult(text="", reason="", healed=result.healed)
+                other_scores = list(branch.scores)
+                tokens = engine._decode(branch.logits, kv, request, other, max_new, start=branch, scores=other_scores,
+                                        pick=sampled)
+                _add_counts(result, other)
                 judge.held = tokens[: kv.get_seq_length() - prompt_length]
                 written.append((other.text, other.reason, other_scores))
         answers: dict[str, float] = {}  # each answer, and the log-probability of writing it
@@ -96,11 +130,12 @@ def choose(engine: "Engine", logits: Any, kv: Any, prompt_length: int, request: 
             # The whole document's likelihood with this answer in the hole: log P(answer) + log P(suffix | answer).
             suffix_logprob = judge.score(text)
             score = written_logprob + suffix_logprob
-            judged.append({"text": text, "written": written_logprob, "suffix": suffix_logprob, "origin": origin[text]})
+            judged.append({"text": text, "written": written_logprob, "suffix": suffix_logprob, "origin": origin[text],
+                           "tokens": judge.detail})
             result.candidates += 1
             if best is None or score > best[0]:
                 best = (score, text)
-        _record(request, greedy_text, judged)
+        _record(request, greedy_text, judged, [engine.tokenizer.decode([t]) for t in judge.suffix_ids])
     except CannotRewind as exc:
         log.debug("candidates not judged: %s", exc)
         result.text, result.reason, result.candidates = greedy_text, greedy_reason, 0
@@ -111,6 +146,31 @@ def choose(engine: "Engine", logits: Any, kv: Any, prompt_length: int, request: 
         result.text = best[1]
         if best[1] != greedy_text:
             result.reason = "stop"
+
+
+def _sampler(engine: "Engine", seed: int) -> Callable[[Any], int]:
+    torch = engine._torch
+    generator = torch.Generator().manual_seed(seed)
+
+    def pick(logits: Any) -> int:
+        top = logits.float().topk(SAMPLE_TOP_K)
+        probs = torch.softmax(top.values / SAMPLE_TEMPERATURE, -1).cpu()
+        return int(top.indices[int(torch.multinomial(probs, 1, generator=generator))])
+    return pick
+
+
+def _add_counts(result: GenerationResult, other: GenerationResult) -> None:
+    result.new_tokens += other.new_tokens
+    result.decode_steps += other.decode_steps
+    result.drafted_tokens += other.drafted_tokens
+    result.kept_draft_tokens += other.kept_draft_tokens
+
+
+def _spelled(engine: "Engine", pending: str, name: str) -> list[int]:
+    """Tokens that write ``pending`` (healing's text still owed) and then ``name``; [] when the
+    tokenizer cannot spell them on their own (a leading space it would add, say)."""
+    tokens = engine.encode_plain(pending + name)
+    return tokens if engine.tokenizer.decode(tokens, skip_special_tokens=True) == pending + name else []
 
 
 def _first_line(stop: Callable[[str], int | None]) -> Callable[[str], int | None]:
@@ -125,13 +185,14 @@ def _first_line(stop: Callable[[str], int | None]) -> Callable[[str], int | None
     return cut
 
 
-def _record(request: "GenerationRequest", greedy: str, judged: list[dict]) -> None:
+def _record(request: "GenerationRequest", greedy: str, judged: list[dict], pieces: list[str]) -> None:
     path = os.environ.get(JUDGE_LOG)
     if not path:
         return
     try:
         with open(path, "a", encoding="utf-8") as file:
-            file.write(json.dumps({"suffix": request.fit_suffix, "greedy": greedy, "judged": judged}) + "\n")
+            file.write(json.dumps({"suffix": request.fit_suffix, "greedy": greedy, "judged": judged,
+                                   "suffix_tokens": pieces}) + "\n")
     except OSError as exc:  # a tuning aid: never the reason a completion fails
         log.warning("cannot record the judgement in %s: %s", path, exc)
 
@@ -183,6 +244,7 @@ class _Judge:
         self.engine, self.kv, self.prompt_length, self.healed = engine, kv, prompt_length, healed
         self.suffix_ids = engine.encode_plain(suffix)[:MAX_SUFFIX_TOKENS]
         self.held: list[int] = []  # the tokens in the KV cache after the prompt
+        self.detail: list[list] = []  # the last score's tokens, for the judgement log
 
     def rewind(self, tokens: list[int]) -> None:
         """Make the KV cache hold the prompt and then ``tokens``."""
@@ -203,7 +265,10 @@ class _Judge:
         self.held = answer + self.suffix_ids
         target = torch.tensor(self.suffix_ids, device=logits.device)
         logprobs = torch.log_softmax(logits.float(), dim=-1)
-        return float(logprobs.gather(1, target[:, None]).sum())
+        per_token = logprobs.gather(1, target[:, None])[:, 0]
+        if os.environ.get(JUDGE_LOG):  # per suffix token: its log-probability, and whether greedy would write it
+            self.detail = [[round(float(p), 3), bool(g)] for p, g in zip(per_token, logits.argmax(-1) == target)]
+        return float(per_token.sum())
 
     def _cut(self, keep: int) -> None:
         from .generate import crop

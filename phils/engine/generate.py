@@ -43,6 +43,8 @@ class GenerationRequest:
     on_token: Callable[[int], None] | None = None  # told the count of new tokens after each one
     fit_suffix: str = ""  # the code after the cursor: when set, answer with the candidate it follows best
     candidates: int = 1  # with fit_suffix: the greedy answer and the best other first tokens
+    define: tuple[str, ...] = ()  # with fit_suffix: names the code below reads and only the answer can define
+    samples: int = 0  # with fit_suffix: answers sampled from the model, judged with the others
 
 
 @dataclass
@@ -182,12 +184,12 @@ class Engine:
         return logits, done
 
     def _decode(self, logits: Any, kv: Any, request: GenerationRequest, result: GenerationResult, max_new: int,
-                start: "Branch | None" = None, force: int | None = None,
+                start: "Branch | None" = None, force: list[int] | None = None,
                 on_branch: Callable[["Branch"], None] | None = None,
-                scores: list[tuple[int, float]] | None = None) -> list[int]:
+                scores: list[tuple[int, float]] | None = None, pick: Callable[[Any], int] = greedy) -> list[int]:
         """Greedy decoding from ``logits`` (the prompt's, or a branch point's); returns the tokens.
 
-        ``start`` resumes at a branch point with ``force`` as its token;
+        ``start`` resumes at a branch point with ``force`` as its first tokens;
         ``on_branch`` is told each step before the first one that writes code
         (past indentation): the last of them is where other candidates branch off.
         ``scores`` gets each token's (text length after it, log-probability).
@@ -206,10 +208,10 @@ class Engine:
             if on_branch is not None and not text.strip():  # the last such step is the one that writes code
                 on_branch(Branch(list(generated), list(scores or ()), pending, logits,
                                  kv.get_seq_length() - len(drafted)))
-            if force is not None and step == 0:
-                token = force
+            if force and step < len(force):
+                token = force[step]
             else:
-                token = self._constrained(logits, pending) if pending else greedy(logits)
+                token = self._constrained(logits, pending) if pending else pick(logits)
             if token in self.eos_ids and not ignore_stops:
                 result.reason = "eos"
                 break

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 SERVICE = web.AppKey("service", EngineService)
 STATE = web.AppKey("state", dict)
 FINISH_REASONS = {"stop": "stop", "eos": "stop", "length": "length", "deadline": "length"}
+MAX_DEFINE = 4  # names to define a candidate for (each costs a few lines of decoding)
+MAX_SAMPLES = 8  # sampled answers a request may ask for (likewise)
 
 
 class BadRequest(ValueError):
@@ -86,9 +88,17 @@ def parse_job(body: Any, service: EngineService) -> tuple[EngineJob, bool]:
         deadline_ms=_non_negative_int(extra.get("deadline_ms", 0), "phils.deadline_ms"),
         fit_suffix=_string(extra.get("fit_suffix", ""), "phils.fit_suffix"),
         candidates=max(_non_negative_int(extra.get("candidates", 1), "phils.candidates"), 1),
+        define=_names(extra.get("define", []), "phils.define"),
+        samples=min(_non_negative_int(extra.get("samples", 0), "phils.samples"), MAX_SAMPLES),
         background=bool(extra.get("background", False)),
     )
     return job, bool(body.get("stream", False))
+
+
+def _names(value: Any, name: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.isidentifier() for v in value):
+        raise BadRequest(f"{name} must be a list of identifiers")
+    return tuple(value[:MAX_DEFINE])
 
 
 def _string(value: Any, name: str) -> str:

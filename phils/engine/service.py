@@ -178,6 +178,8 @@ class EngineService:
                 on_token=partial(setattr, cancel, "decoded"),
                 fit_suffix=job.fit_suffix,
                 candidates=job.candidates,
+                define=job.define,
+                samples=job.samples,
             ))
         self.metrics.record(job, result, (time.monotonic() - queued_at) * 1000)
         if cancel.decoded_at_cancel is not None and not job.warmup:

@@ -380,6 +380,7 @@ async def _pipeline(
                                  settings.completion.mid_block)
     text, follows, strip = model_prompt(built, backend.heals, ctx.line_prefix)
     fit_shape, judged = postprocess.fitted(ctx, shape) if _fits(backend, settings) else (shape, "")
+    define = postprocess.names_to_define(ctx, fit_shape) if judged and settings.completion.define_names else ()
     model_shape = replace(fit_shape, line_prefix=follows) if follows != fit_shape.line_prefix else fit_shape
     timeout = settings.completion.timeout_ms
     job = EngineJob(
@@ -392,6 +393,8 @@ async def _pipeline(
         deadline_ms=timeout,
         fit_suffix=judged,
         candidates=settings.completion.candidates,
+        define=define,
+        samples=settings.completion.samples if judged else 0,
         background=background,
     )
     result = await backend.generate(job)

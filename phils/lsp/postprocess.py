@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import Callable
 
 from ..stoprule import CLOSERS, SEPARATORS, Shape, at_code, code_chars, indent_width, stop_index
-from . import outline
+from . import outline, unbound
 from .documents import CursorContext
 
 
@@ -132,6 +132,16 @@ def fitted(ctx: CursorContext, shape: Shape) -> tuple[Shape, str]:
     # `elif n == 1:`), as far as the function's body: the judgement says where it ends.
     body = 0 if function is None else function + 1
     return replace(shape, statement=False, max_lines=FIT_LINES, min_indent=min(shape.min_indent, body)), judged
+
+
+def names_to_define(ctx: CursorContext, shape: Shape) -> tuple[str, ...]:
+    """In Python, on a line of its own: the names the rest of the enclosing function (or the module's
+    code) reads that nothing defines but the answer (``unbound``)."""
+    if ctx.line_prefix.strip() or ctx.line_suffix.strip() or not is_python(ctx):
+        return ()
+    before = ctx.prefix[-MAX_OUTLINE_CHARS:]
+    function = outline.enclosing_def_indent(before.split("\n"), len(ctx.line_prefix) or shape.min_indent)
+    return tuple(unbound.names_to_bind(before, ctx.suffix, 0 if function is None else function + 1))
 
 
 def _enclosing_lines(ctx: CursorContext) -> tuple[str, ...]:
