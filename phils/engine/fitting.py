@@ -4,9 +4,11 @@ Phi-2 has no fill-in-the-middle tokens, so the text after the cursor cannot
 be in the prompt; it can still judge the answers. Mid-code, the engine writes
 the greedy answer (up to a few lines) and, at the step where it starts
 writing code, the best other first tokens, each continued greedily to the end
-of its line; every line end of every candidate is a possible answer, and the
-one under which
-the whole document is most likely wins: log P(answer | prefix) + log P(next
+of its line; answers forced to begin with a name the code below reads and
+nothing defines (the front finds them: ``lsp/unbound.py``); and, if asked,
+answers sampled from the model. Every line end of every candidate is a
+possible answer, and the one under which the whole document is most likely
+wins: log P(answer | prefix) + log P(next
 lines | prefix, answer), the second from one forward pass over the answer's
 tokens not yet in the KV cache and the suffix's, on the prompt's KV cache.
 The same judgement picks between a line and the lines until the code below
@@ -58,60 +60,47 @@ def choose(engine: "Engine", logits: Any, kv: Any, prompt_length: int, request: 
     judge = _Judge(engine, kv, prompt_length, result.healed, request.fit_suffix)
     try:
         judge.held = generated[: kv.get_seq_length() - prompt_length]
-        if request.candidates > 1 and branches and result.reason != "cancelled":
+
+        def write(branch: "Branch", how: "GenerationRequest", force: list[int] | None = None,
+                  pick: Callable[[Any], int] | None = None) -> None:
+            """Another candidate from ``branch``: its first tokens ``force``d, then ``pick``'s (greedy)."""
+            judge.rewind(branch.generated)
+            other = GenerationResult(text="", reason="", healed=result.healed)
+            other_scores = list(branch.scores)
+            tokens = engine._decode(branch.logits, kv, how, other, max_new, start=branch, force=force,
+                                    scores=other_scores, pick=pick)
+            _add_counts(result, other)
+            judge.held = tokens[: kv.get_seq_length() - prompt_length]
+            written.append((other.text, other.reason, other_scores))
+
+        branch = branches[-1] if branches else None  # where the answer's code starts
+        if request.candidates > 1 and branch is not None:
             # The other first tokens offer another first line; how far to go on is the greedy answer's
             # question. Measured on the infill eval (Gemma 3 270M, 3 candidates): as many lines passed
             # with the alternatives cut at their first line as with 4 lines each (41 vs 40), for
             # about half the text to decode and judge.
             one_line = replace(request, stop=_first_line(request.stop))
-            branch = branches[-1]
             greedy_token = generated[len(branch.generated)] if len(generated) > len(branch.generated) else None
             for token in _alternatives(engine, branch, request.candidates - 1, greedy_token):
                 if request.cancel.is_set():
                     break
-                judge.rewind(branch.generated)
-                other = GenerationResult(text="", reason="", healed=result.healed)
-                other_scores = list(branch.scores)
-                tokens = engine._decode(branch.logits, kv, one_line, other, max_new, start=branch, force=[token],
-                                        scores=other_scores)
-                _add_counts(result, other)
-                judge.held = tokens[: kv.get_seq_length() - prompt_length]
-                written.append((other.text, other.reason, other_scores))
-        if branches:
-            # Answers that begin by defining a name the code below reads and nothing above defines
-            # (``result = []`` for a ``return result`` below), written as far as the greedy answer goes.
-            branch = branches[-1]
-            for name in request.define:
-                if greedy_text.lstrip().startswith(name):
-                    continue  # the greedy answer is one
-                forced = _spelled(engine, branch.pending, name)
-                if request.cancel.is_set() or not forced:
-                    break
-                judge.rewind(branch.generated)
-                other = GenerationResult(text="", reason="", healed=result.healed)
-                other_scores = list(branch.scores)
-                tokens = engine._decode(branch.logits, kv, request, other, max_new, start=branch, force=forced,
-                                        scores=other_scores)
-                _add_counts(result, other)
-                judge.held = tokens[: kv.get_seq_length() - prompt_length]
-                written.append((other.text, other.reason, other_scores))
-        if branches and request.samples:
-            # Answers sampled from the model, judged with the rest: where the greedy answer's second
-            # line goes wrong, one of them often does not. Seeded by the text, so the same keystroke
-            # gets the same answer.
-            branch = branches[-1]
+                write(branch, one_line, force=[token])
+        # Answers that begin by defining a name the code below reads and nothing above defines
+        # (``result = []`` for a ``return result`` below), written as far as the greedy answer goes.
+        for name in request.define if branch is not None else ():
+            forced = _spelled(engine, branch.pending, name)
+            if request.cancel.is_set():
+                break
+            if forced and not greedy_text.lstrip().startswith(name):  # else the greedy answer is one
+                write(branch, request, force=forced)
+        if request.samples and branch is not None:
+            # Answers sampled from the model: where the greedy answer's second line goes wrong, one of
+            # them sometimes does not. Seeded by the text, so the same keystroke gets the same answer.
             sampled = _sampler(engine, zlib.crc32((request.prompt[-4000:] + request.fit_suffix).encode()))
             for _ in range(request.samples):
                 if request.cancel.is_set():
                     break
-                judge.rewind(branch.generated)
-                other = GenerationResult(text="", reason="", healed=result.healed)
-                other_scores = list(branch.scores)
-                tokens = engine._decode(branch.logits, kv, request, other, max_new, start=branch, scores=other_scores,
-                                        pick=sampled)
-                _add_counts(result, other)
-                judge.held = tokens[: kv.get_seq_length() - prompt_length]
-                written.append((other.text, other.reason, other_scores))
+                write(branch, request, pick=sampled)
         answers: dict[str, float] = {}  # each answer, and the log-probability of writing it
         origin: dict[str, int] = {}  # which candidate wrote it first (0: the greedy one)
         for number, (candidate, reason, token_scores) in enumerate(written):
@@ -135,7 +124,7 @@ def choose(engine: "Engine", logits: Any, kv: Any, prompt_length: int, request: 
             result.candidates += 1
             if best is None or score > best[0]:
                 best = (score, text)
-        _record(request, greedy_text, judged, [engine.tokenizer.decode([t]) for t in judge.suffix_ids])
+        _record(request, greedy_text, judged, lambda: [engine.tokenizer.decode([t]) for t in judge.suffix_ids])
     except CannotRewind as exc:
         log.debug("candidates not judged: %s", exc)
         result.text, result.reason, result.candidates = greedy_text, greedy_reason, 0
@@ -185,14 +174,14 @@ def _first_line(stop: Callable[[str], int | None]) -> Callable[[str], int | None
     return cut
 
 
-def _record(request: "GenerationRequest", greedy: str, judged: list[dict], pieces: list[str]) -> None:
+def _record(request: "GenerationRequest", greedy: str, judged: list[dict], pieces: Callable[[], list[str]]) -> None:
     path = os.environ.get(JUDGE_LOG)
     if not path:
         return
     try:
         with open(path, "a", encoding="utf-8") as file:
             file.write(json.dumps({"suffix": request.fit_suffix, "greedy": greedy, "judged": judged,
-                                   "suffix_tokens": pieces}) + "\n")
+                                   "suffix_tokens": pieces()}) + "\n")
     except OSError as exc:  # a tuning aid: never the reason a completion fails
         log.warning("cannot record the judgement in %s: %s", path, exc)
 

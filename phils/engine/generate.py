@@ -186,13 +186,14 @@ class Engine:
     def _decode(self, logits: Any, kv: Any, request: GenerationRequest, result: GenerationResult, max_new: int,
                 start: "Branch | None" = None, force: list[int] | None = None,
                 on_branch: Callable[["Branch"], None] | None = None,
-                scores: list[tuple[int, float]] | None = None, pick: Callable[[Any], int] = greedy) -> list[int]:
+                scores: list[tuple[int, float]] | None = None, pick: Callable[[Any], int] | None = None) -> list[int]:
         """Greedy decoding from ``logits`` (the prompt's, or a branch point's); returns the tokens.
 
         ``start`` resumes at a branch point with ``force`` as its first tokens;
         ``on_branch`` is told each step before the first one that writes code
         (past indentation): the last of them is where other candidates branch off.
-        ``scores`` gets each token's (text length after it, log-probability).
+        ``scores`` gets each token's (text length after it, log-probability); ``pick`` chooses
+        each token from the logits (greedy unless told).
         """
         generated: list[int] = list(start.generated) if start else []
         text = ""
@@ -211,7 +212,7 @@ class Engine:
             if force and step < len(force):
                 token = force[step]
             else:
-                token = self._constrained(logits, pending) if pending else pick(logits)
+                token = self._constrained(logits, pending) if pending else (pick or greedy)(logits)
             if token in self.eos_ids and not ignore_stops:
                 result.reason = "eos"
                 break
