@@ -7,7 +7,6 @@ project's GPU check, scripts/gpu-check.sh).
 from __future__ import annotations
 
 import json
-import random
 import subprocess
 import sys
 import threading
@@ -16,23 +15,19 @@ import pytest
 import torch
 
 from phils.config import EngineSettings
-from phils.engine import Engine, GenerationRequest, load_model
+from phils.engine import GenerationRequest, load_model
 
 from conftest import server_env
+from test_engine import PROMPT, check_reuse_matches_fresh, engine_for
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
-PROMPT = 'import os\n\n\ndef add(a, b):\n    """Return the sum of a and b."""\n'
 # TheBloke/phi-2-GPTQ's six branches: (bits, group size, act-order).
 GPTQ_BRANCHES = [(4, 128, False), (4, 32, True), (4, 64, True), (4, 128, True), (8, 128, True), (8, 32, True)]
 
 
 def on_gpu(model, dtype="auto", **settings):
     return load_model(EngineSettings(model=str(model), device="cuda", dtype=dtype, **settings))
-
-
-def engine_for(loaded, cache_bytes=2**30, ignore_stops=True) -> Engine:
-    return Engine(loaded, context_tokens=2048, cache_bytes=cache_bytes, ignore_stops=ignore_stops)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -49,21 +44,7 @@ def test_half_precision_loads_on_the_gpu_and_generates_the_same_twice(tiny_model
 
 def test_reusing_the_kv_prefix_on_the_gpu_gives_the_fresh_result(tiny_model):
     """float32 on CUDA: the cached and the fresh prompt must pick the same tokens."""
-    loaded = on_gpu(tiny_model, "float32")
-    cached, fresh = engine_for(loaded), engine_for(loaded, cache_bytes=0)
-    rng = random.Random(7)
-    text, reused = PROMPT + "    ", 0
-    for step in range(12):
-        if rng.random() < 0.75:
-            text += rng.choice(["r", "e", "t", "u", "n", " ", "a", "+", "b", "\n    "])
-        else:
-            cut = rng.randrange(len(text))
-            text = text[:cut] + rng.choice(["x", "#", ""]) + text[cut + 1:]
-        a = cached.generate(GenerationRequest("doc", text, max_new_tokens=8))
-        b = fresh.generate(GenerationRequest("doc", text, max_new_tokens=8))
-        assert a.text == b.text, f"step {step}"
-        reused += a.reused_tokens
-    assert reused > 0
+    check_reuse_matches_fresh(on_gpu(tiny_model, "float32"))
 
 
 def test_half_precision_reuse_keeps_the_next_token_logits(tiny_model):
