@@ -371,6 +371,18 @@ def _parser() -> argparse.ArgumentParser:
     accept.add_argument("--modes", default="ahead-off,ahead-on")
     _results_args(accept)
     accept.set_defaults(run=_bench_tool("bench_accept"))
+    midcode = bench.add_parser("midcode", help="time to a suggestion mid-code in real modules; judged vs plain")
+    midcode.add_argument("--model", help="model for the server")
+    midcode.add_argument("--profile", help="or a profile (e.g. qwen-coder)")
+    midcode.add_argument("--holes", type=int, default=20, help="modules, one blanked line each")
+    midcode.add_argument("--max-line", type=int, default=160, help="holes within a module's first lines (~1 500 tokens)")
+    midcode.add_argument("--open-pause", type=float, default=3.0, help="seconds the file is open before the first request")
+    midcode.add_argument("--burst", type=int, default=4, help="characters typed between pauses")
+    midcode.add_argument("--pauses", type=int, default=3, help="pauses (requests) while typing the line back")
+    midcode.add_argument("--typing-ms", type=float, default=80, help="time between keystrokes in a burst")
+    midcode.add_argument("--modes", default="judged,plain")
+    _results_args(midcode)
+    midcode.set_defaults(run=_bench_tool("bench_midcode"))
     for name, help_text, seconds in (("flood", "didChange at a fixed rate with completions, cancels and probes", 10),
                                      ("soak", "typing bursts into several documents for a while", 120)):
         load = bench.add_parser(name, help=help_text)

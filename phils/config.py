@@ -106,6 +106,9 @@ class CompletionSettings:
     # With fit_suffix: also write this many answers sampled from the model (temperature 0.7, the
     # 40 best tokens, seeded by the text) and judge them with the rest.
     samples: int = _int(0, 0, 8)
+    # With fit_suffix: when, after the greedy answer, the model would itself write the code below's
+    # first line, show it without writing and judging the other candidates.
+    early_accept: bool = True
     # Signatures and docstrings of what the document imports from other modules of the
     # workspace, at the top of the prompt (at most a quarter of it).
     project_context: bool = True

@@ -33,6 +33,7 @@ class EngineJob:
     candidates: int = 1  # with fit_suffix: how many first tokens to try (the greedy one and the next best)
     define: tuple[str, ...] = ()  # with fit_suffix: names the code below reads that only the answer can define
     samples: int = 0  # with fit_suffix: answers sampled from the model, judged with the others
+    early_accept: bool = True  # with fit_suffix: no other candidates when the greedy answer already fits
     background: bool = False  # computed ahead (after accepting the shown suggestion): yields to any other job
 
     @property
@@ -56,6 +57,7 @@ class GenerationResult:
     kept_draft_tokens: int = 0  # of those, the ones greedy decoding kept
     healed: str = ""  # the prompt's last token, backed off and generated again
     candidates: int = 0  # answers judged against fit_suffix (0: none were, e.g. it cannot rewind its cache)
+    cut: str = ""  # what the time budget cut short: "answer" (the greedy answer), "judging" (other candidates)
 
     @classmethod
     def from_dict(cls, text: str, data: Any) -> "GenerationResult":

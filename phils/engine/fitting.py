@@ -47,23 +47,73 @@ def choose(engine: "Engine", logits: Any, kv: Any, prompt_length: int, request: 
            result: GenerationResult, max_new: int) -> None:
     """Decode the candidates and leave the best-fitting one in ``result`` (``result.candidates`` = texts judged).
 
-    When the KV cache cannot be rewound, ``result`` holds the greedy answer
-    and ``result.candidates`` stays 0: the front then applies its own rule.
+    Each candidate is judged as soon as it is written, the greedy answer first,
+    so a request that runs out of time (``request.deadline``) answers with the
+    best judged so far (``result.cut`` says what the budget cut). When the KV
+    cache cannot be rewound, ``result`` holds the greedy answer and
+    ``result.candidates`` stays 0: the front then applies its own rule.
     """
+    started = time.monotonic()
     branches: list[Branch] = []
     scores: list[tuple[int, float]] = []
     generated = engine._decode(logits, kv, request, result, max_new, on_branch=branches.append, scores=scores)
-    written = [(result.text, result.reason, scores)]
     greedy_text, greedy_reason = result.text, result.reason
     if result.reason in ("cancelled", "deadline"):
+        result.cut = "answer" if result.reason == "deadline" else ""
         return  # no time to judge: the front applies its own rule
     judge = _Judge(engine, kv, prompt_length, result.healed, request.fit_suffix)
+    timing = {"greedy_ms": (time.monotonic() - started) * 1000, "others_ms": 0.0, "judge_ms": 0.0}
+    best: tuple[float, str] | None = None
+    judged: list[dict] = []
+    seen: set[str] = set()
+    follows = False  # the best answer so far makes the model write the code below's first line itself
+
+    def out_of_time(ahead_ms: float = 0.0) -> bool:
+        """Cancelled, or the budget would run out ``ahead_ms`` from now (the next step's expected cost)."""
+        if request.cancel.is_set():
+            return True
+        if request.deadline is not None and time.monotonic() + ahead_ms / 1000 >= request.deadline:
+            result.cut = result.cut or "judging"
+            return True
+        return False
+
+    def consider(text: str, reason: str, token_scores: list[tuple[int, float]], origin: int) -> None:
+        """Judge each answer ``text`` offers (one per line end) that no earlier candidate offered."""
+        nonlocal best, follows
+        clock = time.monotonic()
+        ends = line_ends(text)
+        if reason in ("length", "deadline") and (len(ends) > 1 or origin):
+            ends.pop()  # its last line was cut short
+        for answer in ends:
+            if answer in seen:
+                continue
+            if out_of_time(timing.get("last_score_ms", 0.0)):  # a score is one pass over the suffix: don't start
+                break  # one that would end past the budget
+            scored = time.monotonic()
+            seen.add(answer)
+            end = len(result.healed) + len(answer)
+            written_logprob = sum(logprob for after, logprob in token_scores if after <= end)
+            # The whole document's likelihood with this answer in the hole: log P(answer) + log P(suffix | answer).
+            suffix_logprob, followed = judge.score(answer)
+            timing["last_score_ms"] = (time.monotonic() - scored) * 1000
+            score = written_logprob + suffix_logprob
+            judged.append({"text": answer, "written": written_logprob, "suffix": suffix_logprob, "origin": origin,
+                           "tokens": judge.detail})
+            result.candidates += 1
+            if best is None or score > best[0]:
+                best, follows = (score, answer), followed
+        timing["judge_ms"] += (time.monotonic() - clock) * 1000
+
     try:
         judge.held = generated[: kv.get_seq_length() - prompt_length]
+        consider(greedy_text, greedy_reason, scores, 0)
+        origin = 0
 
         def write(branch: "Branch", how: "GenerationRequest", force: list[int] | None = None,
                   pick: Callable[[Any], int] | None = None) -> None:
-            """Another candidate from ``branch``: its first tokens ``force``d, then ``pick``'s (greedy)."""
+            """Another candidate from ``branch`` (its first tokens ``force``d, then ``pick``'s: greedy), judged."""
+            nonlocal origin
+            clock = time.monotonic()
             judge.rewind(branch.generated)
             other = GenerationResult(text="", reason="", healed=result.healed)
             other_scores = list(branch.scores)
@@ -71,10 +121,17 @@ def choose(engine: "Engine", logits: Any, kv: Any, prompt_length: int, request: 
                                     scores=other_scores, pick=pick)
             _add_counts(result, other)
             judge.held = tokens[: kv.get_seq_length() - prompt_length]
-            written.append((other.text, other.reason, other_scores))
+            timing["others_ms"] += (time.monotonic() - clock) * 1000
+            origin += 1
+            if other.reason == "deadline":
+                result.cut = result.cut or "judging"
+            consider(other.text, other.reason, other_scores, origin)
 
         branch = branches[-1] if branches else None  # where the answer's code starts
-        if request.candidates > 1 and branch is not None:
+        # The greedy answer already fits when, after it, the model would itself write the code below's
+        # first line: another first line could only win on the lines after that, which it rarely does.
+        others = branch is not None and not (follows and request.skip_when_followed)
+        if others and request.candidates > 1:
             # The other first tokens offer another first line; how far to go on is the greedy answer's
             # question. Measured on the infill eval (Gemma 3 270M, 3 candidates): as many lines passed
             # with the alternatives cut at their first line as with 4 lines each (41 vs 40), for
@@ -82,59 +139,41 @@ def choose(engine: "Engine", logits: Any, kv: Any, prompt_length: int, request: 
             one_line = replace(request, stop=_first_line(request.stop))
             greedy_token = generated[len(branch.generated)] if len(generated) > len(branch.generated) else None
             for token in _alternatives(engine, branch, request.candidates - 1, greedy_token):
-                if request.cancel.is_set():
+                if out_of_time():
                     break
                 write(branch, one_line, force=[token])
         # Answers that begin by defining a name the code below reads and nothing above defines
         # (``result = []`` for a ``return result`` below), written as far as the greedy answer goes.
         for name in request.define if branch is not None else ():
-            forced = _spelled(engine, branch.pending, name)
-            if request.cancel.is_set():
+            if out_of_time():
                 break
+            forced = _spelled(engine, branch.pending, name)
             if forced and not greedy_text.lstrip().startswith(name):  # else the greedy answer is one
                 write(branch, request, force=forced)
-        if request.samples and branch is not None:
+        if request.samples and others:
             # Answers sampled from the model: where the greedy answer's second line goes wrong, one of
             # them sometimes does not. Seeded by the text, so the same keystroke gets the same answer.
             sampled = _sampler(engine, zlib.crc32((request.prompt[-4000:] + request.fit_suffix).encode()))
             for _ in range(request.samples):
-                if request.cancel.is_set():
+                if out_of_time():
                     break
                 write(branch, request, pick=sampled)
-        answers: dict[str, float] = {}  # each answer, and the log-probability of writing it
-        origin: dict[str, int] = {}  # which candidate wrote it first (0: the greedy one)
-        for number, (candidate, reason, token_scores) in enumerate(written):
-            ends = line_ends(candidate)
-            if reason in ("length", "deadline") and len(ends) > 1:
-                ends.pop()  # its last line was cut short
-            for text in ends:
-                end = len(result.healed) + len(text)
-                answers.setdefault(text, sum(logprob for after, logprob in token_scores if after <= end))
-                origin.setdefault(text, number)
-        best: tuple[float, str] | None = None
-        judged = []
-        for text, written_logprob in answers.items():
-            if request.cancel.is_set() or _past(request.deadline):
-                break
-            # The whole document's likelihood with this answer in the hole: log P(answer) + log P(suffix | answer).
-            suffix_logprob = judge.score(text)
-            score = written_logprob + suffix_logprob
-            judged.append({"text": text, "written": written_logprob, "suffix": suffix_logprob, "origin": origin[text],
-                           "tokens": judge.detail})
-            result.candidates += 1
-            if best is None or score > best[0]:
-                best = (score, text)
-        _record(request, greedy_text, judged, lambda: [engine.tokenizer.decode([t]) for t in judge.suffix_ids])
+        _record(request, greedy_text, judged, lambda: [engine.tokenizer.decode([t]) for t in judge.suffix_ids], timing)
     except CannotRewind as exc:
         log.debug("candidates not judged: %s", exc)
-        result.text, result.reason, result.candidates = greedy_text, greedy_reason, 0
+        result.text, result.reason, result.candidates, result.cut = greedy_text, greedy_reason, 0, ""
         return
+    log.debug("judged %d answers: greedy %.0f ms, other candidates %.0f ms, judging %.0f ms (%d suffix tokens)%s",
+              result.candidates, timing["greedy_ms"], timing["others_ms"], timing["judge_ms"], len(judge.suffix_ids),
+              f", cut in {result.cut}" if result.cut else "")
     if request.cancel.is_set():
         result.reason = "cancelled"
-    if best is not None:
-        result.text = best[1]
-        if best[1] != greedy_text:
-            result.reason = "stop"
+    if best is None:  # the budget ran out before any answer was judged: the greedy one, by the front's rule
+        result.text, result.reason, result.candidates = greedy_text, greedy_reason, 0
+        return
+    result.text = best[1]
+    if best[1] != greedy_text:
+        result.reason = "stop"
 
 
 def _sampler(engine: "Engine", seed: int) -> Callable[[Any], int]:
@@ -174,20 +213,30 @@ def _first_line(stop: Callable[[str], int | None]) -> Callable[[str], int | None
     return cut
 
 
-def _record(request: "GenerationRequest", greedy: str, judged: list[dict], pieces: Callable[[], list[str]]) -> None:
+def _record(request: "GenerationRequest", greedy: str, judged: list[dict], pieces: Callable[[], list[str]],
+            timing: dict[str, float]) -> None:
     path = os.environ.get(JUDGE_LOG)
     if not path:
         return
     try:
         with open(path, "a", encoding="utf-8") as file:
             file.write(json.dumps({"suffix": request.fit_suffix, "greedy": greedy, "judged": judged,
-                                   "suffix_tokens": pieces()}) + "\n")
+                                   "suffix_tokens": pieces(), **{k: round(v, 1) for k, v in timing.items()}}) + "\n")
     except OSError as exc:  # a tuning aid: never the reason a completion fails
         log.warning("cannot record the judgement in %s: %s", path, exc)
 
 
-def _past(deadline: float | None) -> bool:
-    return deadline is not None and time.monotonic() >= deadline
+def _first_line_tokens(engine: "Engine", ids: list[int], suffix: str) -> int:
+    """How many of ``ids`` (the suffix's tokens) it takes to write the suffix's first line of code; 0 if none."""
+    start = len(suffix) - len(suffix.lstrip())
+    if start == len(suffix):
+        return 0
+    end = suffix.find("\n", start)
+    end = len(suffix) if end < 0 else end
+    for count in range(1, len(ids) + 1):
+        if len(engine.tokenizer.decode(ids[:count], skip_special_tokens=True)) >= end:
+            return count
+    return 0  # cut off by MAX_SUFFIX_TOKENS: not all of it is judged
 
 
 def line_ends(text: str) -> list[str]:
@@ -232,6 +281,7 @@ class _Judge:
     def __init__(self, engine: "Engine", kv: Any, prompt_length: int, healed: str, suffix: str):
         self.engine, self.kv, self.prompt_length, self.healed = engine, kv, prompt_length, healed
         self.suffix_ids = engine.encode_plain(suffix)[:MAX_SUFFIX_TOKENS]
+        self.first_line = _first_line_tokens(engine, self.suffix_ids, suffix)  # the code below's first line
         self.held: list[int] = []  # the tokens in the KV cache after the prompt
         self.detail: list[list] = []  # the last score's tokens, for the judgement log
 
@@ -242,11 +292,12 @@ class _Judge:
             self.engine._forward(tokens[len(self.held):], self.kv)
             self.held = list(tokens)
 
-    def score(self, text: str) -> float:
+    def score(self, text: str) -> tuple[float, bool]:
+        """log P(suffix | prompt, answer), and whether greedy decoding would write the suffix's first line next."""
         torch = self.engine._torch
         answer = self.engine.encode_plain(self.healed + text)
         if not answer or not self.suffix_ids:
-            return 0.0
+            return 0.0, False
         # Run at least the answer's last token: its logits predict the suffix's first.
         self._cut(min(common_prefix(self.held, answer), len(answer) - 1))
         feed = answer[len(self.held):] + self.suffix_ids
@@ -255,9 +306,11 @@ class _Judge:
         target = torch.tensor(self.suffix_ids, device=logits.device)
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         per_token = logprobs.gather(1, target[:, None])[:, 0]
+        greedy_writes = logits.argmax(-1) == target
         if os.environ.get(JUDGE_LOG):  # per suffix token: its log-probability, and whether greedy would write it
-            self.detail = [[round(float(p), 3), bool(g)] for p, g in zip(per_token, logits.argmax(-1) == target)]
-        return float(per_token.sum())
+            self.detail = [[round(float(p), 3), bool(g)] for p, g in zip(per_token, greedy_writes)]
+        followed = bool(self.first_line) and bool(greedy_writes[: self.first_line].all())
+        return float(per_token.sum()), followed
 
     def _cut(self, keep: int) -> None:
         from .generate import crop

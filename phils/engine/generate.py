@@ -45,6 +45,7 @@ class GenerationRequest:
     candidates: int = 1  # with fit_suffix: the greedy answer and the best other first tokens
     define: tuple[str, ...] = ()  # with fit_suffix: names the code below reads and only the answer can define
     samples: int = 0  # with fit_suffix: answers sampled from the model, judged with the others
+    skip_when_followed: bool = True  # with fit_suffix: no other candidates when the greedy answer already fits
 
 
 @dataclass

@@ -90,6 +90,7 @@ def parse_job(body: Any, service: EngineService) -> tuple[EngineJob, bool]:
         candidates=max(_non_negative_int(extra.get("candidates", 1), "phils.candidates"), 1),
         define=_names(extra.get("define", []), "phils.define"),
         samples=min(_non_negative_int(extra.get("samples", 0), "phils.samples"), MAX_SAMPLES),
+        early_accept=bool(extra.get("early_accept", True)),
         background=bool(extra.get("background", False)),
     )
     return job, bool(body.get("stream", False))

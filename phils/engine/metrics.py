@@ -23,6 +23,11 @@ class EngineMetrics:
         self.after_cancel = Counter("phils_tokens_after_cancel",
                                     "Tokens decoded after a request was cancelled (at most one each)",
                                     registry=registry)
+        self.budget_cuts = Counter("phils_budget_cuts",
+                                   "Completions the time budget (phils.deadline_ms) cut, by what it cut: the greedy "
+                                   "answer itself, or the judging of other candidates", ["stage"], registry=registry)
+        self.budget = Gauge("phils_budget_seconds", "The time budget of the last completion (0: none)",
+                            registry=registry)
         self.windows = Gauge("phils_windows_attached", "Editor windows attached to this engine", registry=registry)
         Gauge("phils_kv_cache_bytes", "Bytes held by the per-document KV caches",
               registry=registry).set_function(lambda: service.cache_report()["bytes"])
@@ -38,6 +43,10 @@ class EngineMetrics:
                             ("prefill", result.prefill_tokens), ("decode", result.new_tokens)):
             if value:
                 self.tokens.labels(name).inc(value)
+        if result.cut:
+            self.budget_cuts.labels(result.cut).inc()
+        if kind == "completion":
+            self.budget.set(job.deadline_ms / 1000)
         if kind == "completion" and result.reason != "cancelled":
             self.latency.observe(total_ms / 1000)
             if result.first_token_ms is not None:

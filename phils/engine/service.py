@@ -180,6 +180,7 @@ class EngineService:
                 candidates=job.candidates,
                 define=job.define,
                 samples=job.samples,
+                skip_when_followed=job.early_accept,
             ))
         self.metrics.record(job, result, (time.monotonic() - queued_at) * 1000)
         if cancel.decoded_at_cancel is not None and not job.warmup:

@@ -270,6 +270,11 @@ def create_server(settings: Settings, warnings: list[str] | None = None) -> Phil
         if doc is not None and (cursor := _cursor_after(doc, params.content_changes)) is not None:
             ls.service.schedule_warmup(doc, *cursor)
 
+    @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
+    def did_open(ls: PhilsServer, params: types.DidOpenTextDocumentParams) -> None:
+        if (doc := ls.open_document(params.text_document.uri)) is not None:
+            ls.service.schedule_open_warmup(doc)
+
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: PhilsServer, params: types.DidCloseTextDocumentParams) -> None:
         ls.service.forget(params.text_document.uri)

@@ -32,6 +32,7 @@ class Stats:
     warmups: int = 0
     warmup_tokens: int = 0
     empty_reasons: dict = field(default_factory=dict)  # why answers were empty: eos, stop rule, a filter's name
+    budget_cuts: dict = field(default_factory=dict)  # answers the time budget cut: in the "answer" or in "judging"
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=2000))
     first_token_ms: deque = field(default_factory=lambda: deque(maxlen=2000))
 
@@ -45,6 +46,8 @@ class Stats:
         self.decode_steps += result.decode_steps
         self.drafted_tokens += getattr(result, "drafted_tokens", 0)
         self.kept_draft_tokens += getattr(result, "kept_draft_tokens", 0)
+        if cut := getattr(result, "cut", ""):
+            self.budget_cuts[cut] = self.budget_cuts.get(cut, 0) + 1
         if result.reason == "cancelled":
             self.cancelled += 1
             self.cancelled_tokens += result.prefill_tokens + result.new_tokens
