@@ -176,6 +176,30 @@ def test_model_references_resolve_without_loading(tiny_model, tmp_path):
         resolve("./models/nothing", tmp_path)
 
 
+def test_a_gguf_split_over_packages_is_assembled_once_in_order(tmp_path, monkeypatch):
+    """package:PREFIX1..N (Qwen2.5-Coder on PyPI): N packages' data/*.bin, concatenated in order, once."""
+    site = tmp_path / "site"
+    chunks = [b"GGUF" + b"a" * 10, b"b" * 7, b"c" * 3]
+    for number, chunk in enumerate(chunks, 1):
+        data = site / f"split_model_part{number}" / "data"
+        data.mkdir(parents=True)
+        (data.parent / "__init__.py").write_text("")
+        (data / f"part{number:02d}.bin").write_bytes(chunk)
+    monkeypatch.syspath_prepend(str(site))
+    cache = tmp_path / "cache"
+    source = resolve("package:split_model_part1..3", cache)
+    assembled = Path(source.location) / source.gguf_file
+    assert source.gguf_file.endswith(".gguf") and assembled.read_bytes() == b"".join(chunks)
+    assembled.write_bytes(b"GGUF kept")  # not assembled again
+    assert (Path(resolve("package:split_model_part1..3", cache).location) / source.gguf_file).read_bytes() == b"GGUF kept"
+    with pytest.raises(ModelLoadError, match="split-model-part4"):  # a part not installed: named, with the fix
+        resolve("package:split_model_part1..4", tmp_path / "other")
+    (site / "split_model_part1" / "data" / "part01.bin").write_bytes(b"not a gguf")
+    with pytest.raises(ModelLoadError, match="does not start a GGUF"):
+        resolve("package:split_model_part1..3", tmp_path / "third")
+    assert not list((tmp_path / "third").rglob("*.gguf"))
+
+
 def test_token_healing_regenerates_the_last_token_and_cuts_it_from_the_suggestion(loaded):
     engine = engine_for(loaded)
     prompt = PROMPT + "    ret"

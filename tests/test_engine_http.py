@@ -102,3 +102,26 @@ def test_models_health_tokenize_and_metrics(engine, tiny_model):
     status, body = call(port, token, "/metrics")
     text = body.decode()
     assert "phils_requests_total" in text and "phils_kv_cache_bytes" in text and "phils_windows_attached" in text
+
+
+def test_a_client_that_closes_its_stream_at_once_is_no_error(tiny_model, tmp_path):
+    """A superseded request is the normal case: the engine logs no error and serves the next one."""
+    import socket
+
+    log = tmp_path / "engine.log"
+    process, port = spawn_tcp_engine(tiny_model, tmp_path / "token", "--log-file", str(log))
+    try:
+        token = (tmp_path / "token").read_text().strip()
+        _wait_ready(port, token)
+        body = json.dumps({"prompt": "def add(a, b):\n", "max_tokens": 64, "stream": True}).encode()
+        for _ in range(6):
+            with socket.create_connection(("127.0.0.1", port)) as raw:
+                raw.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                            + f"Authorization: Bearer {token}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        status, answer = call(port, token, "/v1/completions", {"prompt": "x = ", "max_tokens": 2})
+        assert status == 200 and json.loads(answer)["choices"]
+    finally:
+        process.terminate()
+        process.wait(30)
+    written = log.read_text() if log.exists() else ""
+    assert "Error handling request" not in written and "Traceback" not in written, written[-2000:]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import threading
 
 import pytest
@@ -244,3 +245,74 @@ def test_sampled_answers_are_judged_too_and_the_same_text_gets_the_same_answer(l
     assert again.text == first.text
     typed = PROMPT + "    total"
     assert cached.generate(request("doc", typed)).text == uncached.generate(request("doc", typed)).text
+
+
+def test_when_the_budget_runs_out_while_judging_the_best_answer_judged_so_far_is_shown(loaded, monkeypatch):
+    """The budget cut after the first judgement: that answer comes back, and the cut is reported."""
+    score = fitting._Judge.score
+    calls = []
+
+    def score_then_run_out(self, text):
+        calls.append(text)
+        outcome = score(self, text)
+        holder["request"].deadline = time.monotonic()  # the budget is spent from here on
+        return outcome
+
+    holder = {}
+    monkeypatch.setattr(fitting._Judge, "score", score_then_run_out)
+    cut = request("doc", fit_suffix=SUFFIX, candidates=3, skip_when_followed=False)
+    holder["request"] = cut
+    result = fresh(loaded).generate(cut)
+    assert len(calls) == 1 and result.candidates == 1 and result.cut == "judging"
+    assert result.text and result.text == calls[0]  # the greedy answer's first line end: never nothing
+
+
+def test_no_request_runs_past_its_budget_by_more_than_one_pass(loaded, monkeypatch):
+    """Every forward pass made slow (0.1 s): a 0.5 s budget ends within one more pass, with an answer."""
+    engine = fresh(loaded)
+    forward = engine.runtime.forward
+
+    def slow(ids, kv, keep):
+        time.sleep(PASS_S)
+        return forward(ids, kv, keep)
+
+    monkeypatch.setattr(engine.runtime, "forward", slow)
+    started = time.monotonic()
+    result = engine.generate(request("doc", fit_suffix=SUFFIX, candidates=3, skip_when_followed=False,
+                                     deadline=started + 0.5))
+    waited = time.monotonic() - started
+    assert waited <= 0.5 + PASS_S + 0.15, waited
+    assert result.cut in ("answer", "judging") and result.text
+
+
+PASS_S = 0.1
+
+
+def test_an_answer_after_which_the_model_writes_the_next_line_itself_is_shown_without_other_candidates(
+        loaded, monkeypatch):
+    """Early accept: once the model, after the greedy first line, would write the code below's first line
+    itself, nothing else is written or judged; asked to judge everything, the same engine writes more."""
+    score = fitting._Judge.score
+    monkeypatch.setattr(fitting._Judge, "score", lambda self, text: (score(self, text)[0], True))
+    shown = fresh(loaded).generate(request("a", fit_suffix=SUFFIX, candidates=3))
+    every = fresh(loaded).generate(request("a", fit_suffix=SUFFIX, candidates=3, skip_when_followed=False))
+    assert shown.candidates == 1 and every.candidates > 1 and shown.new_tokens < every.new_tokens
+    assert shown.text  # the greedy answer itself
+
+
+def test_the_code_below_s_first_line_is_counted_in_its_own_tokens(loaded):
+    engine = fresh(loaded)
+    ids = engine.encode_plain(SUFFIX)
+    count = fitting._first_line_tokens(engine, ids, SUFFIX)
+    written = engine.tokenizer.decode(ids[:count])
+    assert "return total" in written and "print" not in written
+    assert "return total" not in engine.tokenizer.decode(ids[: count - 1])
+    assert fitting._first_line_tokens(engine, engine.encode_plain("\n\n"), "\n\n") == 0
+
+
+def test_the_greedy_answer_goes_on_past_its_first_line_only_when_that_line_does_not_fit(loaded):
+    """Lazy judging gives the answer that judging every line end of the whole greedy answer gives."""
+    for suffix in (SUFFIX, "\n    return a - b\n", "\n    print(total)\n    return total\n"):
+        lazy = fresh(loaded).generate(request("a", fit_suffix=suffix, candidates=1))
+        full = fresh(loaded).generate(request("a", fit_suffix=suffix, candidates=1, skip_when_followed=False))
+        assert lazy.text == full.text

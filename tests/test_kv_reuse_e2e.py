@@ -40,6 +40,20 @@ async def test_a_pause_in_typing_prefills_the_prompt_so_the_request_computes_alm
         assert after["reused_tokens"] == after["prompt_tokens"] - after["prefill_tokens"]
 
 
+async def test_a_file_is_prefilled_when_opened_so_its_first_request_computes_only_the_cursors_line(tiny_model):
+    body = "".join(f"    value_{n} = compute({n}, 'item {n}')\n" for n in range(40))
+    source = f"def build():\n{body}    return value_0\n"
+    async with phils_server("--model", str(tiny_model), "--set", "completion.warmup_ms=50",
+                            "--set", "completion.python_syntax=false", "--set", "engine.max_new_tokens=4") as client:
+        open_doc(client, URI, source)
+        warmed = await wait_until(client, lambda s: s["warmups"] >= 1 and not s["busy"])
+        assert warmed["warmup_tokens"] > 200  # the whole file, ahead of any request
+        await inline(client, URI, 20, 4)  # mid-file, at a line's indentation
+        after = await stats(client)
+        assert after["requests"] == 1 and after["prompt_tokens"] > 100
+        assert after["prefill_tokens"] <= 4  # the opening's pre-fill covered the text before the cursor
+
+
 async def test_typing_the_start_of_a_suggestion_answers_the_rest_without_the_model(tiny_model):
     async with phils_server("--model", str(tiny_model), "--set", "completion.warmup_ms=0",
                             "--set", "engine.ignore_stops=true", "--set", "completion.python_syntax=false", "--set", "engine.max_new_tokens=8",

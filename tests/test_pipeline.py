@@ -72,3 +72,15 @@ def test_at_the_end_of_a_nested_function_the_shown_answer_runs_to_the_end_of_its
     text, job = complete(marked, "return False\n        return True\n    f = [0, 1]\n")
     assert job.fit_suffix == "" and job.shape.min_indent == 5
     assert text == "return False\n        return True"
+
+
+def test_a_just_opened_file_is_prefilled_as_far_as_one_prompt_reaches():
+    from phils.lsp.completion import opening_position
+
+    short = ["def f():\n", "    return 1\n"]
+    assert opening_position(short, 2000) == (1, len("    return 1"))  # all of it
+    long = [f"line {n:04d} " + "x" * 90 + "\n" for n in range(1000)]
+    line, character = opening_position(long, 2000)
+    chars = sum(len(text) for text in long[: line + 1])
+    assert 0.6 * 2000 * 3 <= chars <= 2000 * 3 and character == len(long[line]) - 1  # within one prompt's reach
+    assert opening_position([], 2000) == (0, 0)

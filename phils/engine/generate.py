@@ -206,6 +206,10 @@ class Engine:
             context, after = self._draft_context
             source = drafts.DraftSource(context + generated, after)
         drafted: list[tuple[int, Any]] = []  # drafted tokens already run into the cache, each with its logits
+        forced_ahead = 0  # forced tokens run into the cache in one pass, at the head of ``drafted``
+        if force and len(force) > 1 and len(force) <= max_new - len(generated):
+            rows = self.runtime.forward(list(force), kv, len(force))
+            drafted, forced_ahead = list(zip(force, rows)), len(force)
         for step in range(max_new - len(generated)):
             if on_branch is not None and not text.strip():  # the last such step is the one that writes code
                 on_branch(Branch(list(generated), list(scores or ()), pending, logits,
@@ -242,7 +246,9 @@ class Engine:
                 result.reason = "deadline"
                 break
             if len(generated) < max_new:
-                if source is None:
+                if step < forced_ahead:  # run already, with the rest of the forced tokens
+                    logits, drafted = drafted[0][1], drafted[1:]
+                elif source is None:
                     logits = self._forward([token], kv)
                 else:
                     source.append(token)

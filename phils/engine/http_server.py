@@ -146,7 +146,11 @@ async def completions(request: web.Request) -> web.StreamResponse:
     response: web.StreamResponse | None = None
     if stream:  # headers now: the client knows it is queued, however long the prefill takes
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        await response.prepare(request)
+        try:
+            await response.prepare(request)
+        except ConnectionResetError:  # superseded before it started: the normal case, not an error
+            log.debug("completion stream closed by the client before it started")
+            return response
     cancel = CancelFlag()
     future = service.submit(job, cancel)
     try:
@@ -164,8 +168,11 @@ async def completions(request: web.Request) -> web.StreamResponse:
     body = completion_body(result, service.settings.model, request_id)
     if response is None:
         return web.json_response(body)
-    await _send_event(response, body)
-    await response.write(b"data: [DONE]\n\n")
+    try:
+        await _send_event(response, body)
+        await response.write(b"data: [DONE]\n\n")
+    except ConnectionResetError:  # the client stopped listening while the answer was computed: nothing to tell
+        log.debug("completion stream closed by the client before its answer")
     return response
 
 
