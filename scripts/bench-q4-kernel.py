@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/bench-q4-kernel.py
 
-Times phils.Q4MatMul (engine/kernels/q4_matmul.c, compiled as phils compiles
+Times phils.Q4MatMul (engine/runtimes/kernels/q4_matmul.c, compiled as phils compiles
 it) and MatMulNBits (blocks of 32, zero points, accuracy level 4: what the
 int4 runtime runs without our kernel), each as one ONNX Runtime session over
 the same 24 random matrices of Phi-2's MLP shape (so that the last-level
@@ -48,7 +48,7 @@ def session(weights: list, folder: Path, library: Path | None):
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from phils.engine import q4_kernel
+    from phils.engine.runtimes import q4_kernel
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = THREADS
@@ -133,7 +133,7 @@ def streaming_read_gbs() -> float:
 
 def main() -> int:
     os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
-    from phils.engine import q4_kernel
+    from phils.engine.runtimes import q4_kernel
 
     with tempfile.TemporaryDirectory(prefix="phils-q4-") as scratch:
         folder = Path(scratch)
@@ -156,7 +156,7 @@ def main() -> int:
             row = {"tokens": tokens,
                    "MatMulNBits (ONNX Runtime, MLAS)": per_matrix_ms(
                        lambda: mlas.run(None, {f"x{k}": v for k, v in inputs.items()})),
-                   "phils.Q4MatMul (engine/kernels/q4_matmul.c)": per_matrix_ms(
+                   "phils.Q4MatMul (engine/runtimes/kernels/q4_matmul.c)": per_matrix_ms(
                        lambda: ours.run(None, {f"x{k}": v for k, v in inputs.items()}))}
             if ov_models is not None:
                 requests = [model.create_infer_request() for model in ov_models]

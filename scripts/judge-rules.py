@@ -1,4 +1,4 @@
-"""Score selection rules offline on recorded judgements (tuning aid for engine/fitting.py).
+"""Score selection rules offline on recorded judgements (tuning aid for engine/decoding/fitting.py).
 
     PHILS_JUDGE_LOG=/tmp/judged.jsonl phils eval infill --profile gemma3 --set engine.backend=local \
         --set completion.candidates=3 --name tuning

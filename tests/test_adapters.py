@@ -8,7 +8,7 @@ import torch
 
 from phils.config import EngineSettings
 from phils.engine.errors import ModelLoadError
-from phils.engine.loader import load_model
+from phils.engine.loading.loader import load_model
 
 peft = pytest.importorskip("peft", reason="needs peft (the dev and lora extras install it)")
 

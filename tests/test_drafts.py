@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from phils.config import EngineSettings
 from phils.engine import Engine, GenerationRequest
-from phils.engine.drafts import DraftLength, DraftSource
-from phils.engine.loader import load_model
+from phils.engine.decoding.drafts import DraftLength, DraftSource
+from phils.engine.loading.loader import load_model
 
 
 def test_a_draft_continues_the_latest_earlier_occurrence_of_the_longest_tail():

@@ -15,7 +15,7 @@ import torch
 
 from phils.config import EngineSettings
 from phils.engine import Engine, GenerationRequest, ModelLoadError, load_model
-from phils.engine.sources import resolve
+from phils.engine.loading.sources import resolve
 
 torch.set_num_threads(1)
 
@@ -117,8 +117,13 @@ def test_the_stop_rule_cuts_the_text(loaded):
 
 def test_a_deadline_returns_what_was_generated(loaded):
     engine = engine_for(loaded)
-    result = engine.generate(GenerationRequest("doc", PROMPT, max_new_tokens=500, deadline=time.monotonic()))
-    assert result.reason == "deadline" and result.new_tokens == 1
+    strict = engine.generate(GenerationRequest("doc", PROMPT, max_new_tokens=500, deadline=time.monotonic(),
+                                               finish_first_line=False))
+    assert strict.reason == "deadline" and strict.new_tokens == 1
+    # By default the first line is finished: part of a line is no suggestion. Nothing after it is written.
+    result = engine_for(loaded).generate(GenerationRequest("doc", PROMPT, max_new_tokens=500, deadline=time.monotonic()))
+    code = result.text.lstrip()
+    assert result.reason == "deadline" and "\n" in code and not "".join(code.split("\n")[1:]).strip()
 
 
 def test_a_missing_directory_is_a_clear_error(tmp_path):
@@ -214,7 +219,7 @@ def test_token_healing_regenerates_the_last_token_and_cuts_it_from_the_suggestio
 
 
 def test_the_vocabulary_finds_tokens_that_extend_or_begin_the_backed_off_text(loaded):
-    from phils.engine.healing import Vocabulary, consume
+    from phils.engine.decoding.healing import Vocabulary, consume
 
     vocabulary = Vocabulary(loaded.tokenizer)
     decode = lambda i: loaded.tokenizer.decode([i])  # noqa: E731
@@ -239,7 +244,7 @@ def test_the_decode_loop_matches_transformers_generate(loaded):
 
 
 def test_the_growing_kv_layer_crops_and_appends_like_concatenation():
-    from phils.engine.kv import GrowingLayer
+    from phils.engine.runtimes.kv import GrowingLayer
 
     layer = GrowingLayer()
     chunks = [torch.randn(1, 2, n, 4) for n in (3, 300, 1)]
@@ -255,7 +260,7 @@ def test_the_growing_kv_layer_crops_and_appends_like_concatenation():
 
 
 def test_a_kv_layer_reserved_for_the_context_never_moves_and_holds_only_what_was_written():
-    from phils.engine.kv import GrowingLayer
+    from phils.engine.runtimes.kv import GrowingLayer
 
     layer = GrowingLayer(reserve=4096)
     chunk = torch.randn(1, 2, 1000, 4)
@@ -271,7 +276,7 @@ def test_a_kv_layer_reserved_for_the_context_never_moves_and_holds_only_what_was
 
 
 def test_kv_room_on_a_device_counts_in_full_since_a_device_allocates_it_for_real():
-    from phils.engine.kv import GrowingLayer
+    from phils.engine.runtimes.kv import GrowingLayer
 
     layer = GrowingLayer(reserve=1000)
     chunk = torch.empty(1, 2, 10, 4, device="meta")  # stands in for a GPU: not the CPU's lazy pages
@@ -281,7 +286,7 @@ def test_kv_room_on_a_device_counts_in_full_since_a_device_allocates_it_for_real
 
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads resident memory from /proc (Linux)")
 def test_reserving_room_for_the_context_costs_no_resident_memory_until_written():
-    from phils.engine.kv import GrowingLayer
+    from phils.engine.runtimes.kv import GrowingLayer
 
     def resident() -> int:
         return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")

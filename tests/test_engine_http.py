@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from phils.engine.http_server import BadRequest, parse_job
+from phils.engine.serving.http_server import BadRequest, parse_job
 from test_shared_engine import _wait_ready, spawn_tcp_engine
 
 

@@ -12,8 +12,8 @@ from pygls.workspace import TextDocument
 
 from phils.config import EngineSettings
 from phils.engine import Engine, GenerationRequest, load_model
-from phils.engine import fitting
-from phils.engine.fitting import line_ends
+from phils.engine.decoding import fitting
+from phils.engine.decoding.fitting import line_ends
 from phils.lsp import postprocess
 from phils.lsp.documents import cursor_context
 from phils.stoprule import Shape, stop_index
@@ -200,8 +200,9 @@ def test_a_cancelled_choice_stops_and_says_so(loaded):
 def test_past_its_deadline_the_greedy_answer_is_not_judged(loaded):
     import time
 
-    result = fresh(loaded).generate(request("doc", fit_suffix=SUFFIX, deadline=time.monotonic()))
-    assert result.reason == "deadline" and result.candidates == 0 and result.new_tokens == 1
+    result = fresh(loaded).generate(request("doc", fit_suffix=SUFFIX, deadline=time.monotonic(),
+                                            finish_first_line=False))
+    assert result.reason == "deadline" and result.candidates == 0 and result.new_tokens == 1 and result.cut == "answer"
 
 
 def test_a_name_the_code_below_needs_gets_answers_that_begin_by_defining_it(loaded, tmp_path, monkeypatch):
@@ -268,7 +269,8 @@ def test_when_the_budget_runs_out_while_judging_the_best_answer_judged_so_far_is
 
 
 def test_no_request_runs_past_its_budget_by_more_than_one_pass(loaded, monkeypatch):
-    """Every forward pass made slow (0.1 s): a 0.5 s budget ends within one more pass, with an answer."""
+    """Every forward pass made slow (0.1 s): a 0.5 s budget, counted once the prompt is computed, ends
+    within one more pass, with an answer."""
     engine = fresh(loaded)
     forward = engine.runtime.forward
 
@@ -279,9 +281,9 @@ def test_no_request_runs_past_its_budget_by_more_than_one_pass(loaded, monkeypat
     monkeypatch.setattr(engine.runtime, "forward", slow)
     started = time.monotonic()
     result = engine.generate(request("doc", fit_suffix=SUFFIX, candidates=3, skip_when_followed=False,
-                                     deadline=started + 0.5))
-    waited = time.monotonic() - started
-    assert waited <= 0.5 + PASS_S + 0.15, waited
+                                     budget_ms=500, finish_first_line=False))
+    waited = time.monotonic() - started - result.first_token_ms / 1000  # the prompt's pass is not budgeted
+    assert 0.5 <= waited <= 0.5 + PASS_S + 0.15, waited
     assert result.cut in ("answer", "judging") and result.text
 
 
@@ -316,3 +318,10 @@ def test_the_greedy_answer_goes_on_past_its_first_line_only_when_that_line_does_
         lazy = fresh(loaded).generate(request("a", fit_suffix=suffix, candidates=1))
         full = fresh(loaded).generate(request("a", fit_suffix=suffix, candidates=1, skip_when_followed=False))
         assert lazy.text == full.text
+
+
+def test_the_budget_lets_the_first_line_end_but_nothing_after_it():
+    from phils.engine.decoding.generate import _holds_a_line
+
+    assert not _holds_a_line("self.initial_") and not _holds_a_line("\n    ") and not _holds_a_line("")
+    assert _holds_a_line("x = 1\n    y") and _holds_a_line("\n    x = 1\n")

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import server_env
 
-from phils.engine.sources import cached_from_hub, hub_reachable
+from phils.engine.loading.sources import cached_from_hub, hub_reachable
 
 
 def closed_port() -> int:
@@ -99,7 +99,7 @@ def test_loading_keeps_the_users_hub_cache_when_gptqmodel_is_imported(tiny_model
     for name in ("HF_HOME", "HF_HUB_CACHE", "TRANSFORMERS_CACHE", "HF_MODULES_CACHE"):
         env.pop(name, None)
     env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
-    script = (f"from phils.config import EngineSettings; from phils.engine.loader import load_model; "
+    script = (f"from phils.config import EngineSettings; from phils.engine.loading.loader import load_model; "
               f"load_model(EngineSettings(model={str(tiny_model)!r}, threads=1)); import gptqmodel, os; "
               "print(os.environ['HF_HOME'])")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
@@ -116,7 +116,7 @@ def test_a_first_start_knows_it_will_download(tiny_model, tmp_path):
 
 
 def test_hf_hub_offline_in_the_environment_means_no_probe(monkeypatch):
-    from phils.engine.sources import hub_offline_by_env
+    from phils.engine.loading.sources import hub_offline_by_env
 
     for value, offline in (("1", True), ("true", True), ("ON", True), ("0", False), ("", False), ("false", False)):
         monkeypatch.setenv("HF_HUB_OFFLINE", value)

@@ -16,11 +16,11 @@ import torch
 
 from phils.config import EngineSettings
 from phils.engine import Engine, GenerationRequest
-from phils.engine import q4_kernel
+from phils.engine.runtimes import q4_kernel
 from phils.engine.errors import ModelLoadError
-from phils.engine.drafts import DraftLength
-from phils.engine.int4_build import BUILD_RECORD, build_int4
-from phils.engine.loader import load_model
+from phils.engine.decoding.drafts import DraftLength
+from phils.engine.runtimes.int4_build import BUILD_RECORD, build_int4
+from phils.engine.loading.loader import load_model
 
 PROMPT = "def add(a, b):\n    return a + b\n\n\ndef mul(a, b):\n    \"\"\"Multiply a and b.\"\"\"\n    "
 
@@ -178,7 +178,7 @@ def test_each_document_counts_its_whole_window_in_the_budget(loaded):
 
 
 def test_int4_refuses_what_it_cannot_do(tiny80_model, tmp_path, monkeypatch):
-    from phils.engine import loader
+    from phils.engine.loading import loader
 
     with monkeypatch.context() as patched:  # as on a machine with a GPU
         patched.setattr(loader, "_choose_device", lambda torch, wanted: "cuda")

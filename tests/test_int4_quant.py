@@ -12,7 +12,7 @@ from onnxruntime.quantization.matmul_nbits_quantizer import (  # noqa: E402
     DefaultWeightOnlyQuantizer,
 )
 
-from phils.engine.int4_quant import quantize_blocks  # noqa: E402
+from phils.engine.runtimes.int4_quant import quantize_blocks  # noqa: E402
 
 
 def _weights(rows: int, cols: int, seed: int = 0) -> np.ndarray:

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from phils.config import EngineSettings
-from phils.engine import Engine, GenerationRequest, mapping
-from phils.engine.loader import load_model
+from phils.engine import Engine, GenerationRequest
+from phils.engine.runtimes import mapping
+from phils.engine.loading.loader import load_model
 
 
 def test_int8_quantizes_every_linear_layer_and_stays_close_to_fp32(tiny_model):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from phils.engine import legacy_phi
+from phils.engine.loading import legacy_phi
 
 OLD_CONFIG = {"model_type": "phi-msft", "n_embd": 64, "n_head": 4, "n_layer": 2, "n_inner": 256,
               "n_positions": 2048, "rotary_dim": 6, "vocab_size": 4096, "activation_function": "gelu_new",
@@ -136,7 +136,7 @@ def quantized_tiny(tiny_model, tmp_path_factory):
 
 def test_an_old_layout_gptq_checkpoint_gives_the_native_models_logits(quantized_tiny, tmp_path):
     from phils.config import EngineSettings
-    from phils.engine.loader import load_model
+    from phils.engine.loading.loader import load_model
 
     old = tmp_path / "phi-2-GPTQ-like"
     to_old_layout(quantized_tiny, old)
@@ -162,7 +162,7 @@ def test_a_random_packed_gptq_model_loads_and_generates(tmp_path):
 
     from phils.config import EngineSettings
     from phils.engine import Engine, GenerationRequest
-    from phils.engine.loader import load_model
+    from phils.engine.loading.loader import load_model
     from phils.tools.testmodel import make_random_gptq
 
     directory = make_random_gptq(tmp_path / "random-gptq", shape="tiny", bits=4, group_size=32)

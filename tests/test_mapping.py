@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from phils.engine import mapping
+from phils.engine.runtimes import mapping
 from phils.machine import MEMORY_DETAIL, process_figures
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads mappings from /proc (Linux)")

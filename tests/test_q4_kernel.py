@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from phils.config import EngineSettings
-from phils.engine import q4_kernel
-from phils.engine.int4_quant import quantize_blocks
-from phils.engine.loader import load_model
+from phils.engine.runtimes import q4_kernel
+from phils.engine.runtimes.int4_quant import quantize_blocks
+from phils.engine.loading.loader import load_model
 
 UNAVAILABLE = q4_kernel.unavailable_reason()
 needs_kernel = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"needs AVX-512 VNNI and a C compiler: {UNAVAILABLE}")

@@ -15,7 +15,7 @@ import pytest
 
 from phils.config import EngineSettings
 from phils.engine import Engine, GenerationRequest
-from phils.engine.loader import load_model
+from phils.engine.loading.loader import load_model
 
 WINDOW = 16
 PROMPT = "".join(f"def f{i}(a, b):\n    return a + {i} * b\n\n\n" for i in range(12))

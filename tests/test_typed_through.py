@@ -64,7 +64,7 @@ def test_stats_report_fractions_and_percentiles():
 
 
 def test_the_kv_cache_budget_counts_reclaimable_memory():
-    from phils.engine.service import MIN_KV_BUDGET, kv_budget
+    from phils.engine.serving.service import MIN_KV_BUDGET, kv_budget
     from phils.machine import available_memory
 
     assert kv_budget(False, 0, "cpu") == 0

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from ..config import EngineSettings
-from ..engine.service import CancelFlag, EngineService
+from ..engine.serving.service import CancelFlag, EngineService
 from ..protocol import EngineError, EngineJob, GenerationResult
 from .. import tokens
 from . import StatusCallback

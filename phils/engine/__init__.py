@@ -5,9 +5,9 @@ It never imports pygls: the server and the pipeline talk to it in plain data.
 
 from .errors import ModelLoadError
 from ..protocol import GenerationResult
-from .generate import Engine, GenerationRequest
-from .loader import LoadedModel, load_model
-from .worker import ModelWorker
+from .decoding.generate import Engine, GenerationRequest
+from .loading.loader import LoadedModel, load_model
+from .serving.worker import ModelWorker
 
 __all__ = [
     "Engine",

@@ -27,7 +27,7 @@ def child(engine_json: str, prompt_tokens: int, new_tokens: int) -> None:
     """In the measured process: load, note memory, generate once, note memory again; print JSON."""
     from ..config import EngineSettings
     from ..engine import Engine, GenerationRequest, load_model
-    from ..engine.service import kv_budget
+    from ..engine.serving.service import kv_budget
 
     import torch  # noqa: F401  (the runtime's own memory, before any weight: the baseline)
     import transformers  # noqa: F401

@@ -126,9 +126,9 @@ def _weight_bytes(runtime: str, args: Any) -> int | None:
         return Path(args.gguf).stat().st_size
     if runtime.startswith("int4"):
         from ..config import EngineSettings
-        from ..engine import q4_kernel
-        from ..engine.int4_build import variant_name
-        from ..engine.sources import cache_root
+        from ..engine.runtimes import q4_kernel
+        from ..engine.runtimes.int4_build import variant_name
+        from ..engine.loading.sources import cache_root
 
         default = EngineSettings()  # what the server loads unless the runtime's settings say otherwise
         chosen = dict(s.split("=", 1) for s in PHILS_RUNTIMES[runtime])

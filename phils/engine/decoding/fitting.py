@@ -25,8 +25,9 @@ import zlib
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..protocol import GenerationResult
-from .prefix_cache import common_prefix
+from ...protocol import GenerationResult
+from ..limits import MAX_SUFFIX_TOKENS
+from .prefix_cache import common_prefix, crop
 
 if TYPE_CHECKING:
     from .generate import Branch, Engine, GenerationRequest
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 JUDGE_LOG = "PHILS_JUDGE_LOG"  # a file to append every judgement to (buffer text: for tuning only, asked for)
-MAX_SUFFIX_TOKENS = 48  # the judged text: the next lines after the cursor, this many tokens at most
 TOP_TOKENS = 64  # alternatives are looked for among this many of the best first tokens
 SAMPLE_TEMPERATURE, SAMPLE_TOP_K = 0.7, 40  # sampled answers (completion.samples)
 
@@ -122,6 +122,7 @@ def choose(engine: "Engine", logits: Any, kv: Any, prompt_length: int, request: 
             clock = time.monotonic()
             judge.rewind(branch.generated)
             other = GenerationResult(text="", reason="", healed=result.healed)
+            how = replace(how, finish_first_line=False)  # an alternative cut short is dropped, never waited for
             other_scores = list(branch.scores)
             tokens = engine._decode(branch.logits, kv, how, other, max_new, start=branch, force=force,
                                     scores=other_scores, pick=pick)
@@ -344,8 +345,6 @@ class _Judge:
         return float(per_token.sum()), followed
 
     def _cut(self, keep: int) -> None:
-        from .generate import crop
-
         if not crop(self.kv, self.prompt_length + keep):
             raise CannotRewind(f"cannot cut the KV cache back to {self.prompt_length + keep} tokens")
         self.held = self.held[:keep]

@@ -11,13 +11,15 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from . import drafts, fitting, healing
-from .loader import LoadedModel
-from ..protocol import GenerationResult
-from .prefix_cache import CachedPrefix, PrefixCache, common_prefix
-from .runtime_torch import token_ids
+from ...protocol import GenerationResult
+from .prefix_cache import CachedPrefix, PrefixCache, common_prefix, crop
+from ..runtimes.runtime_torch import token_ids
+
+if TYPE_CHECKING:
+    from ..loading.loader import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,8 @@ class GenerationRequest:
     stop: Callable[[str], int | None] = lambda text: None  # where the text must end, if anywhere yet
     cancel: threading.Event = field(default_factory=threading.Event)
     deadline: float | None = None  # time.monotonic() after which decoding stops
+    budget_ms: int = 0  # else: the time decoding and judging may take once the prompt is computed (0: no limit)
+    finish_first_line: bool = True  # past the deadline, still end the answer's first line (part of one is no answer)
     heal: bool = True  # redo the prompt's last token when it ends mid-word (token healing)
     ignore_stops: bool = False  # decode max_new_tokens whatever the stop rule and EOS say (benchmarks)
     on_token: Callable[[int], None] | None = None  # told the count of new tokens after each one
@@ -64,7 +68,7 @@ def greedy(logits: Any) -> int:
 
 
 class Engine:
-    def __init__(self, loaded: LoadedModel, context_tokens: int, cache_bytes: int, ignore_stops: bool = False,
+    def __init__(self, loaded: "LoadedModel", context_tokens: int, cache_bytes: int, ignore_stops: bool = False,
                  draft_tokens: int = 0):
         import torch
 
@@ -146,6 +150,8 @@ class Engine:
                 return result
             result.first_token_ms = (time.monotonic() - started) * 1000
             decode_started = time.monotonic()
+            if request.budget_ms:  # the prompt is kept for the next keystroke whatever happens: not budgeted
+                request.deadline = decode_started + request.budget_ms / 1000
             if self.draft_tokens:
                 self._draft_context = (ids, self.encode_plain(request.fit_suffix)[:fitting.MAX_SUFFIX_TOKENS]
                                        if request.fit_suffix else [])
@@ -242,7 +248,8 @@ class Engine:
             if request.cancel.is_set():
                 result.reason = "cancelled"
                 break
-            if request.deadline is not None and time.monotonic() >= request.deadline:
+            if request.deadline is not None and time.monotonic() >= request.deadline and (
+                    not request.finish_first_line or _holds_a_line(text)):
                 result.reason = "deadline"
                 break
             if len(generated) < max_new:
@@ -297,14 +304,7 @@ class Engine:
             self.cache.put(key, CachedPrefix(list(ids), kv))
 
 
-def crop(kv: Any, length: int) -> bool:
-    """Crop ``kv`` to ``length`` tokens; False when this cache type cannot be cropped there."""
-    excess = kv.get_seq_length() - length
-    if excess < 0:
-        return False
-    try:
-        kv.crop(-excess)  # transformers 5: a negative count of tokens to drop
-    except (RuntimeError, ValueError) as exc:  # sliding-window layers past their window
-        log.debug("KV cache not reusable: %s", exc)
-        return False
-    return kv.get_seq_length() == length
+def _holds_a_line(text: str) -> bool:
+    """Whether ``text`` has a whole line of code (one that has ended)."""
+    code = text.lstrip()
+    return bool(code) and "\n" in code

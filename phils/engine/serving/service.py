@@ -16,14 +16,14 @@ from concurrent.futures import Future
 from functools import partial
 from typing import Any, Callable
 
-from ..config import EngineSettings
-from .. import tokens
-from ..machine import available_memory
-from ..stoprule import Shape, stop_index
-from .errors import ModelLoadError
-from ..protocol import KEY_SEPARATOR, EngineJob, GenerationResult
-from .generate import Engine, GenerationRequest
-from .loader import load_model
+from ...config import EngineSettings
+from ... import tokens
+from ...machine import available_memory
+from ...stoprule import Shape, stop_index
+from ..errors import ModelLoadError
+from ...protocol import KEY_SEPARATOR, EngineJob, GenerationResult
+from ..decoding.generate import Engine, GenerationRequest
+from ..loading.loader import load_model
 from .metrics import EngineMetrics
 from .worker import BACKGROUND, URGENT, ModelWorker
 
@@ -172,7 +172,7 @@ class EngineService:
                 max_new_tokens=job.max_new_tokens,
                 stop=partial(_stop, shape=job.shape, strings=job.stop_strings),
                 cancel=cancel,
-                deadline=time.monotonic() + job.deadline_ms / 1000 if job.deadline_ms else None,
+                budget_ms=job.deadline_ms,
                 heal=job.heal,
                 ignore_stops=job.ignore_stops,
                 on_token=partial(setattr, cancel, "decoded"),

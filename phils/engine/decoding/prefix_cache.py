@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Any
 
 from cachetools import LRUCache
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -109,3 +112,16 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 class _Sized:
     value: CachedPrefix
     size: int  # measured once: cachetools asks for it again on removal
+
+
+def crop(kv: Any, length: int) -> bool:
+    """Crop ``kv`` to ``length`` tokens; False when this cache type cannot be cropped there."""
+    excess = kv.get_seq_length() - length
+    if excess < 0:
+        return False
+    try:
+        kv.crop(-excess)  # transformers 5: a negative count of tokens to drop
+    except (RuntimeError, ValueError) as exc:  # sliding-window layers past their window
+        log.debug("KV cache not reusable: %s", exc)
+        return False
+    return kv.get_seq_length() == length

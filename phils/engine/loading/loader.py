@@ -20,15 +20,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import INT4_BLOCKS, EngineSettings
-from ..machine import usable_cores
-from . import legacy_phi, q4_kernel
+from ...config import INT4_BLOCKS, EngineSettings
+from ...machine import usable_cores
+from . import legacy_phi
+from ..runtimes import q4_kernel
 from .adapters import apply_adapter
-from .errors import ModelLoadError
-from .int8 import quantize_linears
-from .int4_build import build_int4, drop_stale_builds, variant_name
-from .mapping import own_copies
-from .runtime_torch import TorchRuntime
+from ..errors import ModelLoadError
+from ..runtimes.int8 import quantize_linears
+from ..runtimes.int4_build import build_int4, drop_stale_builds, variant_name
+from ..runtimes.mapping import own_copies
+from ..runtimes.runtime_torch import TorchRuntime
 from .sources import (ModelSource, cache_root, cached_from_hub, hub_endpoint, hub_offline_by_env, hub_reachable,
                       resolve)
 
@@ -153,8 +154,8 @@ def _quantized_precision(model: Any, dtype: Any) -> str | None:
 def _load_int4(settings: EngineSettings, source: ModelSource, cache: Path, tokenizer: Any, device: str,
                report: Report, started: float) -> LoadedModel:
     """4-bit weights run by ONNX Runtime GenAI on the CPU, built once from the checkpoint into the cache."""
-    from .runtime_genai import GenaiRuntime
-    from .fitting import MAX_SUFFIX_TOKENS
+    from ..runtimes.runtime_genai import GenaiRuntime
+    from ..limits import MAX_SUFFIX_TOKENS
 
     if device != "cpu":
         raise ModelLoadError("engine.quantize = int4 runs on the CPU; on CUDA use fp16/bf16 or a GPTQ model")
@@ -222,7 +223,7 @@ def _weight_files(directory: Path) -> list[Path]:
 
 def _use_onednn(model: Any, report: Report) -> bool:
     """Convert the large fp32 Linear layers to oneDNN's layout; whether it ran to the end."""
-    from . import onednn
+    from ..runtimes import onednn
 
     if not onednn.available():
         log.info("oneDNN is not available in this torch build; using torch's own fp32 kernels")

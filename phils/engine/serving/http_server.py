@@ -26,12 +26,12 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import __version__
-from ..config import EngineSettings
-from ..machine import process_figures
-from ..runtime import settings_hash
-from ..stoprule import Shape
-from ..protocol import EngineJob, GenerationResult
+from ... import __version__
+from ...config import EngineSettings
+from ...machine import process_figures
+from ...runtime import settings_hash
+from ...stoprule import Shape
+from ...protocol import EngineJob, GenerationResult
 from .service import CancelFlag, EngineService
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
 from .runtime_torch import token_ids
 
 

@@ -22,7 +22,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,16 @@ def _from_parts(prefix: str, count: int, cache_dir: Path) -> ModelSource:
     finally:
         partial.unlink(missing_ok=True)
     return ModelSource(str(target.parent), target.name)
+
+
+def package_installed(reference: str) -> bool:
+    """Whether a ``package:`` model reference's packages are all installed (nothing imported or assembled)."""
+    spec = reference[len("package:"):] if reference.startswith("package:") else ""
+    if parts := _PART_RANGE.match(spec):
+        names = [f"{parts['prefix']}{n}" for n in range(1, int(parts["count"]) + 1)]
+    else:
+        names = [spec.partition("/")[0]] if spec else []
+    return bool(names) and all(importlib.util.find_spec(name) is not None for name in names)
 
 
 def _single_gguf(directory: Path) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
 
 
 def apply_adapter(model: Any, adapter: str, merge: bool, allow_pickle: bool, hub_options: dict[str, Any]) -> Any:

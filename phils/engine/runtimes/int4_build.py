@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
 from . import q4_kernel
 from .int4_quant import quantize_blocks
 from .mapping import checkpoint_ranges, drop_mapped

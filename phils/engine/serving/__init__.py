@@ -1,0 +1,1 @@
+"""Serving: the HTTP server, the service (queue, KV budget), the worker thread that owns the model, metrics."""
