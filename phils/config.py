@@ -106,8 +106,8 @@ class CompletionSettings:
     # With fit_suffix: also write this many answers sampled from the model (temperature 0.7, the
     # 40 best tokens, seeded by the text) and judge them with the rest.
     samples: int = _int(0, 0, 8)
-    # With fit_suffix: when, after the greedy answer, the model would itself write the code below's
-    # first line, show it without writing and judging the other candidates.
+    # With fit_suffix: when, after the greedy answer's first line, the code below's first line is likely
+    # (mean log-probability a token at least -0.5), judge only the greedy answer's own line ends.
     early_accept: bool = True
     # Signatures and docstrings of what the document imports from other modules of the
     # workspace, at the top of the prompt (at most a quarter of it).
@@ -118,7 +118,7 @@ class CompletionSettings:
     # The budget: how long a request may decode and judge once its prompt is computed (the prompt is
     # kept for the next keystroke, so it is never cut); 0 = no limit. When it runs out, the best answer
     # judged so far is shown, else the whole lines decoded so far (a first line is always finished).
-    timeout_ms: int = _int(2000, 0, 600_000)
+    timeout_ms: int = _int(5000, 0, 600_000)
     warmup_ms: int = _int(150, 0, 60_000)  # prefill this long after the last edit; 0 = never
     # While a suggestion is shown, compute the one that follows accepting it (engine time that no
     # request wants; any request preempts it); the editor's request after an accept is then answered at once.

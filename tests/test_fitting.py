@@ -290,16 +290,19 @@ def test_no_request_runs_past_its_budget_by_more_than_one_pass(loaded, monkeypat
 PASS_S = 0.1
 
 
-def test_an_answer_after_which_the_model_writes_the_next_line_itself_is_shown_without_other_candidates(
-        loaded, monkeypatch):
-    """Early accept: once the model, after the greedy first line, would write the code below's first line
-    itself, nothing else is written or judged; asked to judge everything, the same engine writes more."""
+def test_where_the_greedy_first_line_fits_no_other_candidate_is_written(loaded, monkeypatch, tmp_path):
+    """Early accept: once the code below's first line is likely after the greedy answer's first line, only
+    the greedy answer's own line ends are judged; asked to judge everything, the same engine writes more."""
+    log = tmp_path / "judged.jsonl"
+    monkeypatch.setenv(fitting.JUDGE_LOG, str(log))
     score = fitting._Judge.score
     monkeypatch.setattr(fitting._Judge, "score", lambda self, text: (score(self, text)[0], True))
-    shown = fresh(loaded).generate(request("a", fit_suffix=SUFFIX, candidates=3))
-    every = fresh(loaded).generate(request("a", fit_suffix=SUFFIX, candidates=3, skip_when_followed=False))
-    assert shown.candidates == 1 and every.candidates > 1 and shown.new_tokens < every.new_tokens
-    assert shown.text  # the greedy answer itself
+    shown = fresh(loaded).generate(request("a", fit_suffix=SUFFIX, candidates=3, define=("total",)))
+    judged = json.loads(log.read_text().splitlines()[-1])["judged"]
+    every = fresh(loaded).generate(request("a", fit_suffix=SUFFIX, candidates=3, define=("total",),
+                                           skip_when_followed=False))
+    assert judged and {j["origin"] for j in judged} == {0} and shown.candidates == len(judged)
+    assert every.candidates > shown.candidates and every.new_tokens > shown.new_tokens and shown.text
 
 
 def test_the_code_below_s_first_line_is_counted_in_its_own_tokens(loaded):
@@ -310,14 +313,6 @@ def test_the_code_below_s_first_line_is_counted_in_its_own_tokens(loaded):
     assert "return total" in written and "print" not in written
     assert "return total" not in engine.tokenizer.decode(ids[: count - 1])
     assert fitting._first_line_tokens(engine, engine.encode_plain("\n\n"), "\n\n") == 0
-
-
-def test_the_greedy_answer_goes_on_past_its_first_line_only_when_that_line_does_not_fit(loaded):
-    """Lazy judging gives the answer that judging every line end of the whole greedy answer gives."""
-    for suffix in (SUFFIX, "\n    return a - b\n", "\n    print(total)\n    return total\n"):
-        lazy = fresh(loaded).generate(request("a", fit_suffix=suffix, candidates=1))
-        full = fresh(loaded).generate(request("a", fit_suffix=suffix, candidates=1, skip_when_followed=False))
-        assert lazy.text == full.text
 
 
 def test_the_budget_lets_the_first_line_end_but_nothing_after_it():
