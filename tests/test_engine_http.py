@@ -125,3 +125,20 @@ def test_a_client_that_closes_its_stream_at_once_is_no_error(tiny_model, tmp_pat
         process.wait(30)
     written = log.read_text() if log.exists() else ""
     assert "Error handling request" not in written and "Traceback" not in written, written[-2000:]
+
+
+def test_budget_cuts_are_exported_by_what_they_cut():
+    from types import SimpleNamespace
+
+    from phils.engine.serving.metrics import EngineMetrics
+    from phils.protocol import EngineJob, GenerationResult
+
+    service = SimpleNamespace(cache_report=lambda: {"bytes": 0, "budget_bytes": 0}, state="ready")
+    metrics = EngineMetrics(service)
+    job = EngineJob(document="d", prompt="x", max_new_tokens=4, deadline_ms=1500)
+    metrics.record(job, GenerationResult(text="x", reason="stop", cut="judging"), 10.0)
+    metrics.record(job, GenerationResult(text="x", reason="deadline", cut="answer"), 10.0)
+    metrics.record(job, GenerationResult(text="x", reason="stop"), 10.0)
+    text = metrics.exposition().decode()
+    assert 'phils_budget_cuts_total{stage="judging"} 1.0' in text
+    assert 'phils_budget_cuts_total{stage="answer"} 1.0' in text and "phils_budget_seconds 1.5" in text

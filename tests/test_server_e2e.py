@@ -193,3 +193,16 @@ async def test_shutdown_and_exit_end_the_process_with_code_0(tiny_model):
     await client.shutdown_session()
     assert await asyncio.wait_for(process.wait(), 15) == 0
     await client.stop()
+
+
+async def test_a_budget_cut_is_counted_and_the_answer_is_still_shown(tiny_model):
+    """A 1 ms budget mid-code: judging is cut, the greedy answer is shown, and phils/stats says so."""
+    source = "def add(a, b):\n    total = a + b\n    \n    return total\n"
+    async with phils_server("--model", str(tiny_model), "--set", "completion.timeout_ms=1",
+                            "--set", "completion.python_syntax=false", "--set", "engine.max_new_tokens=6",
+                            "--set", "completion.warmup_ms=0") as client:
+        open_doc(client, "file:///work/budget.py", source)
+        answer = await inline(client, "file:///work/budget.py", 2, 4)
+        counters = await stats(client)
+        assert answer.items and answer.items[0].insert_text
+        assert counters["budget_ms"] == 1 and counters["budget_cuts"] == {"judging": 1}

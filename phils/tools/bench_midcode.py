@@ -144,6 +144,8 @@ async def run_mode(mode: str, command: list[str], chosen: list[Hole], args: Any)
                       "ahead" if after["ahead"] > before["ahead"] else "warm-up" if warmed else "model")
             previous.update(after)
             requests.append({"hole": number, "kind": kind, "ms": round(latency, 1), "source": source,
+                             "prompt": after["prompt_tokens"] - before["prompt_tokens"],
+                             "prefill": after["prefill_tokens"] - before["prefill_tokens"],
                              "text": text, "exact": kind == "first" and text.split("\n")[0].strip() == hole.original})
 
         await ask("first")
