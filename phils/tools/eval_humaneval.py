@@ -132,6 +132,8 @@ def complete_raw(settings: Any, rows: list[dict[str, Any]], max_new_tokens: int,
 
     loaded = load_model(settings.engine)
     model, tokenizer = loaded.model, loaded.tokenizer
+    if model is None:  # int4 runs on ONNX Runtime: the baseline is transformers' own generate()
+        raise SystemExit("--raw runs the model with transformers on torch: drop engine.quantize=int4")
 
     class FirstUnindentedLine(StoppingCriteria):
         def __init__(self, start: int):

@@ -153,6 +153,8 @@ def complete_raw(settings: Any, cases: list[Case], max_new_tokens: int, progress
 
     loaded = load_model(settings.engine)
     model, tokenizer = loaded.model, loaded.tokenizer
+    if model is None:  # int4 runs on ONNX Runtime: the baseline is transformers' own generate()
+        raise SystemExit("--raw runs the model with transformers on torch: drop engine.quantize=int4")
 
     class EnoughLines(StoppingCriteria):  # saves time only: the kept lines are the same
         def __init__(self, start: int, lines: int):
