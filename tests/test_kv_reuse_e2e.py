@@ -122,3 +122,11 @@ def test_the_keystroke_replay_reuses_the_prompt_and_changes_no_suggestion(tiny_m
     assert 300 < on["prompt_tokens_mean"] <= 768
     assert on["reused_fraction"] >= 0.9  # a short replay in a small window: one move costs ~5%
     assert (tmp_path / "keystrokes-tiny.md").read_text().startswith("# Keystroke replay")
+
+
+async def test_a_file_opened_while_the_model_loads_is_prefilled_once_it_is_ready(tiny_model):
+    async with phils_server("--model", str(tiny_model), "--set", "completion.warmup_ms=50", wait=None) as client:
+        open_doc(client, URI, SOURCE * 3)
+        await client.status.wait_for("ready")
+        warmed = await wait_until(client, lambda s: s["warmups"] >= 1 and not s["busy"])
+        assert warmed["warmup_tokens"] > 30 and warmed["requests"] == 0

@@ -62,6 +62,7 @@ class CompletionService:
         self._ahead_running: dict[str, tuple[str, str, asyncio.Task]] = {}  # its computation: (prefix, suffix, task)
         self._tail_starts: dict[str, int] = {}  # per document: where its prompt's tail starts
         self._faulted = False  # the last completion failed: the editor shows an error until one works
+        self._opened: Any = None  # the document opened last: pre-filled once the model is ready, if not before
         self.project: project.ProjectIndex | None = None  # the workspace's modules, set at initialize
         self.stats = Stats()
         self.doc_stats: dict[str, Stats] = defaultdict(Stats)
@@ -83,6 +84,9 @@ class CompletionService:
         except Exception as exc:  # never let a start failure take the server down
             log.exception("engine start failed")
             self._set_state("error", f"cannot start the engine: {type(exc).__name__}: {exc}")
+            return
+        if self._opened is not None:  # opened while the model loaded: pre-fill it now
+            self.schedule_open_warmup(self._opened)
 
     def _backend_status(self, state: str, message: str, percent: Any = None) -> None:
         self._set_state(state, message, percent)
@@ -211,6 +215,7 @@ class CompletionService:
     def schedule_open_warmup(self, doc: Any) -> None:
         """A document was opened: pre-fill its start in idle time, so that the first request in it
         computes only the tokens between the warmed window and the cursor, not the whole file."""
+        self._opened = doc
         if len(doc.source) <= OPEN_WARMUP_MAX_CHARS:
             self.schedule_warmup(doc, -1, -1)
 
@@ -259,6 +264,8 @@ class CompletionService:
             timer.cancel()
         self._shown.pop(uri, None)
         self._ahead.pop(uri, None)
+        if self._opened is not None and self._opened.uri == uri:
+            self._opened = None
         if (running := self._ahead_running.pop(uri, None)) is not None:
             running[2].cancel()
         self._tail_starts.pop(uri, None)
@@ -274,6 +281,7 @@ class CompletionService:
         self.cancel_all()
         for table in (self._in_flight, self._warming, self._shown, self._ahead, self._tail_starts, self.doc_stats):
             table.clear()
+        self._opened = None
         if self.backend is not None:
             self.backend.forget_all()
 
