@@ -111,7 +111,9 @@ class CompletionSettings:
     early_accept: bool = True
     # Signatures and docstrings of what the document imports from other modules of the
     # workspace, at the top of the prompt (at most a quarter of it).
-    project_context: bool = True
+    # Off by default: on the cross-file eval it paid on no model measured (Qwen2.5-Coder 1.5B: exact
+    # 10 vs 11 of 32, edit similarity 0.617 vs 0.668; Gemma 3 270M and SmolLM2-135M likewise).
+    project_context: bool = False
     # In Python, lines that make the code up to the cursor invalid (not just unfinished) go. The
     # server's own Python judges: turn this off for syntax newer than it.
     python_syntax: bool = True

@@ -138,7 +138,9 @@ def test_the_prompt_starts_with_the_block_and_ends_with_the_code_before_the_curs
     lines = text.split("\n")
     ctx = cursor_context(TextDocument(path.as_uri(), text), len(lines) - 1, len(lines[-1]))
     index = project.ProjectIndex([workspace])
-    built = build_prompt(_Backend(), ctx, Settings(), {}, index)
+    on = Settings()
+    on.completion.project_context = True  # off by default (it did not pay on any model measured)
+    built = build_prompt(_Backend(), ctx, on, {}, index)
     assert built.text.startswith(project.HEADER) and built.text.endswith(ctx.prefix)
     assert "def parse_row(line: str" in built.text
     off = Settings()
@@ -154,6 +156,7 @@ async def test_the_server_reads_the_workspace_and_the_editor_text_of_open_module
     helpers = workspace / "pkg" / "helpers.py"
     async with phils_server("--model", str(tiny_model), "--set", "engine.backend=local",
                             "--set", "engine.max_new_tokens=4", "--set", "log.buffer_text=true",
+                            "--set", "completion.project_context=true",
                             "--log-file", str(log), root=workspace) as client:
         # An unsaved edit in another open module is what the editor has: a function not on disk yet.
         open_doc(client, helpers.as_uri(), "def scrub(text: str) -> str:\n    ...\n")
