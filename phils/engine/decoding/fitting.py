@@ -75,7 +75,6 @@ def choose(engine: "Engine", logits: Any, kv: Any, prompt_length: int, request: 
     best: tuple[float, str] | None = None
     judged: list[dict] = []
     seen: set[str] = set()
-    follows: list[bool] = []  # per answer judged: whether the code below's first line is likely after it
 
     def out_of_time(ahead_ms: float = 0.0) -> bool:
         """Cancelled, or the budget would run out ``ahead_ms`` from now (the next step's expected cost)."""
@@ -107,9 +106,8 @@ def choose(engine: "Engine", logits: Any, kv: Any, prompt_length: int, request: 
             timing["last_score_ms"] = (time.monotonic() - scored) * 1000
             score = written_logprob + suffix_logprob
             judged.append({"text": answer, "written": written_logprob, "suffix": suffix_logprob, "origin": origin,
-                           "tokens": judge.detail})
+                           "fits": followed, "tokens": judge.detail})
             result.candidates += 1
-            follows.append(followed)
             if best is None or score > best[0]:
                 best = (score, answer)
         timing["judge_ms"] += (time.monotonic() - clock) * 1000
@@ -141,7 +139,7 @@ def choose(engine: "Engine", logits: Any, kv: Any, prompt_length: int, request: 
         branch = branches[-1] if branches else None  # where the answer's code starts
         # The greedy answer already fits when, after its first line, the code below's first line is likely:
         # its own line ends are judged, and another first line rarely wins then (EARLY_ACCEPT_LOGPROB).
-        others = branch is not None and not (follows[:1] == [True] and request.skip_when_followed)
+        others = branch is not None and not (judged and judged[0]["fits"] and request.skip_when_followed)
         if others and request.candidates > 1:
             # The other first tokens offer another first line; how far to go on is the greedy answer's
             # question. Measured on the infill eval (Gemma 3 270M, 3 candidates): as many lines passed
