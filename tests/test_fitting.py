@@ -85,6 +85,13 @@ def test_text_after_the_cursor_keeps_one_line_and_is_judged_with_the_rest_of_it(
     assert judged.startswith(")\n")
 
 
+def test_the_end_of_a_line_being_typed_gets_the_plain_rest_of_the_line_unjudged():
+    ctx = context("def f(xs):\n    total = su█\n    return total\n")
+    shape = postprocess.shape_of(ctx)
+    assert postprocess.fitted(ctx, shape) == (shape, "")
+    assert shape.statement  # one statement: the rest of the line (or a compound statement's header and body)
+
+
 def test_an_answer_may_end_at_any_of_its_non_blank_lines():
     assert line_ends("a = 1\n\n    if a:\n        b\n") == ["a = 1", "a = 1\n\n    if a:", "a = 1\n\n    if a:\n        b"]
     assert line_ends("") == []
@@ -183,11 +190,14 @@ def test_a_judgement_log_that_cannot_be_written_does_not_fail_the_completion(loa
 
 
 def test_an_alternative_first_token_is_written_to_the_end_of_its_first_line_of_code():
-    one_line = fitting._first_line(lambda text: None)
-    assert one_line("x = 1") is None  # not yet
-    assert one_line("x = 1\n    y = 2") == len("x = 1")
+    one_line = fitting._FirstLine(lambda text: None)
+    assert one_line("x = 1") is None and not one_line.line_ended  # not yet
+    assert one_line("x = 1\n    y = 2") == len("x = 1") and one_line.line_ended and not one_line.rule_ended
     assert one_line("\n    x = 1\n    y") == len("\n    x = 1")  # blank lines first are not a line of code
-    assert fitting._first_line(lambda text: 2)("x = 1\n") == 2  # the block's own rule still applies
+    by_rule = fitting._FirstLine(lambda text: 2)
+    assert by_rule("x = 1\n") == 2 and by_rule.rule_ended and not by_rule.line_ended  # the block's own rule applies
+    both = fitting._FirstLine(lambda text: 5)
+    assert both("x = 1\n") == 5 and both.rule_ended and both.line_ended
 
 
 def test_a_cancelled_choice_stops_and_says_so(loaded):
@@ -253,9 +263,9 @@ def test_when_the_budget_runs_out_while_judging_the_best_answer_judged_so_far_is
     score = fitting._Judge.score
     calls = []
 
-    def score_then_run_out(self, text):
+    def score_then_run_out(self, text, **options):
         calls.append(text)
-        outcome = score(self, text)
+        outcome = score(self, text, **options)
         holder["request"].deadline = time.monotonic()  # the budget is spent from here on
         return outcome
 
@@ -296,7 +306,7 @@ def test_where_the_greedy_first_line_fits_no_other_candidate_is_written(loaded, 
     log = tmp_path / "judged.jsonl"
     monkeypatch.setenv(fitting.JUDGE_LOG, str(log))
     score = fitting._Judge.score
-    monkeypatch.setattr(fitting._Judge, "score", lambda self, text: (score(self, text)[0], True))
+    monkeypatch.setattr(fitting._Judge, "score", lambda self, text, **kw: (score(self, text, **kw)[0], True))
     shown = fresh(loaded).generate(request("a", fit_suffix=SUFFIX, candidates=3, define=("total",)))
     judged = json.loads(log.read_text().splitlines()[-1])["judged"]
     every = fresh(loaded).generate(request("a", fit_suffix=SUFFIX, candidates=3, define=("total",),
@@ -320,3 +330,61 @@ def test_the_budget_lets_the_first_line_end_but_nothing_after_it():
 
     assert not _holds_a_line("self.initial_") and not _holds_a_line("\n    ") and not _holds_a_line("")
     assert _holds_a_line("x = 1\n    y") and _holds_a_line("\n    x = 1\n")
+
+
+MID_LINE = PROMPT + "total"  # the cursor after code on its line
+
+
+def test_mid_line_a_first_line_that_fits_is_the_answer_without_writing_further_lines(loaded, monkeypatch, tmp_path):
+    """Mid-line, the greedy answer is written to the end of the line being typed and judged by the code
+    below's first line alone; when that fits, no further line is written. The cache is exact afterwards."""
+    log = tmp_path / "judged.jsonl"
+    monkeypatch.setenv(fitting.JUDGE_LOG, str(log))
+    score, fed = fitting._Judge.score, []
+
+    def always_fits(self, text, first_line_only=False):
+        fed.append(first_line_only)
+        return score(self, text, first_line_only)[0], True
+
+    monkeypatch.setattr(fitting._Judge, "score", always_fits)
+    whole = fresh(loaded).generate(request("a", MID_LINE, fit_suffix=SUFFIX, candidates=3))
+    cached, uncached = fresh(loaded), fresh(loaded, cache_bytes=0)
+    line = cached.generate(request("a", MID_LINE, fit_suffix=SUFFIX, candidates=3, line_first=True))
+    greedy = fresh(loaded).generate(request("p", MID_LINE))
+    assert len(line_ends(greedy.text)) > 1  # the greedy answer goes on past the line being typed
+    assert line.text.rstrip() == line_ends(greedy.text)[0] and line.candidates == 1 and fed[-1] is True
+    assert line.new_tokens < whole.new_tokens
+    record = json.loads(log.read_text().splitlines()[-1])
+    assert record["judged"][0]["first_line_only"] and len(record["judged"]) == 1
+    typed = MID_LINE + line.text[:3]
+    assert cached.generate(request("a", typed)).text == uncached.generate(request("a", typed)).text
+
+
+def test_mid_line_a_first_line_that_does_not_fit_is_judged_as_without_line_first(loaded, monkeypatch):
+    """Where the first line does not fit, the greedy answer is written on from where it stopped: the same
+    candidates and the same choice as judging everything at once, and an exact cache."""
+    score = fitting._Judge.score
+    monkeypatch.setattr(fitting._Judge, "score", lambda self, text, first_line_only=False: (
+        score(self, text, first_line_only)[0], False))
+    whole = fresh(loaded).generate(request("a", MID_LINE, fit_suffix=SUFFIX, candidates=3))
+    cached, uncached = fresh(loaded), fresh(loaded, cache_bytes=0)
+    resumed = cached.generate(request("a", MID_LINE, fit_suffix=SUFFIX, candidates=3, line_first=True))
+    assert (resumed.text, resumed.candidates) == (whole.text, whole.candidates) and whole.candidates > 1
+    assert resumed.new_tokens == whole.new_tokens
+    typed = MID_LINE + "_x"
+    assert cached.generate(request("a", typed)).text == uncached.generate(request("a", typed)).text
+
+
+def test_the_engine_judges_the_line_first_only_where_code_precedes_the_cursor_on_its_line():
+    from phils.engine.serving.service import CancelFlag, generation_request
+    from phils.protocol import EngineJob
+
+    def asked(line_prefix: str | None, early_accept: bool = True) -> GenerationRequest:
+        shape = None if line_prefix is None else Shape(single_line=False, min_indent=0, line_prefix=line_prefix,
+                                                       max_lines=4)
+        job = EngineJob(document="d", prompt="p", max_new_tokens=8, shape=shape, fit_suffix="\n    x", early_accept=early_accept)
+        return generation_request(job, CancelFlag())
+
+    assert asked("    total").line_first and asked("    total").skip_when_followed
+    assert not asked("    ").line_first and not asked("").line_first and not asked(None).line_first
+    assert not asked("    total", early_accept=False).skip_when_followed  # judged-all: every candidate, always

@@ -108,10 +108,15 @@ def fitted(ctx: CursorContext, shape: Shape) -> tuple[Shape, str]:
     line or many is then the model's judgement, not an indentation rule's.
     Where nothing follows, returns ``shape`` and "": a whole block; where the
     enclosing function ends at the cursor, a block down to its body's
-    indentation, and "".
+    indentation, and "". At the end of a line being typed (code before the
+    cursor, nothing after it), also "": the plain rest of the line. Measured on
+    ``phils bench midcode`` (Qwen2.5-Coder 1.5B int4, 20 stdlib holes typed
+    back): judging there completed the typed line 30 times where the plain
+    answer did 29, at 8.4× its p50 (1 095 vs 130 ms), and offered a new line
+    under a line just finished in 5 of them.
     """
     following = ctx.next_line
-    if not following.strip():
+    if not following.strip() or (ctx.line_prefix.strip() and not ctx.line_suffix.strip()):
         return shape, ""
     function = outline.enclosing_def_indent(ctx.prefix[-MAX_OUTLINE_CHARS:].split("\n"), shape.min_indent)
     if not shape.single_line and function is not None and indent_width(following) <= function:

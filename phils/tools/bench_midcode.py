@@ -7,13 +7,16 @@ The whole module is the document, opened in a fresh server as an editor
 opens a file; after ``--open-pause`` seconds (the user reads before typing)
 the editor asks for a suggestion at the blank line. Then the line is typed
 back a few characters at a time, pausing after each burst as people do, and
-the editor asks again after each burst.
+the editor asks again after each burst. Last, the typed text is deleted and
+the first request asked again: the same work with its prompt cached (warm),
+the yardstick for the first request in a fresh file.
 
 Reported per mode (``judged``: ``completion.fit_suffix`` on, the default;
 ``plain``: off), on the same holes in the same sitting: p50/p95 of the time
 from the last keystroke to the suggestion, for the first request in a freshly
 opened file and for the requests after it; how often the suggestion at the
-blank line was the original line; and the share of requests answered from
+blank line was the original line (and, while typing, how often the typed text
+and the suggestion's first line were); and the share of requests answered from
 work done ahead (typed through the last suggestion, computed ahead, or a
 prompt the warm-up had already pre-filled).
 """
@@ -127,7 +130,7 @@ async def run_mode(mode: str, command: list[str], chosen: list[Hole], args: Any)
         line, character, version = hole.line, len(hole.indent), 1
         previous = await server_stats(client)
 
-        async def ask(kind: str) -> None:
+        async def ask(kind: str, typed: str = "") -> None:
             before = await server_stats(client)
             started = time.monotonic()
             result = await client.text_document_inline_completion_async(types.InlineCompletionParams(
@@ -146,10 +149,13 @@ async def run_mode(mode: str, command: list[str], chosen: list[Hole], args: Any)
             requests.append({"hole": number, "kind": kind, "ms": round(latency, 1), "source": source,
                              "prompt": after["prompt_tokens"] - before["prompt_tokens"],
                              "prefill": after["prefill_tokens"] - before["prefill_tokens"],
-                             "text": text, "exact": kind == "first" and text.split("\n")[0].strip() == hole.original})
+                             # Exact: the line typed so far and the suggestion's first line are the blanked line.
+                             "text": text, "exact": (typed + text.split("\n")[0]).strip() == hole.original})
 
         await ask("first")
+        typed = ""
         for burst in bursts(hole.original, args.burst)[: args.pauses]:
+            typed += burst
             for ch in burst:
                 version += 1
                 here = types.Position(line, character)
@@ -158,7 +164,16 @@ async def run_mode(mode: str, command: list[str], chosen: list[Hole], args: Any)
                     content_changes=[types.TextDocumentContentChangePartial(range=types.Range(here, here), text=ch)]))
                 character += len(ch.encode("utf-16-le")) // 2
                 await asyncio.sleep(args.typing_ms / 1000)
-            await ask("typing")
+            await ask("typing", typed)
+        # Warm: the typed text deleted, the same blank-line request as the first one, its prompt now cached.
+        version += 1
+        client.text_document_did_change(types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
+            content_changes=[types.TextDocumentContentChangePartial(
+                range=types.Range(types.Position(line, len(hole.indent)), types.Position(line, character)), text="")]))
+        character = len(hole.indent)
+        await asyncio.sleep(args.typing_ms / 1000)
+        await ask("warm")
         client.text_document_did_close(types.DidCloseTextDocumentParams(types.TextDocumentIdentifier(uri=uri)))
         first = next(r for r in requests if r["hole"] == number)
         print(f"{mode} {number + 1}/{len(chosen)} {hole.path.name}:{hole.line + 1} first {first['ms']:.0f} ms, then "
@@ -170,18 +185,24 @@ async def run_mode(mode: str, command: list[str], chosen: list[Hole], args: Any)
 def summarize_mode(mode: str, requests: list[dict[str, Any]]) -> dict[str, Any]:
     first = [r for r in requests if r["kind"] == "first"]
     typing = [r for r in requests if r["kind"] == "typing"]
-    sources = {s: sum(r["source"] == s for r in requests) for s in ("model", "warm-up", "typed-through", "ahead")}
+    warm = [r for r in requests if r["kind"] == "warm"]
+    asked = first + typing  # as the user types (the warm repeats are a yardstick)
+    sources = {s: sum(r["source"] == s for r in asked) for s in ("model", "warm-up", "typed-through", "ahead")}
     return {
         "mode": mode,
         "holes": len(first),
         "first_ms": percentiles([r["ms"] for r in first]),
         "typing_ms": percentiles([r["ms"] for r in typing]),
-        "all_ms": percentiles([r["ms"] for r in requests]),
+        "warm_ms": percentiles([r["ms"] for r in warm]),  # the first request again, its prompt cached
+        "all_ms": percentiles([r["ms"] for r in first + typing]),
         "exact_first_line": sum(r["exact"] for r in first),
-        "empty": sum(not r["text"] for r in requests),
-        "requests": len(requests),
+        "exact_typing": sum(r["exact"] for r in typing),
+        "first_vs_warm_p50": round(statistics.median([r["ms"] for r in first]) / statistics.median(
+            [r["ms"] for r in warm]), 2) if warm else None,
+        "empty": sum(not r["text"] for r in asked),
+        "requests": len(asked),
         "sources": sources,
-        "answered_from_work_ahead": round(1 - sources["model"] / len(requests), 3) if requests else None,
+        "answered_from_work_ahead": round(1 - sources["model"] / len(asked), 3) if asked else None,
         "detail": requests,
     }
 
@@ -224,6 +245,7 @@ def run(args: Any) -> int:
         report["judged_vs_plain"] = {
             "first_p50": round(judged["first_ms"]["p50"] / plain["first_ms"]["p50"], 2),
             "typing_p50": round(judged["typing_ms"]["p50"] / plain["typing_ms"]["p50"], 2),
+            "all_p50": round(judged["all_ms"]["p50"] / plain["all_ms"]["p50"], 2),
             "judged_p95_vs_plain_p50": round(judged["all_ms"]["p95"] / plain["all_ms"]["p50"], 2),
         }
     for result in results.values():
@@ -237,13 +259,15 @@ def run(args: Any) -> int:
 def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     rows = ["| mode | holes | first in a fresh file p50 / p95 ms | while typing p50 / p95 ms | all p50 / p95 ms "
-            "| first ÷ typing (p50) | blank line exact | empty | from work ahead (warm-up / typed / ahead) |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            "| first ÷ typing (p50) | same request warm p50 ms (first ÷ warm) | exact: blank line / typing | empty | from work ahead (warm-up / typed / ahead) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in report["modes"].values():
         s = r["sources"]
         rows.append(f"| {r['mode']} | {r['holes']} | {r['first_ms']['p50']} / {r['first_ms']['p95']} "
                     f"| {r['typing_ms']['p50']} / {r['typing_ms']['p95']} | {r['all_ms']['p50']} / {r['all_ms']['p95']} "
-                    f"| {r.get('first_vs_typing_p50')} | {r['exact_first_line']} | {r['empty']}/{r['requests']} "
+                    f"| {r.get('first_vs_typing_p50')} | {r.get('warm_ms', {}).get('p50')} ({r.get('first_vs_warm_p50')}) "
+                    f"| {r['exact_first_line']} / {r.get('exact_typing', '?')} "
+                    f"| {r['empty']}/{r['requests']} "
                     f"| {r['answered_from_work_ahead']} ({s['warm-up']} / {s['typed-through']} / {s['ahead']}) |")
     ratio = report.get("judged_vs_plain")
     return "\n".join([
@@ -258,7 +282,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         *rows,
         "",
-        (f"Judged ÷ plain, p50: first {ratio['first_p50']}×, while typing {ratio['typing_p50']}×; judged p95 ÷ plain "
-         f"p50 {ratio['judged_p95_vs_plain_p50']}×." if ratio else ""),
+        (f"Judged ÷ plain, p50: first {ratio['first_p50']}×, while typing {ratio['typing_p50']}×, all "
+         f"{ratio.get('all_p50')}×; judged p95 ÷ plain p50 {ratio['judged_p95_vs_plain_p50']}×." if ratio else ""),
         "",
     ])

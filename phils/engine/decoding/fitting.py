@@ -27,10 +27,11 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ...protocol import GenerationResult
 from ..limits import MAX_SUFFIX_TOKENS
+from .branch import Branch
 from .prefix_cache import common_prefix, crop
 
 if TYPE_CHECKING:
-    from .generate import Branch, Engine, GenerationRequest
+    from .generate import Engine, GenerationRequest
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +66,42 @@ def choose(engine: "Engine", logits: Any, kv: Any, prompt_length: int, request: 
     started = time.monotonic()
     branches: list[Branch] = []
     scores: list[tuple[int, float]] = []
-    generated = engine._decode(logits, kv, request, result, max_new, on_branch=branches.append, scores=scores)
-    greedy_text, greedy_reason = result.text, result.reason
+    judge = _Judge(engine, kv, prompt_length, result.healed, request.fit_suffix)
+    timing = {"greedy_ms": 0.0, "others_ms": 0.0, "judge_ms": 0.0}
+    line_first = request.line_first and request.skip_when_followed and judge.first_line > 0
+    first_line = _FirstLine(request.stop) if line_first else None
+    generated = engine._decode(logits, kv, replace(request, stop=first_line) if first_line else request, result,
+                               max_new, on_branch=branches.append, scores=scores)
     if result.reason in ("cancelled", "deadline"):
         result.cut = "answer" if result.reason == "deadline" else ""
         return  # no time to judge: the front applies its own rule
-    judge = _Judge(engine, kv, prompt_length, result.healed, request.fit_suffix)
-    timing = {"greedy_ms": (time.monotonic() - started) * 1000, "others_ms": 0.0, "judge_ms": 0.0}
+    if first_line is not None and first_line.line_ended and result.text.strip():
+        # Mid-line: the line being typed, closed by the greedy answer, is the answer when the code below's
+        # first line follows it; no further line is written (the line's own pass decides, ~10 tokens).
+        clock = time.monotonic()
+        judge.held = generated[: kv.get_seq_length() - prompt_length]
+        try:
+            logprob, followed = judge.score(result.text, first_line_only=True)
+        except CannotRewind as exc:
+            log.debug("candidates not judged: %s", exc)
+            result.candidates = 0
+            return
+        timing["judge_ms"] = (time.monotonic() - clock) * 1000
+        if followed:
+            result.candidates = 1
+            timing["greedy_ms"] = (clock - started) * 1000
+            _record(request, result.text, [{"text": result.text, "suffix": logprob, "origin": 0, "fits": True,
+                                             "first_line_only": True, "tokens": judge.detail}],
+                    lambda: [engine.tokenizer.decode([t]) for t in judge.suffix_ids], timing)
+            return
+        if not first_line.rule_ended:  # it does not fit: write the greedy answer on, as far as the request's rule goes
+            resumed = Branch(generated, scores, "", judge.resume(generated), kv.get_seq_length())
+            generated = engine._decode(resumed.logits, kv, request, result, max_new, start=resumed, scores=scores)
+            if result.reason in ("cancelled", "deadline"):
+                result.cut = "answer" if result.reason == "deadline" else ""
+                return
+    greedy_text, greedy_reason = result.text, result.reason
+    timing["greedy_ms"] = (time.monotonic() - started) * 1000 - timing["judge_ms"]
     best: tuple[float, str] | None = None
     judged: list[dict] = []
     seen: set[str] = set()
@@ -117,7 +147,7 @@ def choose(engine: "Engine", logits: Any, kv: Any, prompt_length: int, request: 
         consider(greedy_text, greedy_reason, scores, 0)
         origin = 0
 
-        def write(branch: "Branch", how: "GenerationRequest", force: list[int] | None = None,
+        def write(branch: Branch, how: "GenerationRequest", force: list[int] | None = None,
                   pick: Callable[[Any], int] | None = None) -> None:
             """Another candidate from ``branch`` (its first tokens ``force``d, then ``pick``'s: greedy), judged."""
             nonlocal origin
@@ -145,7 +175,7 @@ def choose(engine: "Engine", logits: Any, kv: Any, prompt_length: int, request: 
             # question. Measured on the infill eval (Gemma 3 270M, 3 candidates): as many lines passed
             # with the alternatives cut at their first line as with 4 lines each (41 vs 40), for
             # about half the text to decode and judge.
-            one_line = replace(request, stop=_first_line(request.stop))
+            one_line = replace(request, stop=_FirstLine(request.stop))
             greedy_token = generated[len(branch.generated)] if len(generated) > len(branch.generated) else None
             for token in _alternatives(engine, branch, request.candidates - 1, greedy_token):
                 if out_of_time():
@@ -210,16 +240,21 @@ def _spelled(engine: "Engine", pending: str, name: str) -> list[int]:
     return tokens if engine.tokenizer.decode(tokens, skip_special_tokens=True) == pending + name else []
 
 
-def _first_line(stop: Callable[[str], int | None]) -> Callable[[str], int | None]:
-    """``stop``, and also the end of the first line that holds code."""
-    def cut(text: str) -> int | None:
-        rule = stop(text)
+class _FirstLine:
+    """A stop rule: ``stop``, and also the end of the first line that holds code. After each call,
+    ``line_ended`` tells whether that line's end ends the text, ``rule_ended`` whether ``stop`` does (both
+    where they cut at the same place)."""
+
+    def __init__(self, stop: Callable[[str], int | None]):
+        self.stop, self.line_ended, self.rule_ended = stop, False, False
+
+    def __call__(self, text: str) -> int | None:
+        rule = self.stop(text)
         start = len(text) - len(text.lstrip())
         end = text.find("\n", start) if text.strip() else -1
-        if end < 0:
-            return rule
-        return end if rule is None else min(rule, end)
-    return cut
+        self.rule_ended = rule is not None and (end < 0 or rule <= end)
+        self.line_ended = end >= 0 and (rule is None or end <= rule)
+        return rule if self.rule_ended else (end if end >= 0 else None)
 
 
 def _record(request: "GenerationRequest", greedy: str, judged: list[dict], pieces: Callable[[], list[str]],
@@ -259,7 +294,7 @@ def line_ends(text: str) -> list[str]:
     return ends
 
 
-def _alternatives(engine: "Engine", branch: "Branch", count: int, greedy_token: int | None) -> list[int]:
+def _alternatives(engine: "Engine", branch: Branch, count: int, greedy_token: int | None) -> list[int]:
     """The best tokens at the branch other than the greedy one that write code (healing respected)."""
     torch = engine._torch
     logits = branch.logits
@@ -301,19 +336,27 @@ class _Judge:
             self.engine._forward(tokens[len(self.held):], self.kv)
             self.held = list(tokens)
 
-    def score(self, text: str) -> tuple[float, bool]:
+    def resume(self, tokens: list[int]) -> Any:
+        """Make the KV cache hold the prompt and then ``tokens``; the logits after them."""
+        self._cut(min(common_prefix(self.held, tokens), len(tokens) - 1))
+        logits = self.engine._forward(tokens[len(self.held):], self.kv)
+        self.held = list(tokens)
+        return logits
+
+    def score(self, text: str, first_line_only: bool = False) -> tuple[float, bool]:
         """log P(suffix | prompt, answer), and whether the suffix's first line is likely enough next to accept
-        the answer at once (``EARLY_ACCEPT_LOGPROB``)."""
+        the answer at once (``EARLY_ACCEPT_LOGPROB``); ``first_line_only``: of the suffix's first line alone."""
         torch = self.engine._torch
         answer = self.engine.encode_plain(self.healed + text)
-        if not answer or not self.suffix_ids:
+        suffix = self.suffix_ids[: self.first_line] if first_line_only else self.suffix_ids
+        if not answer or not suffix:
             return 0.0, False
         # Run at least the answer's last token: its logits predict the suffix's first.
         self._cut(min(common_prefix(self.held, answer), len(answer) - 1))
-        feed = answer[len(self.held):] + self.suffix_ids
-        logits = self.engine._forward_keep(feed, self.kv, len(self.suffix_ids) + 1)[:-1]
-        self.held = answer + self.suffix_ids
-        target = torch.tensor(self.suffix_ids, device=logits.device)
+        feed = answer[len(self.held):] + suffix
+        logits = self.engine._forward_keep(feed, self.kv, len(suffix) + 1)[:-1]
+        self.held = answer + suffix
+        target = torch.tensor(suffix, device=logits.device)
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         per_token = logprobs.gather(1, target[:, None])[:, 0]
         if os.environ.get(JUDGE_LOG):  # per suffix token: its log-probability, and whether greedy would write it

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from . import drafts, fitting, healing
 from ...protocol import GenerationResult
+from .branch import Branch
 from .prefix_cache import CachedPrefix, PrefixCache, common_prefix, crop
 from ..runtimes.runtime_torch import token_ids
 
@@ -50,17 +51,7 @@ class GenerationRequest:
     define: tuple[str, ...] = ()  # with fit_suffix: names the code below reads and only the answer can define
     samples: int = 0  # with fit_suffix: answers sampled from the model, judged with the others
     skip_when_followed: bool = True  # with fit_suffix: no other candidates when the greedy answer already fits
-
-
-@dataclass
-class Branch:
-    """A point in the decode loop where other candidates can take another token."""
-
-    generated: list[int]  # the tokens written before it
-    scores: list[tuple[int, float]]  # per token: the text's length after it, and its log-probability
-    pending: str  # healing text still to spell out
-    logits: Any  # the next token's logits there
-    kv_length: int  # tokens in the KV cache there
+    line_first: bool = False  # with skip_when_followed, mid-line: a first line that fits is the answer on its own
 
 
 def greedy(logits: Any) -> int:
@@ -191,8 +182,8 @@ class Engine:
         return logits, done
 
     def _decode(self, logits: Any, kv: Any, request: GenerationRequest, result: GenerationResult, max_new: int,
-                start: "Branch | None" = None, force: list[int] | None = None,
-                on_branch: Callable[["Branch"], None] | None = None,
+                start: Branch | None = None, force: list[int] | None = None,
+                on_branch: Callable[[Branch], None] | None = None,
                 scores: list[tuple[int, float]] | None = None, pick: Callable[[Any], int] | None = None) -> list[int]:
         """Greedy decoding from ``logits`` (the prompt's, or a branch point's); returns the tokens.
 
@@ -203,9 +194,12 @@ class Engine:
         each token from the logits (greedy unless told).
         """
         generated: list[int] = list(start.generated) if start else []
-        text = ""
         ignore_stops = request.ignore_stops or self.ignore_stops
         pending = start.pending if start else result.healed  # text the first tokens must spell out again
+        text = ""  # what the tokens so far write, after the healed text
+        if generated and not pending:  # resuming an answer (its first line judged alone)
+            written = self.tokenizer.decode(generated, skip_special_tokens=True)
+            text = written[len(result.healed):] if written.startswith(result.healed) else ""
         result.reason = "length"
         source = None
         if self.draft_tokens:

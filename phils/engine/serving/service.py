@@ -166,22 +166,7 @@ class EngineService:
             computed, cut_short = engine.prefill(job.key, job.prompt, cancel, job.max_new_tokens)
             result = GenerationResult(text="", reason="cancelled" if cut_short else "warmup", prefill_tokens=computed)
         else:
-            result = engine.generate(GenerationRequest(
-                key=job.key,
-                prompt=job.prompt,
-                max_new_tokens=job.max_new_tokens,
-                stop=partial(_stop, shape=job.shape, strings=job.stop_strings),
-                cancel=cancel,
-                budget_ms=job.deadline_ms,
-                heal=job.heal,
-                ignore_stops=job.ignore_stops,
-                on_token=partial(setattr, cancel, "decoded"),
-                fit_suffix=job.fit_suffix,
-                candidates=job.candidates,
-                define=job.define,
-                samples=job.samples,
-                skip_when_followed=job.early_accept,
-            ))
+            result = engine.generate(generation_request(job, cancel))
         self.metrics.record(job, result, (time.monotonic() - queued_at) * 1000)
         if cancel.decoded_at_cancel is not None and not job.warmup:
             self.metrics.after_cancel.inc(max(result.new_tokens - cancel.decoded_at_cancel, 0))
@@ -251,6 +236,28 @@ class EngineService:
     def close(self) -> None:
         self.cancel_all()
         self._worker.stop()
+
+
+def generation_request(job: EngineJob, cancel: CancelFlag) -> GenerationRequest:
+    """What the decode loop is asked, from a completion job."""
+    return GenerationRequest(
+        key=job.key,
+        prompt=job.prompt,
+        max_new_tokens=job.max_new_tokens,
+        stop=partial(_stop, shape=job.shape, strings=job.stop_strings),
+        cancel=cancel,
+        budget_ms=job.deadline_ms,
+        heal=job.heal,
+        ignore_stops=job.ignore_stops,
+        on_token=partial(setattr, cancel, "decoded"),
+        fit_suffix=job.fit_suffix,
+        candidates=job.candidates,
+        define=job.define,
+        samples=job.samples,
+        skip_when_followed=job.early_accept,
+        # Code before the cursor on its line: the line being typed, closed and judged alone first.
+        line_first=bool(job.shape and job.shape.line_prefix.strip()),
+    )
 
 
 def _stop(text: str, shape: Shape | None, strings: tuple[str, ...]) -> int | None:
