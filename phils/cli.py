@@ -425,7 +425,11 @@ def _parser() -> argparse.ArgumentParser:
     infill.add_argument("--kind", choices=["line", "span", "call", "both", "all"], default="both",
                         help="both: line and span; call: a call's arguments in the middle of its line; all: the three")
     infill.add_argument("--raw", action="store_true", help="the baseline: the model's plain greedy continuation")
-    infill.add_argument("--max-new-tokens", type=int, default=64, help="raw baseline's token budget")
+    infill.add_argument("--baseline", choices=["llama-raw", "llama-infill"],
+                        help="a baseline from a running llama-server on the same GGUF (--llama-url): its raw "
+                             "continuation, or /infill as llama.vim asks it")
+    infill.add_argument("--llama-url", default="http://127.0.0.1:8089", help="the llama-server for --baseline")
+    infill.add_argument("--max-new-tokens", type=int, default=64, help="the baselines' token budget")
     infill.add_argument("--name", help="results file name (default: the model's name)")
     infill.add_argument("--out", default="bench/results")
     infill.set_defaults(run=_eval_infill)

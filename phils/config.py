@@ -109,6 +109,10 @@ class CompletionSettings:
     # With fit_suffix: when, after the greedy answer's first line, the code below's first line is likely
     # (mean log-probability a token at least -0.5), judge only the greedy answer's own line ends.
     early_accept: bool = True
+    # Models trained with fill-in-the-middle tokens (Qwen2.5-Coder, StarCoder, DeepSeek-Coder) read the
+    # code below the cursor in their prompt: "auto" writes the prompt with them where the engine reports
+    # them (no judging then: the model sees the code below); "off": Phi-2's code format for every model.
+    fim: str = _choice("auto", "auto", "off")
     # Signatures and docstrings of what the document imports from other modules of the
     # workspace, at the top of the prompt (at most a quarter of it).
     # Off by default: on the cross-file eval it paid on no model measured (Qwen2.5-Coder 1.5B: exact

@@ -84,3 +84,37 @@ def test_a_just_opened_file_is_prefilled_as_far_as_one_prompt_reaches():
     chars = sum(len(text) for text in long[: line + 1])
     assert 0.6 * 2000 * 3 <= chars <= 2000 * 3 and character == len(long[line]) - 1  # within one prompt's reach
     assert opening_position([], 2000) == (0, 0)
+
+
+MARKERS = {"prefix": "<PRE>", "suffix": "<SUF>", "middle": "<MID>"}
+
+
+def complete_fim(marked: str, answer: str, **settings) -> tuple[str | None, EngineJob]:
+    before, after = marked.split(CURSOR)
+    lines = before.split("\n")
+    ctx = cursor_context(TextDocument("file:///t.py", before + after), len(lines) - 1, len(lines[-1]))
+    config = Settings()
+    for key, value in settings.items():
+        setattr(config.completion, key, value)
+    engine = ScriptedEngine(answer)
+    engine.fim = MARKERS
+    suggestion = asyncio.run(run_pipeline(engine, ctx, config))
+    return (suggestion.text if suggestion else None), engine.jobs[0]
+
+
+def test_a_model_with_fim_markers_reads_the_code_below_and_is_not_judged():
+    text, job = complete_fim("def f(x):\n    y = 1\n    █\n    return y\n", "y += x\n    return y\n")
+    assert job.prompt == "<PRE>def f(x):\n    y = 1\n<SUF>\n    return y\n<MID>    "
+    assert job.fit_suffix == "" and job.shape.line_prefix == "    "
+    assert text == "y += x"  # the line that resumes the code below is still cut
+
+
+def test_typing_on_a_line_with_fim_changes_only_the_prompts_end():
+    _, first = complete_fim("def f(x):\n    y = █\n    return y\n", "x + 1\n")
+    _, second = complete_fim("def f(x):\n    y = x█\n    return y\n", " + 1\n")
+    assert second.prompt.startswith(first.prompt) and second.prompt.endswith("<MID>    y = x")
+
+
+def test_fim_off_keeps_the_code_format_prompt():
+    _, job = complete_fim("def f(x):\n    y = 1\n    █\n    return y\n", "y += x\n", fim="off")
+    assert "<PRE>" not in job.prompt and job.fit_suffix

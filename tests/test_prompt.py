@@ -82,3 +82,29 @@ def test_an_empty_body_after_a_docstring_forces_its_indentation():
     assert built.text.endswith('"""Double x."""\n    ')
     # Not when the user is at module level after finished code.
     assert prompt.build(at_end("def f(x):\n    return x\n\n\n"), words, budget=1000).forced == ""
+
+
+MARKERS = {"prefix": "<PRE>", "suffix": "<SUF>", "middle": "<MID>"}
+
+
+def at_marker(text: str):
+    before, after = text.split("█")
+    lines = before.split("\n")
+    return cursor_context(TextDocument("file:///t.py", before + after), len(lines) - 1, len(lines[-1]))
+
+
+def test_fim_puts_the_code_below_between_the_markers_and_the_cursors_line_last():
+    built = prompt.build_fim(at_marker("def f(x):\n    y = g(█)\n    return y\n"), words, 1000, MARKERS)
+    assert built.text == "<PRE>def f(x):\n<SUF>)\n    return y\n<MID>    y = g("
+    assert built.fim and not built.held_back and not built.forced
+
+
+def test_fim_keeps_whole_lines_of_the_code_below_within_its_share_and_trims_the_middle_above():
+    below = "".join(f"    z{i} = {i}\n" for i in range(400))
+    ctx = at_marker(long_module().rstrip(" ") + "        █\n" + below)
+    budget = 400
+    built = prompt.build_fim(ctx, words, budget, MARKERS)
+    after = built.text.split("<SUF>")[1].split("<MID>")[0]
+    assert words(after) <= budget * prompt.FIM_SUFFIX_SHARE and after.endswith("\n") and after.startswith("\n    z0 = 0")
+    assert words(built.text) <= budget and built.trimmed
+    assert built.text.startswith("<PRE>import os\n") and "        v59 = value * 59\n<SUF>" in built.text

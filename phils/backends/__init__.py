@@ -9,8 +9,9 @@ it talks to:
   awaiting task, which stops the engine's decoding too;
 - ``count_tokens(text)`` and ``context_tokens`` for the prompt's budget;
 - ``heals`` (the engine can constrain the first tokens: token healing),
-  ``warms`` (warm-ups are worth sending) and ``fits`` (it can judge
-  candidates by the code after the cursor);
+  ``warms`` (warm-ups are worth sending), ``fits`` (it can judge
+  candidates by the code after the cursor) and ``fim`` (the model's
+  fill-in-the-middle markers, or None);
 - ``forget(document)``, ``forget_all()``, ``report()``, ``close()``.
 """
 

@@ -16,6 +16,7 @@ class LocalBackend:
     heals = True  # the decode loop can constrain tokens
     warms = True
     fits = True  # judges candidates by the code after the cursor (protocol.EngineJob.fit_suffix)
+    fim: dict[str, str] | None = None  # the model's fill-in-the-middle markers, once loaded (if it has them)
 
     def __init__(self, settings: EngineSettings, on_status: StatusCallback):
         self.service = EngineService(settings)
@@ -31,6 +32,7 @@ class LocalBackend:
         await asyncio.wrap_future(self.service.load())
         if self.service.state == "ready":
             self.count_tokens = self.service.count_tokens
+            self.fim = self.service.model_info().get("fim")
 
     async def generate(self, job: EngineJob) -> GenerationResult:
         if self.service.state != "ready":

@@ -35,6 +35,7 @@ class PhilsEngineBackend:
     heals = True
     warms = True
     fits = True  # judges candidates by the code after the cursor (protocol.EngineJob.fit_suffix)
+    fim: dict[str, str] | None = None  # the model's fill-in-the-middle markers, once loaded (if it has them)
 
     def __init__(self, settings: EngineSettings, on_status: StatusCallback, autostart_engine: bool):
         self.settings = settings
@@ -134,6 +135,9 @@ class PhilsEngineBackend:
             models = await response.json(content_type=None) if response.status == 200 else {}
         meta = ((models.get("data") or [{}])[0]).get("meta") or {}
         self.context_tokens = int(meta.get("context_tokens") or self.settings.context_tokens)
+        fim = meta.get("fim")
+        self.fim = fim if isinstance(fim, dict) and all(isinstance(fim.get(k), str) and fim[k]
+                                                        for k in ("prefix", "suffix", "middle")) else None
         headers = {"Authorization": f"Bearer {self._token()}"} if self._socket is None else {}
         self.count_tokens = tokens.RemoteCounter(str(self._socket) if self._socket else None, self.settings.url, headers)
 

@@ -89,6 +89,7 @@ DIALECTS = {
 class RemoteBackend:
     heals = False  # no way to constrain the first tokens of another engine
     fits = False  # nor to branch its decoding and score the code after the cursor
+    fim = None  # nor to know its tokenizer's fill-in-the-middle markers (llama-server's own /infill knows them)
 
     def __init__(self, settings: EngineSettings, on_status: StatusCallback):
         self.settings = settings

@@ -355,7 +355,11 @@ def build_prompt(backend: Any, ctx: CursorContext, settings: Settings, tail_star
             log.warning("project context failed", exc_info=True)
         if settings.log.buffer_text and context:
             log.info("project context: %s", ", ".join(index.chosen(project.path_of(ctx.uri))))
-    built = prompt.build(ctx, backend.count_tokens, budget, keep_start=tail_starts.get(ctx.uri), context=context)
+    markers = getattr(backend, "fim", None) if settings.completion.fim == "auto" else None
+    if markers:  # chosen at load: the engine reported the model's fill-in-the-middle markers
+        built = prompt.build_fim(ctx, backend.count_tokens, budget, markers, tail_starts.get(ctx.uri), context)
+    else:
+        built = prompt.build(ctx, backend.count_tokens, budget, keep_start=tail_starts.get(ctx.uri), context=context)
     if built.tail_start is not None:
         tail_starts[ctx.uri] = built.tail_start
     return built
@@ -371,7 +375,7 @@ def model_prompt(built: prompt.Prompt, heals: bool, line_prefix: str = "") -> tu
     indentation itself, and it is cut from the suggestion. After code on the
     cursor's line (``line_prefix``), the model's text follows that code.
     """
-    if line_prefix.strip():  # no indentation is held back or forced there
+    if line_prefix.strip() or built.fim:  # no indentation is held back or forced there (FIM: the line ends it)
         return built.text, line_prefix, ""
     indentation = built.held_back + built.forced  # at most one of them
     if heals:
@@ -414,7 +418,10 @@ async def _pipeline(
     shape = postprocess.shape_of(ctx, settings.completion.multiline, settings.completion.max_lines,
                                  settings.completion.mid_block)
     text, follows, strip = model_prompt(built, backend.heals, ctx.line_prefix)
-    fit_shape, judged = postprocess.fitted(ctx, shape) if _fits(backend, settings) else (shape, "")
+    if built.fim:  # the model reads the code below and ends the middle itself: no judging, up to a few lines
+        fit_shape, judged = postprocess.fitted(ctx, shape)[0], ""
+    else:
+        fit_shape, judged = postprocess.fitted(ctx, shape) if _fits(backend, settings) else (shape, "")
     define = postprocess.names_to_define(ctx, fit_shape) if judged and settings.completion.define_names else ()
     model_shape = replace(fit_shape, line_prefix=follows) if follows != fit_shape.line_prefix else fit_shape
     timeout = settings.completion.timeout_ms

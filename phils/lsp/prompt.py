@@ -1,7 +1,8 @@
 """Build the model's prompt from the code before the cursor: pure, no I/O, no torch.
 
 Phi-2 is a base model trained on "code format" text, not fill-in-the-middle:
-the prompt is the code before the cursor. When it does not fit the token
+the prompt is the code before the cursor (models trained with FIM markers get
+``build_fim``: the code after the cursor too). When it does not fit the token
 budget, the middle goes: the module's imports and the enclosing class/def
 headers (with their docstrings) stay at the top, then as much of the code
 just before the cursor as fits.
@@ -42,6 +43,7 @@ class Prompt:
     # token), and the suggestion starts with it.
     forced: str = ""
     tail_start: int | None = None  # the line the tail starts at when the middle was left out
+    fim: bool = False  # written with fill-in-the-middle markers: the code below is in it
 
     @property
     def trimmed(self) -> bool:
@@ -64,11 +66,54 @@ def build(
         return replace(built, text=context + built.text)
     text, held_back = _hold_back_indentation(ctx.prefix, ctx.line_prefix)
     forced = "" if ctx.line_prefix else outline.empty_body_indent(ctx.prefix) or ""
+    fitted, start = _fit(text, count_tokens, budget, keep_start)
+    return Prompt(text=fitted + forced, held_back=held_back, forced=forced, tail_start=start)
+
+
+def build_fim(ctx: CursorContext, count_tokens: Callable[[str], int], budget: int, markers: dict[str, str],
+              keep_start: int | None = None, context: str = "") -> Prompt:
+    """The prompt for a model trained with fill-in-the-middle markers (``prefix``, ``suffix``, ``middle``).
+
+    As llama.vim lays it out: the lines above the cursor's line, then the code
+    after the cursor (whole lines, at most ``FIM_SUFFIX_SHARE`` of the budget),
+    then the cursor's line up to the cursor after the middle marker. Typing on
+    a line changes only the prompt's end, so the KV cache holds all the rest;
+    a new line recomputes from the line above on (the code below included).
+    """
+    above = ctx.prefix[: len(ctx.prefix) - len(ctx.line_prefix)]
+    below = _fit_start(ctx.suffix, count_tokens, int(budget * FIM_SUFFIX_SHARE))
+    room = budget - count_tokens(below) - count_tokens(ctx.line_prefix) - count_tokens(context) - 4 * SEAM_TOKENS
+    fitted, start = _fit(above, count_tokens, room, keep_start)
+    text = f"{markers['prefix']}{context}{fitted}{markers['suffix']}{below}{markers['middle']}{ctx.line_prefix}"
+    return Prompt(text=text, tail_start=start, fim=True)
+
+
+# With FIM, the code after the cursor may take up to this share of the prompt (whole lines).
+FIM_SUFFIX_SHARE = 0.25
+
+
+def _fit(text: str, count_tokens: Callable[[str], int], budget: int, keep_start: int | None) -> tuple[str, int | None]:
+    """``text`` if it fits ``budget`` tokens, else its middle left out (``_trim_middle``), and where its tail starts."""
     window = text[-budget * MAX_CHARS_PER_TOKEN :] if budget > 0 else ""
     if len(window) == len(text) and count_tokens(text) <= budget:
-        return Prompt(text=text + forced, held_back=held_back, forced=forced)
-    trimmed, start = _trim_middle(text, count_tokens, budget, keep_start)
-    return Prompt(text=trimmed + forced, held_back=held_back, forced=forced, tail_start=start)
+        return text, None
+    return _trim_middle(text, count_tokens, budget, keep_start)
+
+
+def _fit_start(text: str, count_tokens: Callable[[str], int], budget: int) -> str:
+    """The longest run of ``text``'s first whole lines (the first line at least) that fits ``budget`` tokens."""
+    window = text[: max(budget, 0) * MAX_CHARS_PER_TOKEN]
+    lines = window.splitlines(keepends=True)
+    if len(window) < len(text) and len(lines) > 1 and not lines[-1].endswith("\n"):
+        lines.pop()  # cut by the window
+    lo, hi = 1, len(lines)
+    while lo < hi:  # the most lines that fit
+        mid = (lo + hi + 1) // 2
+        if count_tokens("".join(lines[:mid])) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return "".join(lines[:lo])
 
 
 def heal(generated: str, held_back: str) -> str:

@@ -12,10 +12,12 @@ the first request asked again: the same work with its prompt cached (warm),
 the yardstick for the first request in a fresh file.
 
 Reported per mode (``judged``: ``completion.fit_suffix`` on, the default;
-``plain``: off), on the same holes in the same sitting: p50/p95 of the time
+``plain``: off; both in Phi-2's code format; ``fim``: the defaults for a model
+with fill-in-the-middle markers), on the same holes in the same sitting: p50/p95 of the time
 from the last keystroke to the suggestion, for the first request in a freshly
 opened file and for the requests after it; how often the suggestion at the
-blank line was the original line (and, while typing, how often the typed text
+blank line was the original line, and its first line's edit similarity to it
+(and, while typing, how often the typed text
 and the suggestion's first line were); and the share of requests answered from
 work done ahead (typed through the last suggestion, computed ahead, or a
 prompt the warm-up had already pre-filled).
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import difflib
 import json
 import statistics
 import sys
@@ -46,10 +49,11 @@ MODULES = (
     "ftplib.py", "pprint.py", "dataclasses.py", "traceback.py", "sched.py", "colorsys.py", "filecmp.py",
     "graphlib.py", "locale.py", "plistlib.py",
 )
-MODES = {
-    "judged": ["completion.fit_suffix=true"],
-    "judged-all": ["completion.fit_suffix=true", "completion.early_accept=false"],  # every candidate, always
-    "plain": ["completion.fit_suffix=false"],
+MODES = {  # judged and plain in Phi-2's code format, whatever the model; fim where the model has the markers
+    "judged": ["completion.fit_suffix=true", "completion.fim=off"],
+    "judged-all": ["completion.fit_suffix=true", "completion.early_accept=false", "completion.fim=off"],
+    "plain": ["completion.fit_suffix=false", "completion.fim=off"],
+    "fim": ["completion.fim=auto"],
 }
 
 
@@ -150,7 +154,9 @@ async def run_mode(mode: str, command: list[str], chosen: list[Hole], args: Any)
                              "prompt": after["prompt_tokens"] - before["prompt_tokens"],
                              "prefill": after["prefill_tokens"] - before["prefill_tokens"],
                              # Exact: the line typed so far and the suggestion's first line are the blanked line.
-                             "text": text, "exact": (typed + text.split("\n")[0]).strip() == hole.original})
+                             "text": text, "exact": (typed + text.split("\n")[0]).strip() == hole.original,
+                             "similarity": round(difflib.SequenceMatcher(
+                                 None, (typed + text.split("\n")[0]).strip(), hole.original).ratio(), 4)})
 
         await ask("first")
         typed = ""
@@ -197,6 +203,7 @@ def summarize_mode(mode: str, requests: list[dict[str, Any]]) -> dict[str, Any]:
         "all_ms": percentiles([r["ms"] for r in first + typing]),
         "exact_first_line": sum(r["exact"] for r in first),
         "exact_typing": sum(r["exact"] for r in typing),
+        "first_similarity": round(statistics.mean(r["similarity"] for r in first), 3) if first else None,
         "first_vs_warm_p50": round(statistics.median([r["ms"] for r in first]) / statistics.median(
             [r["ms"] for r in warm]), 2) if warm else None,
         "empty": sum(not r["text"] for r in asked),
@@ -259,14 +266,14 @@ def run(args: Any) -> int:
 def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     rows = ["| mode | holes | first in a fresh file p50 / p95 ms | while typing p50 / p95 ms | all p50 / p95 ms "
-            "| first ÷ typing (p50) | same request warm p50 ms (first ÷ warm) | exact: blank line / typing | empty | from work ahead (warm-up / typed / ahead) |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            "| first ÷ typing (p50) | same request warm p50 ms (first ÷ warm) | exact: blank line / typing | blank line edit similarity | empty | from work ahead (warm-up / typed / ahead) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in report["modes"].values():
         s = r["sources"]
         rows.append(f"| {r['mode']} | {r['holes']} | {r['first_ms']['p50']} / {r['first_ms']['p95']} "
                     f"| {r['typing_ms']['p50']} / {r['typing_ms']['p95']} | {r['all_ms']['p50']} / {r['all_ms']['p95']} "
                     f"| {r.get('first_vs_typing_p50')} | {r.get('warm_ms', {}).get('p50')} ({r.get('first_vs_warm_p50')}) "
-                    f"| {r['exact_first_line']} / {r.get('exact_typing', '?')} "
+                    f"| {r['exact_first_line']} / {r.get('exact_typing', '?')} | {r.get('first_similarity')} "
                     f"| {r['empty']}/{r['requests']} "
                     f"| {r['answered_from_work_ahead']} ({s['warm-up']} / {s['typed-through']} / {s['ahead']}) |")
     ratio = report.get("judged_vs_plain")

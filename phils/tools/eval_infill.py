@@ -8,7 +8,9 @@ call's arguments are blanked in the middle of its line, the cursor after its
 inserted there and the problem's tests run in the sandbox of ``eval
 humaneval``. ``--raw`` is the baseline: the same model's greedy continuation
 of the text before the cursor, cut after the first line (or as many lines as
-the span had).
+the span had). ``--baseline llama-raw`` / ``llama-infill`` ask a running
+llama-server on the same GGUF instead (``llama_baselines``): the raw
+continuation from the line break, and ``/infill`` as llama.vim sends it.
 
 Reported per kind (line, span): pass@1, exact answers (the same non-blank
 lines as the original, whitespace aside), empty answers, answers longer than
@@ -178,6 +180,19 @@ def complete_raw(settings: Any, cases: list[Case], max_new_tokens: int, progress
     return answers
 
 
+def complete_with_llama_server(url: str, baseline: str, cases: list[Case], max_new_tokens: int,
+                               progress) -> list[tuple[str, float]]:
+    """A baseline from llama-server (``llama_baselines``): raw keeps the first line, or the span's lines."""
+    from .llama_baselines import complete
+
+    answers = []
+    for index, case in enumerate(cases):
+        lines = 1 if case.kind != "span" else len(case.original)
+        answers.append(complete(url, baseline, case.document, case.offset, lines, max_new_tokens))
+        progress(index, answers[-1])
+    return answers
+
+
 # --- scoring -------------------------------------------------------------------
 
 
@@ -227,9 +242,12 @@ def run(args: Any, settings: Any, server_args: list[str]) -> int:
     rows = problems(args.limit)
     kinds = tuple(k for k in KINDS if args.kind in (k, "all") or (args.kind == "both" and k != "call"))
     cases = make_cases(rows, kinds)
-    mode = "raw" if args.raw else "phils"
+    baseline = getattr(args, "baseline", None)
+    mode = baseline or ("raw" if args.raw else "phils")
     progress = progress_printer(len(cases))
-    if args.raw:
+    if baseline:
+        answers = complete_with_llama_server(args.llama_url, baseline, cases, args.max_new_tokens, progress)
+    elif args.raw:
         answers = complete_raw(settings, cases, args.max_new_tokens, progress)
     else:
         answers = asyncio.run(complete_over_lsp(server_args, cases, progress))

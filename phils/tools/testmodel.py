@@ -22,8 +22,12 @@ SHAPES = {
 EOS = "<|endoftext|>"
 
 
-def train_tokenizer(vocab_size: int = 4096, corpus_bytes: int = 3_000_000):
-    """A byte-level BPE trained on this machine's Python standard library, in seconds."""
+FIM_TOKENS = ["<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|fim_pad|>"]  # as Qwen2.5-Coder spells them
+
+
+def train_tokenizer(vocab_size: int = 4096, corpus_bytes: int = 3_000_000, fim: bool = False):
+    """A byte-level BPE trained on this machine's Python standard library, in seconds (``fim``: with
+    fill-in-the-middle markers)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -32,7 +36,7 @@ def train_tokenizer(vocab_size: int = 4096, corpus_bytes: int = 3_000_000):
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=[EOS],
+        special_tokens=[EOS, *(FIM_TOKENS if fim else [])],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -41,13 +45,13 @@ def train_tokenizer(vocab_size: int = 4096, corpus_bytes: int = 3_000_000):
 
 
 def make_test_model(directory: str | Path, shape: str = "tiny", seed: int = 0, vocab_size: int = 4096,
-                    dtype: str = "float32") -> Path:
+                    dtype: str = "float32", fim: bool = False) -> Path:
     """``dtype`` "float16" saves the weights as Phi-2's own checkpoint does (half the bytes, for GPU benchmarks)."""
     import torch
     from transformers import PhiConfig, PhiForCausalLM
 
     directory = Path(directory)
-    tokenizer = train_tokenizer(vocab_size)
+    tokenizer = train_tokenizer(vocab_size, fim=fim)
     dims = SHAPES[shape]
     config = PhiConfig(
         vocab_size=51200 if shape == "phi-2" else len(tokenizer),
@@ -88,7 +92,7 @@ def make_random_gptq(directory: str | Path, shape: str = "phi-2", bits: int = 4,
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tokenizer(vocab_size)
+    tokenizer = train_tokenizer(vocab_size, fim=fim)
     tokenizer.save_pretrained(directory)
     dims = SHAPES[shape]
     hidden, inter, layers = dims["hidden_size"], dims["intermediate_size"], dims["num_hidden_layers"]

@@ -71,6 +71,9 @@ class Engine:
         self.cache = PrefixCache(cache_bytes)
         self.ignore_stops = ignore_stops  # for every request (benchmarks, tests); requests can ask for it too
         self.eos_ids = self.runtime.eos_ids | token_ids(self.tokenizer.eos_token_id)
+        self.fim = loaded.fim  # FIM markers: the front may write its prompt with them
+        if self.fim is not None:  # where a middle ends (a chat model's EOS is not the one its FIM writes)
+            self.eos_ids = self.eos_ids | set(self.fim.stop_ids)
         self._vocabulary: healing.Vocabulary | None = None
         # Drafts from the document (prompt lookup): this many tokens a pass at most, chosen once; 0 = off.
         self.draft_tokens = 0

