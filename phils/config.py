@@ -113,6 +113,9 @@ class CompletionSettings:
     # code below the cursor in their prompt: "auto" writes the prompt with them where the engine reports
     # them (no judging then: the model sees the code below); "off": Phi-2's code format for every model.
     fim: str = _choice("auto", "auto", "off")
+    # With FIM: at most this many tokens of the code after the cursor (whole lines). A new line recomputes
+    # them (the code above changed), so they cost their prefill at every Enter.
+    fim_suffix_tokens: int = _int(256, 0, 8192)
     # Signatures and docstrings of what the document imports from other modules of the
     # workspace, at the top of the prompt (at most a quarter of it).
     # Off by default: on the cross-file eval it paid on no model measured (Qwen2.5-Coder 1.5B: exact

@@ -118,3 +118,28 @@ def test_typing_on_a_line_with_fim_changes_only_the_prompts_end():
 def test_fim_off_keeps_the_code_format_prompt():
     _, job = complete_fim("def f(x):\n    y = 1\n    █\n    return y\n", "y += x\n", fim="off")
     assert "<PRE>" not in job.prompt and job.fit_suffix
+
+
+def test_with_fim_lines_are_not_computed_ahead_but_the_rest_of_a_line_is():
+    """Accepting lines changes the code above the next cursor, where a FIM prompt's code below begins:
+    computing that ahead would cut the document's cache back to the cursor's line."""
+    from phils.lsp.completion import CompletionService
+
+    before = "def f(x):\n    y = "
+    ctx = cursor_context(TextDocument("file:///t.py", before + "\n    return y\n"), 1, len("    y = "))
+
+    async def ahead_started(text: str, markers) -> bool:
+        service = CompletionService(Settings())
+        engine = ScriptedEngine("1\n")
+        engine.fim = markers
+        service._compute_ahead(engine, ctx, text)
+        started = bool(service._ahead_running)
+        service.cancel_all()
+        for _, _, task in list(service._ahead_running.values()):
+            task.cancel()
+        await asyncio.sleep(0)
+        return started
+
+    assert not asyncio.run(ahead_started("x + 1\n    z = y", MARKERS))
+    assert asyncio.run(ahead_started("x + 1", MARKERS))
+    assert asyncio.run(ahead_started("x + 1\n    z = y", None))  # code format: the prompt only grows

@@ -108,3 +108,10 @@ def test_fim_keeps_whole_lines_of_the_code_below_within_its_share_and_trims_the_
     assert words(after) <= budget * prompt.FIM_SUFFIX_SHARE and after.endswith("\n") and after.startswith("\n    z0 = 0")
     assert words(built.text) <= budget and built.trimmed
     assert built.text.startswith("<PRE>import os\n") and "        v59 = value * 59\n<SUF>" in built.text
+
+
+def test_fim_code_below_is_capped_in_tokens_too():
+    below = "".join(f"    z{i} = {i}\n" for i in range(50))
+    built = prompt.build_fim(at_marker("def f():\n    █\n" + below), words, 4000, MARKERS, suffix_tokens=20)
+    after = built.text.split("<SUF>")[1].split("<MID>")[0]
+    assert 0 < words(after) <= 20 and after.endswith("\n")

@@ -171,6 +171,11 @@ class CompletionService:
         request waits for: the engine runs it after anything else, and any request here cancels it)."""
         if not self.settings.completion.ahead or not getattr(backend, "warms", False):
             return
+        if "\n" in text and fim_markers(backend, self.settings):
+            # Accepting lines changes the code above the cursor, where a FIM prompt's code below begins:
+            # that prompt would share only the lines above with this one, and computing it would cut the
+            # document's cache back there, costing the user who types on instead its whole prefill.
+            return
         after = accepted(ctx, text)
         self._ahead.pop(ctx.uri, None)
         task = asyncio.ensure_future(self._ahead_of(backend, after))
@@ -342,6 +347,11 @@ def opening_position(lines: list[str], budget_tokens: int) -> tuple[int, int]:
     return len(lines) - 1, len(lines[-1].rstrip("\r\n").encode("utf-16-le")) // 2
 
 
+def fim_markers(backend: Any, settings: Settings) -> dict[str, str] | None:
+    """The model's fill-in-the-middle markers where prompts are written with them (``completion.fim``)."""
+    return getattr(backend, "fim", None) if settings.completion.fim == "auto" else None
+
+
 def build_prompt(backend: Any, ctx: CursorContext, settings: Settings, tail_starts: dict[str, int],
                  index: project.ProjectIndex | None = None) -> prompt.Prompt:
     """The document's prompt, its tail starting where the last one did if it still fits."""
@@ -355,9 +365,10 @@ def build_prompt(backend: Any, ctx: CursorContext, settings: Settings, tail_star
             log.warning("project context failed", exc_info=True)
         if settings.log.buffer_text and context:
             log.info("project context: %s", ", ".join(index.chosen(project.path_of(ctx.uri))))
-    markers = getattr(backend, "fim", None) if settings.completion.fim == "auto" else None
+    markers = fim_markers(backend, settings)
     if markers:  # chosen at load: the engine reported the model's fill-in-the-middle markers
-        built = prompt.build_fim(ctx, backend.count_tokens, budget, markers, tail_starts.get(ctx.uri), context)
+        built = prompt.build_fim(ctx, backend.count_tokens, budget, markers, tail_starts.get(ctx.uri), context,
+                                 settings.completion.fim_suffix_tokens)
     else:
         built = prompt.build(ctx, backend.count_tokens, budget, keep_start=tail_starts.get(ctx.uri), context=context)
     if built.tail_start is not None:

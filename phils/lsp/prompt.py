@@ -71,17 +71,18 @@ def build(
 
 
 def build_fim(ctx: CursorContext, count_tokens: Callable[[str], int], budget: int, markers: dict[str, str],
-              keep_start: int | None = None, context: str = "") -> Prompt:
+              keep_start: int | None = None, context: str = "", suffix_tokens: int = 256) -> Prompt:
     """The prompt for a model trained with fill-in-the-middle markers (``prefix``, ``suffix``, ``middle``).
 
     As llama.vim lays it out: the lines above the cursor's line, then the code
-    after the cursor (whole lines, at most ``FIM_SUFFIX_SHARE`` of the budget),
+    after the cursor (whole lines, at most ``suffix_tokens`` and
+    ``FIM_SUFFIX_SHARE`` of the budget),
     then the cursor's line up to the cursor after the middle marker. Typing on
     a line changes only the prompt's end, so the KV cache holds all the rest;
     a new line recomputes from the line above on (the code below included).
     """
     above = ctx.prefix[: len(ctx.prefix) - len(ctx.line_prefix)]
-    below = _fit_start(ctx.suffix, count_tokens, int(budget * FIM_SUFFIX_SHARE))
+    below = _fit_start(ctx.suffix, count_tokens, min(suffix_tokens, int(budget * FIM_SUFFIX_SHARE)))
     room = budget - count_tokens(below) - count_tokens(ctx.line_prefix) - count_tokens(context) - 4 * SEAM_TOKENS
     fitted, start = _fit(above, count_tokens, room, keep_start)
     text = f"{markers['prefix']}{context}{fitted}{markers['suffix']}{below}{markers['middle']}{ctx.line_prefix}"

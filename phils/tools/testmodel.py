@@ -92,7 +92,7 @@ def make_random_gptq(directory: str | Path, shape: str = "phi-2", bits: int = 4,
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tokenizer(vocab_size, fim=fim)
+    tokenizer = train_tokenizer(vocab_size)
     tokenizer.save_pretrained(directory)
     dims = SHAPES[shape]
     hidden, inter, layers = dims["hidden_size"], dims["intermediate_size"], dims["num_hidden_layers"]
