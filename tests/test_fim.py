@@ -55,3 +55,27 @@ def test_a_tokenizer_that_cannot_be_read_has_no_fim():
             raise RuntimeError("no vocabulary")
 
     assert find(Broken()) is None
+
+
+async def test_through_the_server_typing_on_a_line_under_a_fim_prompt_reuses_all_but_the_line(fim_model):
+    """End to end: the server learns the markers from the engine; the second keystroke on the same line
+    computes only that line's tokens again, the code below included in what is reused."""
+    from lsprotocol import types
+
+    from conftest import inline, open_doc, phils_server, stats
+
+    uri = "file:///work/fim_example.py"
+    source = "def add(a, b):\n    total = \n" + "".join(f"    check_{n}(total)\n" for n in range(20)) + "    return total\n"
+    async with phils_server("--model", str(fim_model), "--set", "engine.max_new_tokens=4",
+                            "--set", "completion.warmup_ms=0", "--set", "completion.python_syntax=false") as client:
+        open_doc(client, uri, source)
+        await inline(client, uri, 1, 12)
+        first = await stats(client)
+        here = types.Position(line=1, character=12)
+        client.text_document_did_change(types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=2),
+            content_changes=[types.TextDocumentContentChangePartial(range=types.Range(start=here, end=here), text="a")]))
+        await inline(client, uri, 1, 13)
+        second = await stats(client)
+        assert second["requests"] == 2 and first["prompt_tokens"] > 100  # the code below is in the prompt
+        assert second["prefill_tokens"] - first["prefill_tokens"] <= 6
