@@ -143,3 +143,24 @@ def test_with_fim_lines_are_not_computed_ahead_but_the_rest_of_a_line_is():
     assert not asyncio.run(ahead_started("x + 1\n    z = y", MARKERS))
     assert asyncio.run(ahead_started("x + 1", MARKERS))
     assert asyncio.run(ahead_started("x + 1\n    z = y", None))  # code format: the prompt only grows
+
+
+def test_with_fim_a_new_line_keeps_the_prompt_up_to_the_middle_so_the_code_below_is_not_computed_again():
+    def ask(marked: str, starts: dict) -> EngineJob:
+        before, after = marked.split(CURSOR)
+        lines = before.split("\n")
+        ctx = cursor_context(TextDocument("file:///t.py", before + after), len(lines) - 1, len(lines[-1]))
+        engine = ScriptedEngine("1\n")
+        engine.fim = MARKERS
+        asyncio.run(run_pipeline(engine, ctx, Settings(), tail_starts=starts))
+        return engine.jobs[0]
+
+    starts: dict = {}
+    below = "\n    return y\n"
+    first = ask("def f(x):\n    y = x█" + below, starts)
+    second = ask("def f(x):\n    y = x\n    █" + below, starts)  # Enter: the code after the cursor unchanged
+    assert second.prompt.startswith(first.prompt) and second.prompt.endswith("<MID>    y = x\n    ")
+    # Far from where the middle started, it starts at the cursor's line again.
+    many = "".join(f"    y{n} = {n}\n" for n in range(12))
+    third = ask("def f(x):\n    y = x\n" + many + "    █" + below, starts)
+    assert third.prompt.endswith("<MID>    ") and "y11 = 11\n<SUF>" in third.prompt

@@ -274,6 +274,7 @@ class CompletionService:
         if (running := self._ahead_running.pop(uri, None)) is not None:
             running[2].cancel()
         self._tail_starts.pop(uri, None)
+        self._tail_starts.pop(uri + MIDDLE_START, None)
         self.doc_stats.pop(uri, None)
         if self.backend is not None:
             asyncio.ensure_future(self.backend.forget(uri))
@@ -347,6 +348,9 @@ def opening_position(lines: list[str], budget_tokens: int) -> tuple[int, int]:
     return len(lines) - 1, len(lines[-1].rstrip("\r\n").encode("utf-16-le")) // 2
 
 
+MIDDLE_START = "\x1fmiddle"  # with the document's URI: the key of its FIM prompt's middle start in tail_starts
+
+
 def fim_markers(backend: Any, settings: Settings) -> dict[str, str] | None:
     """The model's fill-in-the-middle markers where prompts are written with them (``completion.fim``)."""
     return getattr(backend, "fim", None) if settings.completion.fim == "auto" else None
@@ -368,7 +372,8 @@ def build_prompt(backend: Any, ctx: CursorContext, settings: Settings, tail_star
     markers = fim_markers(backend, settings)
     if markers:  # chosen at load: the engine reported the model's fill-in-the-middle markers
         built = prompt.build_fim(ctx, backend.count_tokens, budget, markers, tail_starts.get(ctx.uri), context,
-                                 settings.completion.fim_suffix_tokens)
+                                 settings.completion.fim_suffix_tokens, tail_starts.get(ctx.uri + MIDDLE_START))
+        tail_starts[ctx.uri + MIDDLE_START] = built.middle_start
     else:
         built = prompt.build(ctx, backend.count_tokens, budget, keep_start=tail_starts.get(ctx.uri), context=context)
     if built.tail_start is not None:

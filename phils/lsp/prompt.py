@@ -44,6 +44,7 @@ class Prompt:
     forced: str = ""
     tail_start: int | None = None  # the line the tail starts at when the middle was left out
     fim: bool = False  # written with fill-in-the-middle markers: the code below is in it
+    middle_start: int | None = None  # FIM: the line the middle starts at (the lines from it on follow the marker)
 
     @property
     def trimmed(self) -> bool:
@@ -71,26 +72,38 @@ def build(
 
 
 def build_fim(ctx: CursorContext, count_tokens: Callable[[str], int], budget: int, markers: dict[str, str],
-              keep_start: int | None = None, context: str = "", suffix_tokens: int = 256) -> Prompt:
+              keep_start: int | None = None, context: str = "", suffix_tokens: int = 256,
+              middle_start: int | None = None) -> Prompt:
     """The prompt for a model trained with fill-in-the-middle markers (``prefix``, ``suffix``, ``middle``).
 
     As llama.vim lays it out: the lines above the cursor's line, then the code
     after the cursor (whole lines, at most ``suffix_tokens`` and
-    ``FIM_SUFFIX_SHARE`` of the budget),
-    then the cursor's line up to the cursor after the middle marker. Typing on
-    a line changes only the prompt's end, so the KV cache holds all the rest;
-    a new line recomputes from the line above on (the code below included).
+    ``FIM_SUFFIX_SHARE`` of the budget), then the cursor's line up to the
+    cursor after the middle marker. Typing on a line changes only the prompt's
+    end, so the KV cache holds all the rest. The middle is sticky: it starts
+    at ``middle_start`` (the last prompt's) while the cursor stays within
+    ``MAX_MIDDLE_LINES`` lines below it, so the lines written since then follow
+    the marker too, and a new line (the code after the cursor unchanged) also
+    reuses the whole cache instead of computing the code below again.
     """
     above = ctx.prefix[: len(ctx.prefix) - len(ctx.line_prefix)]
+    lines = above.splitlines(keepends=True)
+    start = len(lines)  # the cursor's line
+    if middle_start is not None and start - MAX_MIDDLE_LINES <= middle_start <= start:
+        start = middle_start
+    middle = "".join(lines[start:]) + ctx.line_prefix
     below = _fit_start(ctx.suffix, count_tokens, min(suffix_tokens, int(budget * FIM_SUFFIX_SHARE)))
-    room = budget - count_tokens(below) - count_tokens(ctx.line_prefix) - count_tokens(context) - 4 * SEAM_TOKENS
-    fitted, start = _fit(above, count_tokens, room, keep_start)
-    text = f"{markers['prefix']}{context}{fitted}{markers['suffix']}{below}{markers['middle']}{ctx.line_prefix}"
-    return Prompt(text=text, tail_start=start, fim=True)
+    room = budget - count_tokens(below) - count_tokens(middle) - count_tokens(context) - 4 * SEAM_TOKENS
+    fitted, tail = _fit("".join(lines[:start]), count_tokens, room, keep_start)
+    text = f"{markers['prefix']}{context}{fitted}{markers['suffix']}{below}{markers['middle']}{middle}"
+    return Prompt(text=text, tail_start=tail, fim=True, middle_start=start)
 
 
 # With FIM, the code after the cursor may take up to this share of the prompt (whole lines).
 FIM_SUFFIX_SHARE = 0.25
+# With FIM, lines written since the middle started stay in it up to this many; then it starts at the cursor's
+# line again (the code below computed once more).
+MAX_MIDDLE_LINES = 8
 
 
 def _fit(text: str, count_tokens: Callable[[str], int], budget: int, keep_start: int | None) -> tuple[str, int | None]:

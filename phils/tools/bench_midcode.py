@@ -7,9 +7,10 @@ The whole module is the document, opened in a fresh server as an editor
 opens a file; after ``--open-pause`` seconds (the user reads before typing)
 the editor asks for a suggestion at the blank line. Then the line is typed
 back a few characters at a time, pausing after each burst as people do, and
-the editor asks again after each burst. Last, the typed text is deleted and
-the first request asked again: the same work with its prompt cached (warm),
-the yardstick for the first request in a fresh file.
+the editor asks again after each burst. Then the rest of the line is typed,
+Enter pressed, and the editor asks on the new line. Last, the typed text is
+deleted and the first request asked again: the same work with its prompt
+cached (warm), the yardstick for the first request in a fresh file.
 
 Reported per mode (``judged``: ``completion.fit_suffix`` on, the default;
 ``plain``: off; both in Phi-2's code format; ``fim``: the defaults for a model
@@ -134,11 +135,11 @@ async def run_mode(mode: str, command: list[str], chosen: list[Hole], args: Any)
         line, character, version = hole.line, len(hole.indent), 1
         previous = await server_stats(client)
 
-        async def ask(kind: str, typed: str = "") -> None:
+        async def ask(kind: str, typed: str = "", at: tuple[int, int] | None = None) -> None:
             before = await server_stats(client)
             started = time.monotonic()
             result = await client.text_document_inline_completion_async(types.InlineCompletionParams(
-                text_document=types.TextDocumentIdentifier(uri=uri), position=types.Position(line, character),
+                text_document=types.TextDocumentIdentifier(uri=uri), position=types.Position(*(at or (line, character))),
                 context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic)))
             latency = (time.monotonic() - started) * 1000
             after = await server_stats(client)
@@ -171,12 +172,21 @@ async def run_mode(mode: str, command: list[str], chosen: list[Hole], args: Any)
                 character += len(ch.encode("utf-16-le")) // 2
                 await asyncio.sleep(args.typing_ms / 1000)
             await ask("typing", typed)
-        # Warm: the typed text deleted, the same blank-line request as the first one, its prompt now cached.
+        # Enter: the rest of the line typed, then a new line at its indentation, and a request there.
+        rest = hole.original[len(typed):] + "\n" + hole.indent
+        version += 1
+        here = types.Position(line, character)
+        client.text_document_did_change(types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
+            content_changes=[types.TextDocumentContentChangePartial(range=types.Range(here, here), text=rest)]))
+        await asyncio.sleep(args.typing_ms / 1000)
+        await ask("enter", at=(line + 1, len(hole.indent)))
+        # Warm: all typed text deleted, the same blank-line request as the first one, its prompt now cached.
         version += 1
         client.text_document_did_change(types.DidChangeTextDocumentParams(
             text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
-            content_changes=[types.TextDocumentContentChangePartial(
-                range=types.Range(types.Position(line, len(hole.indent)), types.Position(line, character)), text="")]))
+            content_changes=[types.TextDocumentContentChangePartial(range=types.Range(
+                types.Position(line, len(hole.indent)), types.Position(line + 1, len(hole.indent))), text="")]))
         character = len(hole.indent)
         await asyncio.sleep(args.typing_ms / 1000)
         await ask("warm")
@@ -192,6 +202,7 @@ def summarize_mode(mode: str, requests: list[dict[str, Any]]) -> dict[str, Any]:
     first = [r for r in requests if r["kind"] == "first"]
     typing = [r for r in requests if r["kind"] == "typing"]
     warm = [r for r in requests if r["kind"] == "warm"]
+    enter = [r for r in requests if r["kind"] == "enter"]
     asked = first + typing  # as the user types (the warm repeats are a yardstick)
     sources = {s: sum(r["source"] == s for r in asked) for s in ("model", "warm-up", "typed-through", "ahead")}
     return {
@@ -200,6 +211,8 @@ def summarize_mode(mode: str, requests: list[dict[str, Any]]) -> dict[str, Any]:
         "first_ms": percentiles([r["ms"] for r in first]),
         "typing_ms": percentiles([r["ms"] for r in typing]),
         "warm_ms": percentiles([r["ms"] for r in warm]),  # the first request again, its prompt cached
+        "enter_ms": percentiles([r["ms"] for r in enter]),  # a new line after the finished line
+        "enter_prefill": percentiles([r["prefill"] for r in enter]),
         "all_ms": percentiles([r["ms"] for r in first + typing]),
         "exact_first_line": sum(r["exact"] for r in first),
         "exact_typing": sum(r["exact"] for r in typing),
@@ -266,13 +279,15 @@ def run(args: Any) -> int:
 def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     rows = ["| mode | holes | first in a fresh file p50 / p95 ms | while typing p50 / p95 ms | all p50 / p95 ms "
-            "| first ÷ typing (p50) | same request warm p50 ms (first ÷ warm) | exact: blank line / typing | blank line edit similarity | empty | from work ahead (warm-up / typed / ahead) |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            "| first ÷ typing (p50) | same request warm p50 ms (first ÷ warm) | after Enter p50 / p95 ms (tokens computed p50) | exact: blank line / typing | blank line edit similarity | empty | from work ahead (warm-up / typed / ahead) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in report["modes"].values():
         s = r["sources"]
         rows.append(f"| {r['mode']} | {r['holes']} | {r['first_ms']['p50']} / {r['first_ms']['p95']} "
                     f"| {r['typing_ms']['p50']} / {r['typing_ms']['p95']} | {r['all_ms']['p50']} / {r['all_ms']['p95']} "
                     f"| {r.get('first_vs_typing_p50')} | {r.get('warm_ms', {}).get('p50')} ({r.get('first_vs_warm_p50')}) "
+                    f"| {r.get('enter_ms', {}).get('p50')} / {r.get('enter_ms', {}).get('p95')} "
+                    f"({r.get('enter_prefill', {}).get('p50')}) "
                     f"| {r['exact_first_line']} / {r.get('exact_typing', '?')} | {r.get('first_similarity')} "
                     f"| {r['empty']}/{r['requests']} "
                     f"| {r['answered_from_work_ahead']} ({s['warm-up']} / {s['typed-through']} / {s['ahead']}) |")
