@@ -415,6 +415,9 @@ def _parser() -> argparse.ArgumentParser:
     humaneval = with_settings(evals.add_parser("humaneval", help="HumanEval pass@1 through the LSP path"))
     humaneval.add_argument("--limit", type=int, help="only the first N problems")
     humaneval.add_argument("--raw", action="store_true", help="the baseline: the model alone, no phils")
+    humaneval.add_argument("--baseline", choices=["llama-raw"],
+                           help="the raw baseline from a running llama-server on the same GGUF (--llama-url)")
+    humaneval.add_argument("--llama-url", default="http://127.0.0.1:8089", help="the llama-server for --baseline")
     humaneval.add_argument("--max-new-tokens", type=int, default=256)
     humaneval.add_argument("--name", help="results file name (default: the model's name)")
     humaneval.add_argument("--out", default="bench/results")

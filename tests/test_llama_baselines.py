@@ -69,3 +69,13 @@ def test_infill_sends_prefix_line_and_suffix_as_llama_vim_does(server):
 def test_an_unknown_baseline_is_a_clear_error(server):
     with pytest.raises(ValueError, match="llama-infill"):
         complete(server[0], "other", DOCUMENT, OFFSET, 1, 8)
+
+
+def test_a_continuation_sends_the_prompt_and_its_stop_strings(server):
+    from phils.tools.llama_baselines import continuation
+
+    url, seen = server
+    text, _ = continuation(url, "def f():\n", 16, ["\ndef "])
+    assert text.startswith("    for x in xs:")
+    path, body = seen[0]
+    assert path == "/completion" and body["prompt"] == "def f():\n" and body["stop"] == ["\ndef "]

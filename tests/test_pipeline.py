@@ -164,3 +164,8 @@ def test_with_fim_a_new_line_keeps_the_prompt_up_to_the_middle_so_the_code_below
     many = "".join(f"    y{n} = {n}\n" for n in range(12))
     third = ask("def f(x):\n    y = x\n" + many + "    █" + below, starts)
     assert third.prompt.endswith("<MID>    ") and "y11 = 11\n<SUF>" in third.prompt
+
+
+def test_with_nothing_below_the_cursor_a_fim_model_gets_the_code_format_prompt():
+    _, job = complete_fim('def f(x):\n    """Double x."""\n    █', "return 2 * x\n")
+    assert "<PRE>" not in job.prompt and job.prompt.startswith("def f(x):")

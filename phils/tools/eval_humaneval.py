@@ -171,11 +171,32 @@ def _cut_at_unindented(text: str) -> int | None:
 # --- the command -------------------------------------------------------------
 
 
+# Lines that end a function's body; llama-server stops at them to save time (the cut is _cut_at_unindented's).
+TOP_LEVEL_STARTS = ["\ndef ", "\nclass ", "\nif ", "\nprint(", "\n#", "\nassert ", "\n@"]
+
+
+def complete_with_llama_server(url: str, rows: list[dict[str, Any]], max_new_tokens: int,
+                               progress) -> list[tuple[str, float]]:
+    """The raw baseline from a running llama-server on the same GGUF (``--baseline llama-raw``)."""
+    from .llama_baselines import continuation
+
+    answers = []
+    for index, row in enumerate(rows):
+        text, seconds = continuation(url, row["prompt"], max_new_tokens, TOP_LEVEL_STARTS)
+        cut = _cut_at_unindented(text)
+        answers.append((text if cut is None else text[:cut], seconds))
+        progress(index, answers[-1])
+    return answers
+
+
 def run(args: Any, settings: Any, server_args: list[str]) -> int:
     rows = problems(args.limit)
-    mode = "raw" if args.raw else "phils"
+    baseline = getattr(args, "baseline", None)
+    mode = baseline or ("raw" if args.raw else "phils")
     progress = progress_printer(len(rows))
-    if args.raw:
+    if baseline:
+        answers = complete_with_llama_server(args.llama_url, rows, args.max_new_tokens, progress)
+    elif args.raw:
         answers = complete_raw(settings, rows, args.max_new_tokens, progress)
     else:
         answers = asyncio.run(complete_over_lsp(server_args, rows, progress))

@@ -53,3 +53,12 @@ def complete(url: str, baseline: str, document: str, offset: int, lines: int, ma
     else:
         raise ValueError(f"unknown baseline {baseline!r} (one of {', '.join(BASELINES)})")
     return text, time.monotonic() - started
+
+
+def continuation(url: str, prompt: str, max_new_tokens: int, stop: list[str]) -> tuple[str, float]:
+    """The model's greedy continuation of ``prompt`` from llama-server, ended early at any of ``stop``
+    (only to save time: the caller applies its own cut), and seconds."""
+    started = time.monotonic()
+    body = {"prompt": prompt, "n_predict": max_new_tokens, "temperature": 0, "top_k": 1, "cache_prompt": True,
+            "stream": False, "stop": stop}
+    return _post(url, "/completion", body)["content"], time.monotonic() - started
