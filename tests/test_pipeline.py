@@ -36,7 +36,9 @@ class ScriptedEngine:
         return GenerationResult(text=self.text if cut is None else self.text[:cut], reason="stop")
 
 
-def complete(marked: str, answer: str, **settings) -> tuple[str | None, EngineJob]:
+def complete(marked: str, answer: str, markers: dict[str, str] | None = None,
+             **settings) -> tuple[str | None, EngineJob]:
+    """The suggestion at the cursor mark, and the job the engine got (``markers``: the engine's FIM markers)."""
     before, after = marked.split(CURSOR)
     lines = before.split("\n")
     ctx = cursor_context(TextDocument("file:///t.py", before + after), len(lines) - 1, len(lines[-1]))
@@ -44,6 +46,7 @@ def complete(marked: str, answer: str, **settings) -> tuple[str | None, EngineJo
     for key, value in settings.items():
         setattr(config.completion, key, value)
     engine = ScriptedEngine(answer)
+    engine.fim = markers
     suggestion = asyncio.run(run_pipeline(engine, ctx, config))
     return (suggestion.text if suggestion else None), engine.jobs[0]
 
@@ -90,16 +93,7 @@ MARKERS = {"prefix": "<PRE>", "suffix": "<SUF>", "middle": "<MID>"}
 
 
 def complete_fim(marked: str, answer: str, **settings) -> tuple[str | None, EngineJob]:
-    before, after = marked.split(CURSOR)
-    lines = before.split("\n")
-    ctx = cursor_context(TextDocument("file:///t.py", before + after), len(lines) - 1, len(lines[-1]))
-    config = Settings()
-    for key, value in settings.items():
-        setattr(config.completion, key, value)
-    engine = ScriptedEngine(answer)
-    engine.fim = MARKERS
-    suggestion = asyncio.run(run_pipeline(engine, ctx, config))
-    return (suggestion.text if suggestion else None), engine.jobs[0]
+    return complete(marked, answer, markers=MARKERS, **settings)
 
 
 def test_a_model_with_fim_markers_reads_the_code_below_and_is_not_judged():

@@ -37,7 +37,7 @@ def complete(url: str, baseline: str, document: str, offset: int, lines: int, ma
     line_start = document.rfind("\n", 0, offset) + 1
     line_prefix = document[line_start:offset]
     at_indentation = not line_prefix.strip()
-    greedy = {"n_predict": max_new_tokens, "temperature": 0, "top_k": 1, "cache_prompt": True, "stream": False}
+    greedy = _greedy(max_new_tokens)
     started = time.monotonic()
     if baseline == "llama-infill":
         body = {"input_prefix": document[:line_start], "prompt": line_prefix, "input_suffix": document[offset:],
@@ -59,6 +59,10 @@ def continuation(url: str, prompt: str, max_new_tokens: int, stop: list[str]) ->
     """The model's greedy continuation of ``prompt`` from llama-server, ended early at any of ``stop``
     (only to save time: the caller applies its own cut), and seconds."""
     started = time.monotonic()
-    body = {"prompt": prompt, "n_predict": max_new_tokens, "temperature": 0, "top_k": 1, "cache_prompt": True,
-            "stream": False, "stop": stop}
+    body = {"prompt": prompt, "stop": stop, **_greedy(max_new_tokens)}
     return _post(url, "/completion", body)["content"], time.monotonic() - started
+
+
+def _greedy(max_new_tokens: int) -> dict[str, Any]:
+    """The sampling fields of a greedy llama-server request (repeatable runs)."""
+    return {"n_predict": max_new_tokens, "temperature": 0, "top_k": 1, "cache_prompt": True, "stream": False}

@@ -72,8 +72,7 @@ def choose(engine: "Engine", logits: Any, kv: Any, prompt_length: int, request: 
     first_line = _FirstLine(request.stop) if line_first else None
     generated = engine._decode(logits, kv, replace(request, stop=first_line) if first_line else request, result,
                                max_new, on_branch=branches.append, scores=scores)
-    if result.reason in ("cancelled", "deadline"):
-        result.cut = "answer" if result.reason == "deadline" else ""
+    if _cut_short(result):
         return  # no time to judge: the front applies its own rule
     if first_line is not None and first_line.line_ended and result.text.strip():
         # Mid-line: the line being typed, closed by the greedy answer, is the answer when the code below's
@@ -97,8 +96,7 @@ def choose(engine: "Engine", logits: Any, kv: Any, prompt_length: int, request: 
         if not first_line.rule_ended:  # it does not fit: write the greedy answer on, as far as the request's rule goes
             resumed = Branch(generated, scores, "", judge.resume(generated), kv.get_seq_length())
             generated = engine._decode(resumed.logits, kv, request, result, max_new, start=resumed, scores=scores)
-            if result.reason in ("cancelled", "deadline"):
-                result.cut = "answer" if result.reason == "deadline" else ""
+            if _cut_short(result):
                 return
     greedy_text, greedy_reason = result.text, result.reason
     timing["greedy_ms"] = (time.monotonic() - started) * 1000 - timing["judge_ms"]
@@ -213,6 +211,14 @@ def choose(engine: "Engine", logits: Any, kv: Any, prompt_length: int, request: 
     result.text = best[1]
     if best[1] != greedy_text:
         result.reason = "stop"
+
+
+def _cut_short(result: GenerationResult) -> bool:
+    """Whether the greedy answer was cancelled or ran out of time (then ``result.cut`` says so)."""
+    if result.reason not in ("cancelled", "deadline"):
+        return False
+    result.cut = "answer" if result.reason == "deadline" else ""
+    return True
 
 
 def _sampler(engine: "Engine", seed: int) -> Callable[[Any], int]:
