@@ -24,6 +24,7 @@ else:  # pragma: no cover
 
 
 INT4_BLOCKS = (32, 64, 128)  # engine.int4_block's choices (MatMulNBits block sizes phils builds)
+INT4_GGUF = ("keep", "4bit", "requantize")  # engine.int4_gguf's choices
 
 
 def _choice(default: Any, *choices: Any) -> Any:
@@ -61,6 +62,10 @@ class EngineSettings:
     # once; fp16 keys and values) where the CPU has VNNI and a C compiler is found, else ONNX Runtime's (MLAS'
     # MatMulNBits, GroupQueryAttention on fp32 keys and values); mlas: always ONNX Runtime's.
     int4_kernel: str = _choice("auto", "auto", "mlas")
+    # int4 from a GGUF file, on phils' kernels (engine/runtimes/gguf_blocks.py): keep = the file's precision (its
+    # 4-bit blocks, Q4_0/Q4_1/Q4_K, as they are; the matrices it stores wider, Q5/Q6/Q8, in 8 bits); 4bit = its
+    # 4-bit blocks as they are, all else rounded to 4 bits; requantize = every weight rounded to 4 bits again.
+    int4_gguf: str = _choice("keep", *INT4_GGUF)
     threads: int = _int(0, 0, 256)  # torch CPU threads; 0 = physical cores
     cpu_kernels: str = _choice("onednn", "onednn", "torch")  # fp32 Linear layers on CPU
     max_new_tokens: int = _int(64, 1, 2048)

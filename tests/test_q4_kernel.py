@@ -31,10 +31,8 @@ def _dequantized(packed, scales, zeros, k: int, n: int) -> np.ndarray:
     return ((q - z[:, : k // 32, None]) * scales.reshape(n, k // 32, 1)).reshape(n, k)
 
 
-def test_the_kernels_layout_holds_the_same_weights():
-    k, n = 96, 48
-    packed, scales, zeros = _quantized(k, n)
-    weights, scale16, zero16 = q4_kernel.repack(packed, scales, zeros, k, n)
+def weights_in_layout(weights, scale16, zero16, k: int, n: int) -> np.ndarray:
+    """W [N, K] as the kernel's layout holds it (read the way q4_matmul.c reads it)."""
     groups, blocks = n // 16, k // 32
     chunks = weights.reshape(groups, blocks, 4, 16, 4)  # group, block, chunk, row, j
     low, high = (chunks & 0x0F).astype(np.float32), (chunks >> 4).astype(np.float32)
@@ -42,7 +40,13 @@ def test_the_kernels_layout_holds_the_same_weights():
     q = q.transpose(0, 3, 1, 2, 4).reshape(n, k)
     s = scale16.astype(np.float32).reshape(groups, blocks, 16).transpose(0, 2, 1).reshape(n, blocks)
     zs = zero16.astype(np.float32).reshape(groups, blocks, 16).transpose(0, 2, 1).reshape(n, blocks)
-    rebuilt = q * np.repeat(s, 32, axis=1) - np.repeat(zs, 32, axis=1)
+    return q * np.repeat(s, 32, axis=1) - np.repeat(zs, 32, axis=1)
+
+
+def test_the_kernels_layout_holds_the_same_weights():
+    k, n = 96, 48
+    packed, scales, zeros = _quantized(k, n)
+    rebuilt = weights_in_layout(*q4_kernel.repack(packed, scales, zeros, k, n), k, n)
     expected = _dequantized(packed, scales, zeros, k, n)
     assert np.allclose(rebuilt, expected, atol=2e-3 * np.abs(expected).max())  # fp16 scales
 

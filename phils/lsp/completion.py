@@ -171,7 +171,7 @@ class CompletionService:
         request waits for: the engine runs it after anything else, and any request here cancels it)."""
         if not self.settings.completion.ahead or not getattr(backend, "warms", False):
             return
-        if "\n" in text and fim_markers(backend, self.settings):
+        if "\n" in text and fim_at(backend, self.settings, ctx):
             # Accepting lines changes the code above the cursor, where a FIM prompt's code below begins:
             # that prompt would share only the lines above with this one, and computing it would cut the
             # document's cache back there, costing the user who types on instead its whole prefill.
@@ -351,9 +351,15 @@ def opening_position(lines: list[str], budget_tokens: int) -> tuple[int, int]:
 MIDDLE_START = "\x1fmiddle"  # with the document's URI: the key of its FIM prompt's middle start in tail_starts
 
 
-def fim_markers(backend: Any, settings: Settings) -> dict[str, str] | None:
-    """The model's fill-in-the-middle markers where prompts are written with them (``completion.fim``)."""
-    return getattr(backend, "fim", None) if settings.completion.fim == "auto" else None
+def fim_at(backend: Any, settings: Settings, ctx: CursorContext) -> dict[str, str] | None:
+    """The model's fill-in-the-middle markers where the prompt at ``ctx`` is written with them.
+
+    Only with code below to read: at the end of a function with nothing after it, HumanEval through
+    phils (Qwen2.5-Coder 1.5B int4, first 40) passed 23 with an empty FIM suffix and 27 in code format.
+    """
+    if settings.completion.fim != "auto" or not ctx.suffix.strip():
+        return None
+    return getattr(backend, "fim", None)
 
 
 def build_prompt(backend: Any, ctx: CursorContext, settings: Settings, tail_starts: dict[str, int],
@@ -369,10 +375,8 @@ def build_prompt(backend: Any, ctx: CursorContext, settings: Settings, tail_star
             log.warning("project context failed", exc_info=True)
         if settings.log.buffer_text and context:
             log.info("project context: %s", ", ".join(index.chosen(project.path_of(ctx.uri))))
-    markers = fim_markers(backend, settings)
-    # With code below to read: at the end of a function with nothing after it, HumanEval through phils
-    # (Qwen2.5-Coder 1.5B int4, first 40) passed 23 with an empty FIM suffix and 27 in code format.
-    if markers and ctx.suffix.strip():
+    markers = fim_at(backend, settings, ctx)
+    if markers:
         built = prompt.build_fim(ctx, backend.count_tokens, budget, markers, tail_starts.get(ctx.uri), context,
                                  settings.completion.fim_suffix_tokens, tail_starts.get(ctx.uri + MIDDLE_START))
         tail_starts[ctx.uri + MIDDLE_START] = built.middle_start

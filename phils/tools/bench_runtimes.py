@@ -31,6 +31,9 @@ PHILS_RUNTIMES = {
     "int4": ["engine.quantize=int4"],  # our kernel where the CPU has AVX-512 VNNI (engine.int4_kernel = auto)
     "int4-mlas": ["engine.quantize=int4", "engine.int4_kernel=mlas"],
     "int4-b128": ["engine.quantize=int4", "engine.int4_block=128"],
+    # A GGUF model (engine.int4_gguf): its own 4-bit blocks, the rest 4-bit too; or every weight rounded again.
+    "int4-gguf-4bit": ["engine.quantize=int4", "engine.int4_gguf=4bit"],
+    "int4-requantize": ["engine.quantize=int4", "engine.int4_gguf=requantize"],
 }
 LLAMA = "llama.cpp"
 MEMORY = {"VmRSS:": ("rss_mb", 1024), "VmHWM:": ("peak_mb", 1024)}
@@ -70,8 +73,7 @@ async def _run_one(runtime: str, args: Any, replay: Replay) -> dict[str, Any]:
     server = None
     if runtime == LLAMA:
         server, url = _start_llama_server(args)
-        extra += ["engine.backend=llama-server", f"engine.url={url}",
-                  f"engine.tokenizer={Path(args.model) / 'tokenizer.json'}"]
+        extra += ["engine.backend=llama-server", f"engine.url={url}", f"engine.tokenizer={_tokenizer_file(args)}"]
     else:
         extra += PHILS_RUNTIMES[runtime]
     memory: dict[str, Any] = {}
@@ -87,6 +89,18 @@ async def _run_one(runtime: str, args: Any, replay: Replay) -> dict[str, Any]:
     result["first_line_ms"] = result["first_token_ms"]
     result["memory"] = memory
     return result
+
+
+def _tokenizer_file(args: Any) -> Path:
+    """The tokenizer phils' runtimes count with: the checkpoint's, or that of the GGUF's converted copy."""
+    if Path(args.model).is_dir():
+        return Path(args.model) / "tokenizer.json"
+    from ..engine.loading.sources import cache_root
+
+    converted = sorted((cache_root() / "converted").glob(f"{Path(args.gguf).stem}-*/tokenizer.json"))
+    if not converted:
+        raise SystemExit(f"no converted copy of {args.gguf} in phils' cache: run a phils runtime of {args.model} first")
+    return converted[-1]
 
 
 def _start_llama_server(args: Any) -> tuple[subprocess.Popen, str]:
@@ -135,8 +149,11 @@ def _weight_bytes(runtime: str, args: Any) -> int | None:
         block = int(chosen.get("engine.int4_block", default.int4_block))
         kernel = (q4_kernel.wanted(chosen.get("engine.int4_kernel", default.int4_kernel), block)
                   and q4_kernel.unavailable_reason() is None)
-        variant = variant_name(block, default.int4_head, kernel)
-        built = sorted((cache_root() / "onnx-int4").glob(f"{Path(args.model).name}-*-{variant}/model.onnx.data"),
+        gguf = chosen.get("engine.int4_gguf", default.int4_gguf) if not Path(args.model).is_dir() else "requantize"
+        variant = variant_name(block, default.int4_head, kernel, gguf)
+        # A checkpoint directory names its builds; a package or .gguf model: the newest build of this variant.
+        stem = f"{Path(args.model).name}-*" if Path(args.model).is_dir() else "*"
+        built = sorted((cache_root() / "onnx-int4").glob(f"{stem}-{variant}/model.onnx.data"),
                        key=lambda p: p.stat().st_mtime)
         return built[-1].stat().st_size if built else None
     files = list(Path(args.model).glob("*.safetensors"))

@@ -92,6 +92,7 @@ def load_model(settings: EngineSettings, report: Report = lambda message, percen
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
+    gguf_path = Path(source.location) / source.gguf_file if source.gguf_file else None
     if source.gguf_file:
         report(f"converting {source.gguf_file} (first start only)", 25)
         source = _converted_gguf(source, cache, transformers, torch)
@@ -104,7 +105,7 @@ def load_model(settings: EngineSettings, report: Report = lambda message, percen
         _refuse_remote_code(transformers, source, settings, common)
         tokenizer = transformers.AutoTokenizer.from_pretrained(source.location, **common)
         if settings.quantize == "int4":
-            return _load_int4(settings, source, cache, tokenizer, device, report, started)
+            return _load_int4(settings, source, cache, tokenizer, device, report, started, gguf_path)
         report(f"{fetching}loading weights ({str(dtype).removeprefix('torch.')} on {device})", 50)
         model = transformers.AutoModelForCausalLM.from_pretrained(
             source.location,
@@ -156,8 +157,11 @@ def _quantized_precision(model: Any, dtype: Any) -> str | None:
 
 
 def _load_int4(settings: EngineSettings, source: ModelSource, cache: Path, tokenizer: Any, device: str,
-               report: Report, started: float) -> LoadedModel:
-    """4-bit weights run by ONNX Runtime GenAI on the CPU, built once from the checkpoint into the cache."""
+               report: Report, started: float, gguf: Path | None = None) -> LoadedModel:
+    """4-bit weights run by ONNX Runtime GenAI on the CPU, built once from the checkpoint into the cache.
+
+    ``gguf``: the file the checkpoint was dequantized from, whose own 4-bit blocks the kernels take.
+    """
     from ..runtimes.runtime_genai import GenaiRuntime
     from ..limits import MAX_SUFFIX_TOKENS
 
@@ -177,12 +181,15 @@ def _load_int4(settings: EngineSettings, source: ModelSource, cache: Path, token
     stem = f"{checkpoint.name}-{_cache_key(_weight_files(checkpoint))}"
     kernel = q4_kernel.library(cache) if q4_kernel.wanted(settings.int4_kernel, settings.int4_block) else None
 
+    gguf_mode = settings.int4_gguf if gguf else "requantize"
+
     def runtime_for(kernel: Path | None) -> GenaiRuntime:
-        target = cache / "onnx-int4" / f"{stem}-{variant_name(settings.int4_block, settings.int4_head, kernel is not None)}"
+        variant = variant_name(settings.int4_block, settings.int4_head, kernel is not None, gguf_mode)
+        target = cache / "onnx-int4" / f"{stem}-{variant}"
         if not (target / "genai_config.json").is_file():
             report("building the 4-bit ONNX model (first start only)", 55)
             built = build_int4(checkpoint, target, block_size=settings.int4_block, head=settings.int4_head,
-                               kernel=kernel is not None)
+                               kernel=kernel is not None, gguf=gguf, gguf_mode=gguf_mode)
             log.info("built %s in %.0f s, peak memory %.1f GB", target, built["seconds"], built["peak_rss_bytes"] / 1e9)
             for stale in drop_stale_builds(target.parent, stem, INT4_BLOCKS):
                 log.info("removed %s: built by an older phils, never loaded again", stale)

@@ -24,8 +24,10 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from ...config import INT4_GGUF
 from ..errors import ModelLoadError
 from . import q4_kernel
+from .gguf_blocks import GgufBlocks
 from .int4_quant import quantize_blocks
 from .mapping import checkpoint_ranges, drop_mapped
 
@@ -51,10 +53,10 @@ CLIP_SEARCH = True
 BUILD_RECORD = "phils-build.json"
 
 
-def variant_name(block_size: int, head: str, kernel: bool = False) -> str:
+def variant_name(block_size: int, head: str, kernel: bool = False, gguf: str = "requantize") -> str:
     """How this version names a build in the cache: everything the file depends on besides the weights."""
     return (f"b{block_size}-a{ACCURACY_LEVEL}-{'sym' if SYMMETRIC else 'asym'}{'-clip' if CLIP_SEARCH else ''}"
-            f"-head-{head}{'-kernels' if kernel else ''}")
+            f"-head-{head}{'-kernels' if kernel else ''}{f'-gguf-{gguf}' if kernel and gguf != 'requantize' else ''}")
 
 
 def drop_stale_builds(root: Path, stem: str, block_sizes: tuple[int, ...]) -> list[Path]:
@@ -64,7 +66,8 @@ def drop_stale_builds(root: Path, stem: str, block_sizes: tuple[int, ...]) -> li
     Phi-2) would otherwise stay on disk beside its replacement; the variants
     a setting can still ask for (other blocks or heads) stay.
     """
-    current = {variant_name(block, head, kernel) for block in block_sizes for head in HEADS for kernel in (False, True)}
+    current = {variant_name(block, head, kernel, gguf) for block in block_sizes for head in HEADS
+               for kernel in (False, True) for gguf in INT4_GGUF}
     dropped = []
     for path in root.glob(f"{stem}-*"):
         variant = path.name[len(stem) + 1:]
@@ -76,8 +79,13 @@ def drop_stale_builds(root: Path, stem: str, block_sizes: tuple[int, ...]) -> li
 
 def build_int4(checkpoint: str | Path, target: Path, block_size: int = BLOCK_SIZE,
                accuracy_level: int = ACCURACY_LEVEL, head: str = HEAD, symmetric: bool = SYMMETRIC,
-               clip_search: bool = CLIP_SEARCH, kernel: bool = False) -> dict[str, Any]:
+               clip_search: bool = CLIP_SEARCH, kernel: bool = False, gguf: Path | None = None,
+               gguf_mode: str = "keep") -> dict[str, Any]:
     """Write the 4-bit ONNX model of the transformers checkpoint directory ``checkpoint`` to ``target``.
+
+    ``gguf``: the GGUF file ``checkpoint`` was dequantized from; with ``kernel``, its own 4-bit
+    blocks are used as they are (``gguf_blocks``), and with ``gguf_mode`` "keep" the matrices it
+    stores wider than 4 bits are 8-bit.
 
     ``kernel``: the 4-bit matrices the kernel can run are ``phils.Q4MatMul``
     nodes (``q4_kernel``), in its layout, the others stay MatMulNBits; and
@@ -95,7 +103,8 @@ def build_int4(checkpoint: str | Path, target: Path, block_size: int = BLOCK_SIZ
     shutil.rmtree(partial, ignore_errors=True)
     command = [sys.executable, "-m", __name__, str(checkpoint), str(partial), str(block_size), str(accuracy_level), head,
                "symmetric" if symmetric else "asymmetric", "clip-search" if clip_search else "rtn",
-               "q4-kernel" if kernel else "matmulnbits"]
+               "q4-kernel" if kernel else "matmulnbits",
+               str(gguf) if kernel and gguf and gguf_mode != "requantize" else "", gguf_mode]
     child = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            text=True, errors="replace")
     if child.returncode != 0 or not (partial / BUILD_RECORD).is_file():
@@ -115,21 +124,24 @@ def build_int4(checkpoint: str | Path, target: Path, block_size: int = BLOCK_SIZ
 
 
 def _build_here(checkpoint: str, target: str, block_size: int, accuracy_level: int, head: str,
-                symmetric: bool, clip_search: bool, kernel: bool) -> None:
+                symmetric: bool, clip_search: bool, kernel: bool, gguf: str = "", gguf_mode: str = "keep") -> None:
     from onnxruntime_genai.models import builder
 
     started = time.monotonic()
+    own = GgufBlocks(gguf) if gguf else None
+    counts = {"rows_from_gguf": 0, "rows_quantized": 0, "rows_8bit": 0}
     cache = str(Path(target) / "cache")
     # A tied output head stays its own matrix (the embeddings a plain Gather): the head's precision is ours to set.
     options = [f"block_size={block_size}", f"accuracy_level={accuracy_level}", "shared_embeddings=false",
                f"is_symmetric={'true' if symmetric else 'false'}"]
-    with _quantize_as_emitted(head, clip_search, kernel):
+    with _quantize_as_emitted(head, clip_search, kernel, own, counts, keep_wider=gguf_mode == "keep"):
         extra = builder.parse_extra_options(None, checkpoint, target, "int4", "cpu", cache, options)
         builder.create_model(None, checkpoint, target, "int4", "cpu", cache, **extra)
     shutil.rmtree(cache, ignore_errors=True)
     kv_fp16 = kernel and _attention_on_kernel(Path(target) / "model.onnx")
     record = {"source": str(Path(checkpoint).resolve()), "block_size": block_size, "accuracy_level": accuracy_level,
-              "head": head, "symmetric": symmetric, "clip_search": clip_search, "kernel": kernel, "kv_fp16": kv_fp16, "seconds": round(time.monotonic() - started, 1),
+              "head": head, "symmetric": symmetric, "clip_search": clip_search, "kernel": kernel, "kv_fp16": kv_fp16,
+              "gguf": gguf or None, "gguf_mode": gguf_mode if gguf else None, **(counts if own else {}), "seconds": round(time.monotonic() - started, 1),
               "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
     (Path(target) / BUILD_RECORD).write_text(json.dumps(record, indent=2))
 
@@ -173,7 +185,8 @@ def _attention_on_kernel(path: Path) -> bool:
 
 
 @contextlib.contextmanager
-def _quantize_as_emitted(head: str, clip_search: bool, kernel: bool = False) -> Iterator[None]:
+def _quantize_as_emitted(head: str, clip_search: bool, kernel: bool = False, own: GgufBlocks | None = None,
+                         counts: dict[str, int] | None = None, keep_wider: bool = False) -> Iterator[None]:
     from onnxruntime_genai.models import builder
 
     Model = builder.Model  # the builder imports its modules top-level ("builders.base"): patch the class it uses
@@ -188,8 +201,17 @@ def _quantize_as_emitted(head: str, clip_search: bool, kernel: bool = False) -> 
         if is_head and head == "fp32":
             left_float.add(name)
             return emit_float(self, matmul, name, root_input, **kwargs)
-        _emit_nbits(self, matmul.weight, name, root_input, kwargs, bits=8 if is_head and head == "int8" else 4,
-                    clip_search=clip_search, kernel=kernel)
+        bits = 8 if is_head and head == "int8" else 4
+        if bits == 4 and own is not None and keep_wider:  # a matrix the GGUF stores wider than 4 bits: 8 bits
+            import torch
+
+            wider = own.wider(matmul.weight.detach().to(torch.float32).numpy())
+            if wider:
+                bits = 8
+                if counts is not None:
+                    counts["rows_8bit"] += int(matmul.weight.shape[0])
+        _emit_nbits(self, matmul.weight, name, root_input, kwargs, bits=bits,
+                    clip_search=clip_search, kernel=kernel, own=own, counts=counts)
         drop_mapped(checkpoint_ranges())  # q, k and v were read to fuse them: drop theirs too
         return name
 
@@ -223,11 +245,12 @@ def _quantizing(model: Any) -> bool:
 
 
 def _emit_nbits(model: Any, weight: Any, name: str, root_input: str, kwargs: dict[str, Any], bits: int,
-                clip_search: bool = False, kernel: bool = False) -> None:
+                clip_search: bool = False, kernel: bool = False, own: GgufBlocks | None = None,
+                counts: dict[str, int] | None = None) -> None:
     """A MatMulNBits node for ``root_input @ weight.T``, named as onnxruntime's quantizer names it.
 
     With ``kernel``, a ``phils.Q4MatMul`` node where our kernel can run the matrix (same quantized
-    values, its layout).
+    values, its layout); with ``own`` too, the rows a GGUF file holds in 4 bits keep its blocks.
     """
     import numpy as np
     import torch
@@ -251,8 +274,17 @@ def _emit_nbits(model: Any, weight: Any, name: str, root_input: str, kwargs: dic
     tensor = name[1:].replace("/", ".") + ".weight"
     output = "logits" if kwargs.get("logits", False) else f"{name}/output_0"
     if kernel and q4_kernel.fits(rows, cols, block_size, bits, symmetric):
+        codes, scale, offset = q4_kernel.blocks_of(packed, scales, zero_points, rows, cols)
+        if own is not None:
+            found, blocks = own.find(np.ascontiguousarray(weight.detach().to(torch.float32).numpy()))
+            if blocks is not None:
+                codes[found], scale[found], offset[found] = (blocks.codes[found], blocks.scale[found],
+                                                             blocks.offset[found])
+            if counts is not None:
+                counts["rows_from_gguf"] += int(found.sum())
+                counts["rows_quantized"] += int((~found).sum())
         tensors = dict(zip(("_Q4K", "_Q4K_scales", "_Q4K_zero_scales"),
-                           q4_kernel.repack(packed, scales, zero_points, rows, cols)))
+                           q4_kernel.layout(codes, scale, offset, rows, cols)))
         for suffix, values in tensors.items():
             model.make_initializer(values, tensor + suffix)
         model.graph.opset_imports[q4_kernel.DOMAIN] = 1
@@ -273,4 +305,4 @@ def _emit_nbits(model: Any, weight: Any, name: str, root_input: str, kwargs: dic
 
 if __name__ == "__main__":  # the child process build_int4 starts
     _build_here(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6] == "symmetric",
-                sys.argv[7] == "clip-search", sys.argv[8] == "q4-kernel")
+                sys.argv[7] == "clip-search", sys.argv[8] == "q4-kernel", sys.argv[9], sys.argv[10])

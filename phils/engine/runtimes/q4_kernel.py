@@ -100,18 +100,32 @@ def fits(k: int, n: int, block_size: int, bits: int, symmetric: bool) -> bool:
 
 def repack(packed: Any, scales: Any, zero_points: Any, k: int, n: int) -> tuple[Any, Any, Any]:
     """MatMulNBits' tensors (B [N, K/32, 16], scales [N*K/32], zero points [N, K/64]) in the kernel's layout."""
+    return layout(*blocks_of(packed, scales, zero_points, k, n), k, n)
+
+
+def blocks_of(packed: Any, scales: Any, zero_points: Any, k: int, n: int) -> tuple[Any, Any, Any]:
+    """MatMulNBits' tensors as codes [N, K] uint8, scale and offset [N, K/32] fp32 (w = scale * code - offset)."""
+    import numpy as np
+
+    blocks = k // BLOCK
+    codes = _nibbles(np.asarray(packed, dtype=np.uint8).reshape(n, blocks, BLOCK // 2)).reshape(n, k)
+    zero = _nibbles(np.asarray(zero_points, dtype=np.uint8).reshape(n, -1))[:, :blocks].astype(np.float32)
+    scale = np.asarray(scales, dtype=np.float32).reshape(n, blocks)
+    return codes, scale, zero * scale
+
+
+def layout(codes: Any, scale: Any, offset: Any, k: int, n: int) -> tuple[Any, Any, Any]:
+    """Codes [N, K] (0..15), scale and offset [N, K/32] (w = scale * code - offset) in the kernel's layout."""
     import numpy as np
 
     blocks, groups = k // BLOCK, n // ROWS
-    weights = _nibbles(np.asarray(packed, dtype=np.uint8).reshape(n, blocks, BLOCK // 2))
-    zero = _nibbles(np.asarray(zero_points, dtype=np.uint8).reshape(n, -1))[:, :blocks].astype(np.float32)
-    scale = np.asarray(scales, dtype=np.float32).reshape(n, blocks)
+    weights = np.asarray(codes, dtype=np.uint8).reshape(n, blocks, BLOCK)
     # group, block, chunk of 8 weights, row, nibble (low: k = 8c+j, high: 8c+4+j), j
     six = weights.reshape(groups, ROWS, blocks, 4, 2, 4).transpose(0, 2, 3, 1, 4, 5)
     kernel_weights = np.ascontiguousarray(six[..., 0, :] | (six[..., 1, :] << 4)).reshape(-1)
     by_group = lambda values: np.ascontiguousarray(  # noqa: E731
-        values.astype(np.float16).reshape(groups, ROWS, blocks).transpose(0, 2, 1)).reshape(-1)
-    return kernel_weights, by_group(scale), by_group(zero * scale)
+        np.asarray(values).astype(np.float16).reshape(groups, ROWS, blocks).transpose(0, 2, 1)).reshape(-1)
+    return kernel_weights, by_group(scale), by_group(offset)
 
 
 def _nibbles(packed: Any) -> Any:
