@@ -79,3 +79,26 @@ async def test_through_the_server_typing_on_a_line_under_a_fim_prompt_reuses_all
         second = await stats(client)
         assert second["requests"] == 2 and first["prompt_tokens"] > 100  # the code below is in the prompt
         assert second["prefill_tokens"] - first["prefill_tokens"] <= 6
+
+
+async def test_a_file_opened_is_prefilled_from_its_start_so_a_fim_request_anywhere_reuses_the_lines_above(fim_model):
+    """The pre-fill on opening cannot know where the cursor will be: with FIM it is the prefix marker and the
+    file's lines, the start every FIM prompt in the file shares."""
+    from conftest import inline, open_doc, phils_server, stats, wait_until
+
+    uri = "file:///work/fim_opened.py"
+    body = "".join(f"    value_{n} = compute_{n}(value_{n - 1})\n" for n in range(1, 40))
+    source = "def run(value_0):\n" + body + "    \n" + "".join(f"    check_{n}(value_39)\n" for n in range(10))
+    cursor_line = source.count("\n", 0, source.index("    \n") + 1) - 1
+    async with phils_server("--model", str(fim_model), "--set", "engine.max_new_tokens=4",
+                            "--set", "completion.warmup_ms=50", "--set", "completion.python_syntax=false") as client:
+        open_doc(client, uri, source)
+        warmed = await wait_until(client, lambda s: s["warmups"] >= 1 and not s["busy"])
+        await inline(client, uri, cursor_line, 4)
+        first = await stats(client)
+    assert first["requests"] == 1 and warmed["warmup_tokens"] > 300
+    # Computed at the request: the code below, the markers and the cursor's line; the 40 lines above
+    # (most of the prompt) were pre-filled. Pre-filling the prompt for the cursor at the file's end
+    # (code format: nothing below it) shared nothing with this one.
+    assert first["prefill_tokens"] < first["prompt_tokens"] / 3, (warmed, first)
+

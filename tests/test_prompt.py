@@ -115,3 +115,13 @@ def test_fim_code_below_is_capped_in_tokens_too():
     built = prompt.build_fim(at_marker("def f():\n    █\n" + below), words, 4000, MARKERS, suffix_tokens=20)
     after = built.text.split("<SUF>")[1].split("<MID>")[0]
     assert 0 < words(after) <= 20 and after.endswith("\n")
+
+
+def test_the_opening_prefill_is_how_the_fim_prompt_at_any_line_begins():
+    lines = [f"    step_{n}()\n" for n in range(12)]
+    opening = prompt.fim_opening(at_marker("def f():\n" + "".join(lines) + "█"), words, 1000, MARKERS)
+    for cursor in range(12):
+        source = "def f():\n" + "".join(lines[:cursor]) + "    █" + "".join(lines[cursor + 1:])
+        built = prompt.build_fim(at_marker(source), words, 1000, MARKERS)
+        above = "<PRE>def f():\n" + "".join(lines[:cursor])
+        assert built.text.startswith(above) and opening.text.startswith(above)

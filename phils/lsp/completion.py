@@ -229,20 +229,21 @@ class CompletionService:
         backend = self.backend
         if backend is None or self._in_flight or self._warming:
             return
-        if line < 0:  # just opened: as far into the file as one prompt reaches
+        opening = line < 0
+        if opening:  # just opened: as far into the file as one prompt reaches
             line, character = opening_position(doc.lines, backend.context_tokens - self.settings.engine.max_new_tokens)
         ctx = cursor_context(doc, line, character)  # a snapshot: the loop owns the text
         if ctx is None:
             return
-        task = asyncio.ensure_future(self._warm(backend, ctx))
+        task = asyncio.ensure_future(self._warm(backend, ctx, opening))
         self._warming[ctx.uri] = task
         task.add_done_callback(lambda t: self._warming.pop(ctx.uri, None) if self._warming.get(ctx.uri) is t else None)
 
-    async def _warm(self, backend: Any, ctx: CursorContext) -> None:
+    async def _warm(self, backend: Any, ctx: CursorContext, opening: bool = False) -> None:
         try:
             loop = asyncio.get_running_loop()
             built = await loop.run_in_executor(PROMPT_THREAD, build_prompt, backend, ctx, self.settings,
-                                               self._tail_starts, self.project)
+                                               self._tail_starts, self.project, opening)
             job = EngineJob(document=ctx.uri, prompt=model_prompt(built, backend.heals)[0], max_new_tokens=self.settings.engine.max_new_tokens,
                             warmup=True)
             result = await backend.generate(job)
@@ -363,8 +364,12 @@ def fim_at(backend: Any, settings: Settings, ctx: CursorContext) -> dict[str, st
 
 
 def build_prompt(backend: Any, ctx: CursorContext, settings: Settings, tail_starts: dict[str, int],
-                 index: project.ProjectIndex | None = None) -> prompt.Prompt:
-    """The document's prompt, its tail starting where the last one did if it still fits."""
+                 index: project.ProjectIndex | None = None, opening: bool = False) -> prompt.Prompt:
+    """The document's prompt, its tail starting where the last one did if it still fits.
+
+    ``opening``: the pre-fill of a document just opened, which no request reads yet; with a FIM
+    model, the start all its prompts share (``prompt.fim_opening``).
+    """
     budget = backend.context_tokens - settings.engine.max_new_tokens
     context = ""
     if index is not None and settings.completion.project_context:
@@ -375,6 +380,8 @@ def build_prompt(backend: Any, ctx: CursorContext, settings: Settings, tail_star
             log.warning("project context failed", exc_info=True)
         if settings.log.buffer_text and context:
             log.info("project context: %s", ", ".join(index.chosen(project.path_of(ctx.uri))))
+    if opening and settings.completion.fim == "auto" and getattr(backend, "fim", None):
+        return prompt.fim_opening(ctx, backend.count_tokens, budget, backend.fim, context)
     markers = fim_at(backend, settings, ctx)
     if markers:
         built = prompt.build_fim(ctx, backend.count_tokens, budget, markers, tail_starts.get(ctx.uri), context,

@@ -99,6 +99,21 @@ def build_fim(ctx: CursorContext, count_tokens: Callable[[str], int], budget: in
     return Prompt(text=text, tail_start=tail, fim=True, middle_start=start)
 
 
+def fim_opening(ctx: CursorContext, count_tokens: Callable[[str], int], budget: int, markers: dict[str, str],
+                context: str = "") -> Prompt:
+    """What to pre-fill when a document opens, for a FIM model: the prefix marker and the file's first lines.
+
+    Every FIM prompt in the document begins with them (the lines above its
+    cursor), wherever the first request comes; a prompt written for one cursor
+    position would share only its marker with a request at another. Whole
+    lines from the start up to ``ctx``, as many as fit ``budget``.
+    """
+    above = ctx.prefix[: len(ctx.prefix) - len(ctx.line_prefix)]
+    room = budget - count_tokens(context) - SEAM_TOKENS
+    fitted = _fit_start(above, count_tokens, room) if above and room > 0 else ""
+    return Prompt(text=f"{markers['prefix']}{context}{fitted}", fim=True)
+
+
 # With FIM, the code after the cursor may take up to this share of the prompt (whole lines).
 FIM_SUFFIX_SHARE = 0.25
 # With FIM, lines written since the middle started stay in it up to this many; then it starts at the cursor's
