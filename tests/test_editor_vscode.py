@@ -13,6 +13,7 @@ CI) installs them and makes their absence a failure rather than a skip.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -77,8 +78,10 @@ def tool_env(home: Path) -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-def code_server(tmp_path, tiny_model):
+@contextlib.contextmanager
+def running_code_server(tmp_path: Path, server_args: list[str], source: str):
+    """code-server with the packaged extension, phils started with ``server_args``, ``sample.py`` holding
+    ``source``; yields (the URL that opens the workspace, the workspace, the tools' environment)."""
     home, user_data, extensions, workspace = (tmp_path / d for d in ("home", "user-data", "extensions", "workspace"))
     for d in (home, user_data / "User", extensions, workspace):
         d.mkdir(parents=True)
@@ -88,8 +91,7 @@ def code_server(tmp_path, tiny_model):
                    env=env, check=True, capture_output=True, timeout=300)
     settings = {
         "phils.serverCommand": sys.executable,
-        "phils.serverArgs": ["-m", "phils", "serve", "--model", str(tiny_model), *SERVER_FLAGS,
-                             "--log-file", str(tmp_path / "server.log")],
+        "phils.serverArgs": ["-m", "phils", "serve", *server_args, "--log-file", str(tmp_path / "server.log")],
         # Keep VS Code's own word suggestions out of the way of Tab.
         "editor.quickSuggestions": {"other": "off", "comments": "off", "strings": "off"},
         "editor.suggestOnTriggerCharacters": False,
@@ -98,7 +100,7 @@ def code_server(tmp_path, tiny_model):
         "telemetry.telemetryLevel": "off",
     }
     (user_data / "User" / "settings.json").write_text(json.dumps(settings))
-    (workspace / "sample.py").write_text(SOURCE)
+    (workspace / "sample.py").write_text(source)
     port = free_port()
     process = subprocess.Popen(
         [str(CODE_SERVER), *common, "--auth", "none", "--bind-addr", f"127.0.0.1:{port}",
@@ -115,6 +117,12 @@ def code_server(tmp_path, tiny_model):
             process.wait(10)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@pytest.fixture
+def code_server(tmp_path, tiny_model):
+    with running_code_server(tmp_path, ["--model", str(tiny_model), *SERVER_FLAGS], SOURCE) as running:
+        yield running
 
 
 async def expected_suggestion(tiny_model: Path) -> str:

@@ -2,6 +2,7 @@
 // Python file, type, wait for phils' ghost text, take a screenshot, accept it
 // with Tab and save. Prints one JSON line with what it saw.
 // Usage: node drive_vscode.mjs URL FILE_NAME SCREENSHOT_PATH PROFILE_DIR
+// PHILS_DRIVE_TYPE: what to type at the file's end (" a"); PHILS_DRIVE_ANCHOR: text the open file shows ("return").
 import { createRequire } from "node:module";
 
 // playwright-core lives with the editor tools (NODE_PATH), not beside this file.
@@ -11,6 +12,8 @@ const { chromium } = require("playwright-core");
 const [url, fileName, screenshot, profileDir] = process.argv.slice(2);
 const seen = { status: null, ghost: null, steps: [] };
 const step = (name) => seen.steps.push(name);
+const typed = process.env.PHILS_DRIVE_TYPE ?? " a";
+const anchor = process.env.PHILS_DRIVE_ANCHOR ?? "return";
 
 const context = await chromium.launchPersistentContext(profileDir, {
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
@@ -27,7 +30,7 @@ try {
   step("workbench");
   await page.locator(".explorer-folders-view .monaco-list-row", { hasText: fileName }).dblclick();
   const editor = page.locator(".editor-instance .monaco-editor").first();
-  await editor.locator(".view-lines", { hasText: "return" }).waitFor();
+  await editor.locator(".view-lines", { hasText: anchor }).waitFor();
   step("file open");
   const ready = page.locator(".statusbar-item", { hasText: "phils: ready" });
   await ready.waitFor();
@@ -35,7 +38,7 @@ try {
   step("server ready");
   await editor.locator(".view-lines").click();
   await page.keyboard.press("Control+End");
-  await page.keyboard.type(" a", { delay: 50 });
+  await page.keyboard.type(typed, { delay: 50 });
   const ghost = editor.locator(".ghost-text-decoration").first();
   await ghost.waitFor();
   await page.waitForTimeout(300); // let the decoration settle before the picture
