@@ -40,6 +40,10 @@ def model_file(tmp_path_factory):
     for name, (kind, rows, k) in tensors.items():
         raws[name] = (kind, _raw(kind, rows, k, rng))
         writer.add_tensor(name, raws[name][1], raw_dtype=Q[kind])
+    wide = rng.standard_normal((16, 64)).astype(np.float32) * 0.05
+    wide_raw = gguf.quants.quantize(wide, Q.Q8_0)  # what a "Q4_K_M" file keeps wider (Gemma's attn_v)
+    writer.add_tensor("blk.0.attn_v.weight", wide_raw, raw_dtype=Q.Q8_0)
+    raws["blk.0.attn_v.weight"] = ("Q8_0", wide_raw)
     writer.add_tensor("blk.0.attn_norm.weight", rng.standard_normal(64).astype(np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -88,3 +92,14 @@ def test_in_the_kernels_layout_they_lose_only_the_fp16_rounding_of_scales(model_
     step = np.repeat(blocks.scale, 32, axis=1)
     assert np.abs(own - w).max() < 0.01 * step.max()
     assert np.abs(again - w).mean() > 10 * np.abs(own - w).mean()
+
+
+def test_rows_the_file_stores_wider_are_recognised_not_taken(model_file):
+    """A Q8_0 matrix is no 4-bit block: the build gives the matrix holding its rows 8 bits (int4_gguf = keep)."""
+    path, dense = model_file
+    own = GgufBlocks(path)
+    wide, q = dense["blk.0.attn_v.weight"], dense["blk.0.attn_q.weight"]
+    assert own.wider(wide) == 16 and own.wider(q) == 0
+    fused = np.concatenate([q, wide])  # q, k and v in one matrix
+    found, _ = own.find(fused)
+    assert own.wider(fused) == 16 and found.tolist() == [True] * 48 + [False] * 16
