@@ -283,6 +283,15 @@ def test_a_gguf_keeps_its_own_4bit_blocks_and_so_the_full_models_answers(phils_c
     assert agree(kept) >= 0.9 and agree(kept) > agree(again) + 0.1, (agree(kept), agree(again))
 
 
+@pytest.mark.skipif(q4_kernel.unavailable_reason() is not None,
+                    reason=f"a GGUF's own blocks run on phils' kernels: {q4_kernel.unavailable_reason()}")
+def test_a_gguf_whose_blocks_cannot_be_read_still_builds(tiny80_model, tmp_path):
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF but not really")
+    record = build_int4(tiny80_model, tmp_path / "built", kernel=True, gguf=broken, gguf_mode="keep")
+    assert record["gguf"] is None and (tmp_path / "built" / "model.onnx").is_file()
+
+
 def test_an_already_quantized_checkpoint_is_refused_with_a_way_out(tmp_path):
     from phils.tools.testmodel import make_random_gptq
 

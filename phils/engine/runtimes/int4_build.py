@@ -128,7 +128,12 @@ def _build_here(checkpoint: str, target: str, block_size: int, accuracy_level: i
     from onnxruntime_genai.models import builder
 
     started = time.monotonic()
-    own = GgufBlocks(gguf) if gguf else None
+    own = None
+    if gguf:
+        try:
+            own = GgufBlocks(gguf)
+        except Exception as exc:  # the blocks are a refinement: a file gguf-py cannot read still builds
+            log.warning("cannot read the 4-bit blocks of %s (%s): its weights are quantized again", gguf, exc)
     counts = {"rows_from_gguf": 0, "rows_quantized": 0, "rows_8bit": 0}
     cache = str(Path(target) / "cache")
     # A tied output head stays its own matrix (the embeddings a plain Gather): the head's precision is ours to set.
@@ -141,7 +146,9 @@ def _build_here(checkpoint: str, target: str, block_size: int, accuracy_level: i
     kv_fp16 = kernel and _attention_on_kernel(Path(target) / "model.onnx")
     record = {"source": str(Path(checkpoint).resolve()), "block_size": block_size, "accuracy_level": accuracy_level,
               "head": head, "symmetric": symmetric, "clip_search": clip_search, "kernel": kernel, "kv_fp16": kv_fp16,
-              "gguf": gguf or None, "gguf_mode": gguf_mode if gguf else None, **(counts if own else {}), "seconds": round(time.monotonic() - started, 1),
+              "gguf": gguf if own else None,
+              "gguf_mode": gguf_mode if own else None, **(counts if own else {}),
+              "seconds": round(time.monotonic() - started, 1),
               "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
     (Path(target) / BUILD_RECORD).write_text(json.dumps(record, indent=2))
 
