@@ -352,15 +352,18 @@ def opening_position(lines: list[str], budget_tokens: int) -> tuple[int, int]:
 MIDDLE_START = "\x1fmiddle"  # with the document's URI: the key of its FIM prompt's middle start in tail_starts
 
 
+def fim_markers(backend: Any, settings: Settings) -> dict[str, str] | None:
+    """The model's fill-in-the-middle markers where its prompts may be written with them (``completion.fim``)."""
+    return getattr(backend, "fim", None) if settings.completion.fim == "auto" else None
+
+
 def fim_at(backend: Any, settings: Settings, ctx: CursorContext) -> dict[str, str] | None:
     """The model's fill-in-the-middle markers where the prompt at ``ctx`` is written with them.
 
     Only with code below to read: at the end of a function with nothing after it, HumanEval through
     phils (Qwen2.5-Coder 1.5B int4, first 40) passed 23 with an empty FIM suffix and 27 in code format.
     """
-    if settings.completion.fim != "auto" or not ctx.suffix.strip():
-        return None
-    return getattr(backend, "fim", None)
+    return fim_markers(backend, settings) if ctx.suffix.strip() else None
 
 
 def build_prompt(backend: Any, ctx: CursorContext, settings: Settings, tail_starts: dict[str, int],
@@ -380,8 +383,8 @@ def build_prompt(backend: Any, ctx: CursorContext, settings: Settings, tail_star
             log.warning("project context failed", exc_info=True)
         if settings.log.buffer_text and context:
             log.info("project context: %s", ", ".join(index.chosen(project.path_of(ctx.uri))))
-    if opening and settings.completion.fim == "auto" and getattr(backend, "fim", None):
-        return prompt.fim_opening(ctx, backend.count_tokens, budget, backend.fim, context)
+    if opening and (markers := fim_markers(backend, settings)):
+        return prompt.fim_opening(ctx, backend.count_tokens, budget, markers, context)
     markers = fim_at(backend, settings, ctx)
     if markers:
         built = prompt.build_fim(ctx, backend.count_tokens, budget, markers, tail_starts.get(ctx.uri), context,

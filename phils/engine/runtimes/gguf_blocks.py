@@ -41,6 +41,10 @@ class Blocks:
     scale: np.ndarray  # [rows, K/32] fp32
     offset: np.ndarray  # [rows, K/32] fp32
 
+    @classmethod
+    def zeros(cls, rows: int, k: int) -> "Blocks":
+        return cls(np.zeros((rows, k), dtype=np.uint8), *np.zeros((2, rows, k // BLOCK), dtype=np.float32))
+
     def values(self) -> np.ndarray:
         """The weights (Q4_1 and Q4_K as gguf's dequantizer computes them, bit for bit; Q4_0 to a float's rounding)."""
         rows, k = self.codes.shape
@@ -140,18 +144,14 @@ class GgufBlocks:
         """How many rows of ``weight`` [N, K] the file stores with more than 4 bits a weight."""
         return sum(_key(row) in self._wider for row in weight) if self._wider else 0
 
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def find(self, weight: np.ndarray) -> tuple[np.ndarray, Blocks | None]:
-        """For ``weight`` [N, K] fp32: which rows are a GGUF tensor's rows exactly, and their blocks (in order)."""
+    def find(self, weight: np.ndarray) -> tuple[np.ndarray, Blocks]:
+        """For ``weight`` [N, K] fp32: which rows are a GGUF tensor's rows exactly, and the blocks of those
+        (in ``weight``'s order; zeros for the other rows)."""
         n, k = weight.shape
         found = np.zeros(n, dtype=bool)
-        if k % BLOCK or not self._rows:
-            return found, None
-        codes = np.zeros((n, k), dtype=np.uint8)
-        scale = np.zeros((n, k // BLOCK), dtype=np.float32)
-        offset = np.zeros_like(scale)
+        out = Blocks.zeros(n, k)
+        if k % BLOCK:  # no GGUF block spans such rows
+            return found, out
         wanted: dict[int, list[tuple[int, int]]] = {}
         for row in range(n):
             hit = self._rows.get(_key(weight[row]))
@@ -169,6 +169,6 @@ class GgufBlocks:
             tolerance = 1e-5 * np.repeat(np.abs(blocks.scale), BLOCK, axis=1)
             same = (np.abs(blocks.values() - weight[ours]) <= tolerance).all(axis=1)
             ours, rows = ours[same], np.flatnonzero(same)
-            codes[ours], scale[ours], offset[ours] = blocks.codes[rows], blocks.scale[rows], blocks.offset[rows]
+            out.codes[ours], out.scale[ours], out.offset[ours] = blocks.codes[rows], blocks.scale[rows], blocks.offset[rows]
             found[ours] = True
-        return found, Blocks(codes, scale, offset) if found.any() else None
+        return found, out

@@ -27,7 +27,7 @@ from typing import Any, Iterator
 from ...config import INT4_GGUF
 from ..errors import ModelLoadError
 from . import q4_kernel
-from .gguf_blocks import GgufBlocks
+from .gguf_blocks import Blocks, GgufBlocks
 from .int4_quant import quantize_blocks
 from .mapping import checkpoint_ranges, drop_mapped
 
@@ -268,36 +268,40 @@ def _emit_nbits(model: Any, weight: Any, name: str, root_input: str, kwargs: dic
 
     attrs = model.quant_attrs
     block_size, symmetric = int(attrs["matmul_block_size"]), bool(attrs["is_symmetric"])
-    with torch.no_grad():
-        matrix = np.ascontiguousarray(weight.detach().to(torch.float32).T.numpy())  # [K, N]
-    if bits == 4 and clip_search:
-        packed, scales, zero_points = quantize_blocks(matrix, block_size, symmetric)
-    else:
+
+    def quantized(matrix: Any) -> tuple[Any, Any, Any]:
+        """MatMulNBits' tensors of ``matrix`` [K, N]."""
+        if bits == 4 and clip_search:
+            return quantize_blocks(matrix, block_size, symmetric)
         config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=symmetric,
                                               accuracy_level=attrs["accuracy_level"], bits=bits)
-        packed, scales, zero_points = DefaultWeightOnlyQuantizer(config).qbits_block_quant(matrix)
-    rows, cols = matrix.shape
-    del matrix
+        return DefaultWeightOnlyQuantizer(config).qbits_block_quant(matrix)
+
+    with torch.no_grad():
+        dense = weight.detach().to(torch.float32).numpy()  # [N, K]
+    rows, cols = dense.shape[1], dense.shape[0]
     tensor = name[1:].replace("/", ".") + ".weight"
     output = "logits" if kwargs.get("logits", False) else f"{name}/output_0"
     if kernel and q4_kernel.fits(rows, cols, block_size, bits, symmetric):
-        codes, scale, offset = q4_kernel.blocks_of(packed, scales, zero_points, rows, cols)
-        if own is not None:
-            found, blocks = own.find(np.ascontiguousarray(weight.detach().to(torch.float32).numpy()))
-            if blocks is not None:
-                codes[found], scale[found], offset[found] = (blocks.codes[found], blocks.scale[found],
-                                                             blocks.offset[found])
-            if counts is not None:
-                counts["rows_from_gguf"] += int(found.sum())
-                counts["rows_quantized"] += int((~found).sum())
+        # The rows a GGUF file holds in 4 bits keep its blocks; only the others are quantized (each
+        # output row's blocks are quantized on their own, so the rest come out as they would in the whole).
+        found, blocks = own.find(dense) if own is not None else (np.zeros(cols, dtype=bool), Blocks.zeros(cols, rows))
+        rest = ~found
+        if rest.any():
+            blocks.codes[rest], blocks.scale[rest], blocks.offset[rest] = q4_kernel.blocks_of(
+                *quantized(np.ascontiguousarray(dense[rest].T)), rows, int(rest.sum()))
+        if counts is not None and own is not None:
+            counts["rows_from_gguf"] += int(found.sum())
+            counts["rows_quantized"] += int(rest.sum())
         tensors = dict(zip(("_Q4K", "_Q4K_scales", "_Q4K_zero_scales"),
-                           q4_kernel.layout(codes, scale, offset, rows, cols)))
+                           q4_kernel.layout(blocks.codes, blocks.scale, blocks.offset, rows, cols)))
         for suffix, values in tensors.items():
             model.make_initializer(values, tensor + suffix)
         model.graph.opset_imports[q4_kernel.DOMAIN] = 1
         model.make_node("Q4MatMul", inputs=[root_input, *(tensor + suffix for suffix in tensors)], outputs=[output],
                         name=name + "_Q4K", domain=q4_kernel.DOMAIN, K=rows, N=cols)
     else:
+        packed, scales, zero_points = quantized(np.ascontiguousarray(dense.T))
         inputs = [root_input, tensor + f"_Q{bits}", tensor + "_scales"]
         model.make_initializer(packed, tensor + f"_Q{bits}")
         model.make_initializer(scales.astype(np.float32), tensor + "_scales")
