@@ -292,9 +292,12 @@ def test_a_gguf_whose_blocks_cannot_be_read_still_builds(tiny80_model, tmp_path)
     assert record["gguf"] is None and (tmp_path / "built" / "model.onnx").is_file()
 
 
-def test_an_already_quantized_checkpoint_is_refused_with_a_way_out(tmp_path):
-    from phils.tools.testmodel import make_random_gptq
+def test_a_checkpoint_quantized_another_way_is_refused_with_a_way_out(tiny80_model, tmp_path):
+    import shutil
 
-    gptq = make_random_gptq(tmp_path / "gptq", shape="tiny80", group_size=32)
-    with pytest.raises(ModelLoadError, match="already gptq.*microsoft/phi-2"):
-        load_model(EngineSettings(model=str(gptq), quantize="int4", cache_dir=str(tmp_path / "cache")))
+    awq = tmp_path / "awq"
+    shutil.copytree(tiny80_model, awq)
+    config = json.loads((awq / "config.json").read_text())
+    (awq / "config.json").write_text(json.dumps({**config, "quantization_config": {"quant_method": "awq", "bits": 4}}))
+    with pytest.raises(ModelLoadError, match="is awq.*microsoft/phi-2"):
+        load_model(EngineSettings(model=str(awq), quantize="int4", cache_dir=str(tmp_path / "cache")))

@@ -34,6 +34,8 @@ PHILS_RUNTIMES = {
     # A GGUF model (engine.int4_gguf): its own 4-bit blocks, the rest 4-bit too; or every weight rounded again.
     "int4-gguf-4bit": ["engine.quantize=int4", "engine.int4_gguf=4bit"],
     "int4-requantize": ["engine.quantize=int4", "engine.int4_gguf=requantize"],
+    # A GPTQ checkpoint of the same shape (--gptq-model) on the int4 path: its own blocks (cpu-gptq).
+    "gptq": ["engine.quantize=int4"],
 }
 LLAMA = "llama.cpp"
 MEMORY = {"VmRSS:": ("rss_mb", 1024), "VmHWM:": ("peak_mb", 1024)}
@@ -44,8 +46,8 @@ def run(args: Any) -> int:
     replay = plan_replay(Path(args.file), source, args.prompt_lines, args.requests)
     runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
     unknown = [r for r in runtimes if r not in PHILS_RUNTIMES and r != LLAMA]
-    if unknown or (LLAMA in runtimes and not (args.gguf and args.llama_server)):
-        raise SystemExit(f"unknown runtimes {unknown}; {LLAMA} needs --gguf and --llama-server")
+    if unknown or (LLAMA in runtimes and not (args.gguf and args.llama_server)) or ("gptq" in runtimes and not args.gptq_model):
+        raise SystemExit(f"unknown runtimes {unknown}; {LLAMA} needs --gguf and --llama-server, gptq --gptq-model")
     bandwidth = measure_bandwidth()
     results: dict[str, Any] = {}
     for runtime in runtimes:
@@ -78,7 +80,8 @@ async def _run_one(runtime: str, args: Any, replay: Replay) -> dict[str, Any]:
         extra += PHILS_RUNTIMES[runtime]
     memory: dict[str, Any] = {}
     try:
-        result = await run_mode("cache-on", args.model, replay, args.new_tokens, extra, args.requests, args.typing_ms,
+        model = args.gptq_model if runtime == "gptq" else args.model
+        result = await run_mode("cache-on", model, replay, args.new_tokens, extra, args.requests, args.typing_ms,
                                 on_done=lambda client: memory.update(_memory_of(server.pid if server else _pid(client))))
     finally:
         if server is not None:
@@ -138,7 +141,7 @@ def _weight_bytes(runtime: str, args: Any) -> int | None:
     """The bytes a decode step reads for weights: what the runtime loaded, not the fp32 checkpoint."""
     if runtime == LLAMA:
         return Path(args.gguf).stat().st_size
-    if runtime.startswith("int4"):
+    if runtime.startswith("int4") or runtime == "gptq":
         from ..config import EngineSettings
         from ..engine.runtimes import q4_kernel
         from ..engine.runtimes.int4_build import variant_name
@@ -149,10 +152,11 @@ def _weight_bytes(runtime: str, args: Any) -> int | None:
         block = int(chosen.get("engine.int4_block", default.int4_block))
         kernel = (q4_kernel.wanted(chosen.get("engine.int4_kernel", default.int4_kernel), block)
                   and q4_kernel.unavailable_reason() is None)
-        gguf = chosen.get("engine.int4_gguf", default.int4_gguf) if not Path(args.model).is_dir() else "requantize"
-        variant = variant_name(block, default.int4_head, kernel, gguf)
+        model = args.gptq_model if runtime == "gptq" else args.model
+        gguf = chosen.get("engine.int4_gguf", default.int4_gguf) if not Path(model).is_dir() else "requantize"
+        variant = variant_name(block, default.int4_head, kernel, gguf, gptq=runtime == "gptq")
         # A checkpoint directory names its builds; a package or .gguf model: the newest build of this variant.
-        stem = f"{Path(args.model).name}-*" if Path(args.model).is_dir() else "*"
+        stem = f"{Path(model).name}-*" if Path(model).is_dir() else "*"
         built = sorted((cache_root() / "onnx-int4").glob(f"{stem}-{variant}/model.onnx.data"),
                        key=lambda p: p.stat().st_mtime)
         return built[-1].stat().st_size if built else None

@@ -133,6 +133,9 @@ def make_random_gptq(directory: str | Path, shape: str = "phi-2", bits: int = 4,
         tensors[f"{p}.input_layernorm.bias"] = torch.zeros(hidden).half()
         for proj in ("q_proj", "k_proj", "v_proj", "dense"):
             tensors.update(quantized(f"{p}.self_attn.{proj}", hidden, hidden))
+        # q, k and v see the same input, so a calibration orders their channels alike
+        for proj in ("k_proj", "v_proj"):
+            tensors[f"{p}.self_attn.{proj}.g_idx"] = tensors[f"{p}.self_attn.q_proj.g_idx"].clone()
         tensors.update(quantized(f"{p}.mlp.fc1", hidden, inter))
         tensors.update(quantized(f"{p}.mlp.fc2", inter, hidden))
     save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})

@@ -9,6 +9,7 @@ next start takes seconds instead of a minute.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import json
@@ -18,7 +19,7 @@ import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ...config import INT4_BLOCKS, EngineSettings
 from ...machine import usable_cores
@@ -28,6 +29,7 @@ from ..runtimes import q4_kernel
 from .adapters import apply_adapter
 from ..errors import ModelLoadError
 from ..runtimes.int8 import quantize_linears
+from ..runtimes.gptq_blocks import dequantize_checkpoint, is_gptq
 from ..runtimes.int4_build import build_int4, drop_stale_builds, variant_name
 from ..runtimes.mapping import own_copies
 from ..runtimes.runtime_torch import TorchRuntime
@@ -172,24 +174,28 @@ def _load_int4(settings: EngineSettings, source: ModelSource, cache: Path, token
                              "model (peft's merge_and_unload) and point engine.model at the result")
     checkpoint = _checkpoint_directory(source, settings)
     described = json.loads((checkpoint / "config.json").read_text()) if (checkpoint / "config.json").is_file() else {}
-    if isinstance(described.get("quantization_config"), dict):
-        # onnxruntime-genai 0.18 reads GPTQ weights only under Llama-style names (not Phi's fc1/fc2).
+    gptq = is_gptq(described)
+    if isinstance(described.get("quantization_config"), dict) and not gptq:
         method = described["quantization_config"].get("quant_method", "quantized")
-        raise ModelLoadError(f"engine.quantize = int4 builds from full-precision weights, and {settings.model} is "
-                             f"already {method}: point engine.model at the original model (microsoft/phi-2), "
-                             "or use the cpu-gptq profile for this checkpoint")
+        raise ModelLoadError(f"engine.quantize = int4 builds from full-precision or GPTQ weights, and {settings.model} "
+                             f"is {method}: point engine.model at the original model (microsoft/phi-2)")
     stem = f"{checkpoint.name}-{_cache_key(_weight_files(checkpoint))}"
     kernel = q4_kernel.library(cache) if q4_kernel.wanted(settings.int4_kernel, settings.int4_block) else None
 
     gguf_mode = settings.int4_gguf if gguf else "requantize"
 
     def runtime_for(kernel: Path | None) -> GenaiRuntime:
-        variant = variant_name(settings.int4_block, settings.int4_head, kernel is not None, gguf_mode)
+        variant = variant_name(settings.int4_block, settings.int4_head, kernel is not None, gguf_mode, gptq)
         target = cache / "onnx-int4" / f"{stem}-{variant}"
         if not (target / "genai_config.json").is_file():
             report("building the 4-bit ONNX model (first start only)", 55)
-            built = build_int4(checkpoint, target, block_size=settings.int4_block, head=settings.int4_head,
-                               kernel=kernel is not None, gguf=gguf, gguf_mode=gguf_mode)
+            with _dequantized_gptq(checkpoint, cache, stem) if gptq else contextlib.nullcontext(checkpoint) as full:
+                if gptq and kernel is None:
+                    log.warning("%s: without phils' kernels its GPTQ weights are quantized again for ONNX Runtime's "
+                                "(slower, and further from the checkpoint)", settings.model)
+                built = build_int4(full, target, block_size=settings.int4_block, head=settings.int4_head,
+                                   kernel=kernel is not None, gguf=gguf, gguf_mode=gguf_mode,
+                                   gptq=checkpoint if gptq else None)
             log.info("built %s in %.0f s, peak memory %.1f GB", target, built["seconds"], built["peak_rss_bytes"] / 1e9)
             for stale in drop_stale_builds(target.parent, stem, INT4_BLOCKS):
                 log.info("removed %s: built by an older phils, never loaded again", stale)
@@ -212,6 +218,22 @@ def _load_int4(settings: EngineSettings, source: ModelSource, cache: Path, token
     kernels = "phils' AVX-512 VNNI kernels" if kernel else "ONNX Runtime's kernels"
     return LoadedModel(None, tokenizer, "cpu", f"int4 weights, int8 activations (ONNX Runtime GenAI, {kernels})",
                        source, seconds, runtime)
+
+
+@contextlib.contextmanager
+def _dequantized_gptq(checkpoint: Path, cache: Path, stem: str) -> Iterator[Path]:
+    """The GPTQ checkpoint as fp16 weights, for the build only (Phi-2: 5.6 GB, removed once built)."""
+    target = cache / "converted" / f"{stem}-dequantized"
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
+    try:
+        dequantize_checkpoint(checkpoint, partial)
+    except (OSError, ValueError, KeyError) as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise ModelLoadError(f"cannot read the GPTQ checkpoint {checkpoint}: {exc}") from exc
+    try:
+        yield partial
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def _checkpoint_directory(source: ModelSource, settings: EngineSettings) -> Path:

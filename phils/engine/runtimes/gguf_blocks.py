@@ -40,6 +40,8 @@ class Blocks:
     codes: np.ndarray  # [rows, K] uint8, 0..15
     scale: np.ndarray  # [rows, K/32] fp32
     offset: np.ndarray  # [rows, K/32] fp32
+    # The input channels' order along K (None: as the matrix has them): act-order GPTQ's groups made runs.
+    perm: np.ndarray | None = None
 
     @classmethod
     def zeros(cls, rows: int, k: int) -> "Blocks":

@@ -28,6 +28,7 @@ from ...config import INT4_GGUF
 from ..errors import ModelLoadError
 from . import q4_kernel
 from .gguf_blocks import Blocks, GgufBlocks
+from .gptq_blocks import GptqBlocks
 from .int4_quant import quantize_blocks
 from .mapping import checkpoint_ranges, drop_mapped
 
@@ -53,10 +54,11 @@ CLIP_SEARCH = True
 BUILD_RECORD = "phils-build.json"
 
 
-def variant_name(block_size: int, head: str, kernel: bool = False, gguf: str = "requantize") -> str:
+def variant_name(block_size: int, head: str, kernel: bool = False, gguf: str = "requantize", gptq: bool = False) -> str:
     """How this version names a build in the cache: everything the file depends on besides the weights."""
+    own = ("-gptq" if gptq else f"-gguf-{gguf}" if gguf != "requantize" else "") if kernel else ""
     return (f"b{block_size}-a{ACCURACY_LEVEL}-{'sym' if SYMMETRIC else 'asym'}{'-clip' if CLIP_SEARCH else ''}"
-            f"-head-{head}{'-kernels' if kernel else ''}{f'-gguf-{gguf}' if kernel and gguf != 'requantize' else ''}")
+            f"-head-{head}{'-kernels' if kernel else ''}{own}")
 
 
 def drop_stale_builds(root: Path, stem: str, block_sizes: tuple[int, ...]) -> list[Path]:
@@ -66,8 +68,8 @@ def drop_stale_builds(root: Path, stem: str, block_sizes: tuple[int, ...]) -> li
     Phi-2) would otherwise stay on disk beside its replacement; the variants
     a setting can still ask for (other blocks or heads) stay.
     """
-    current = {variant_name(block, head, kernel, gguf) for block in block_sizes for head in HEADS
-               for kernel in (False, True) for gguf in INT4_GGUF}
+    current = {variant_name(block, head, kernel, gguf, gptq) for block in block_sizes for head in HEADS
+               for kernel in (False, True) for gguf in INT4_GGUF for gptq in (False, True)}
     dropped = []
     for path in root.glob(f"{stem}-*"):
         variant = path.name[len(stem) + 1:]
@@ -80,12 +82,16 @@ def drop_stale_builds(root: Path, stem: str, block_sizes: tuple[int, ...]) -> li
 def build_int4(checkpoint: str | Path, target: Path, block_size: int = BLOCK_SIZE,
                accuracy_level: int = ACCURACY_LEVEL, head: str = HEAD, symmetric: bool = SYMMETRIC,
                clip_search: bool = CLIP_SEARCH, kernel: bool = False, gguf: Path | None = None,
-               gguf_mode: str = "keep") -> dict[str, Any]:
+               gguf_mode: str = "keep", gptq: Path | None = None) -> dict[str, Any]:
     """Write the 4-bit ONNX model of the transformers checkpoint directory ``checkpoint`` to ``target``.
 
     ``gguf``: the GGUF file ``checkpoint`` was dequantized from; with ``kernel``, its own 4-bit
     blocks are used as they are (``gguf_blocks``), and with ``gguf_mode`` "keep" the matrices it
     stores wider than 4 bits are 8-bit.
+
+    ``gptq``: the GPTQ checkpoint ``checkpoint`` was dequantized from (``gptq_blocks``); with
+    ``kernel``, its 4-bit blocks are used as they are (act-order's channels reordered), and an
+    8-bit checkpoint's matrices are 8-bit.
 
     ``kernel``: the 4-bit matrices the kernel can run are ``phils.Q4MatMul``
     nodes (``q4_kernel``), in its layout, the others stay MatMulNBits; and
@@ -104,7 +110,8 @@ def build_int4(checkpoint: str | Path, target: Path, block_size: int = BLOCK_SIZ
     command = [sys.executable, "-m", __name__, str(checkpoint), str(partial), str(block_size), str(accuracy_level), head,
                "symmetric" if symmetric else "asymmetric", "clip-search" if clip_search else "rtn",
                "q4-kernel" if kernel else "matmulnbits",
-               str(gguf) if kernel and gguf and gguf_mode != "requantize" else "", gguf_mode]
+               str(gptq or gguf) if kernel and (gptq or gguf and gguf_mode != "requantize") else "",
+               "keep" if gptq else gguf_mode]
     child = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            text=True, errors="replace")
     if child.returncode != 0 or not (partial / BUILD_RECORD).is_file():
@@ -128,13 +135,14 @@ def _build_here(checkpoint: str, target: str, block_size: int, accuracy_level: i
     from onnxruntime_genai.models import builder
 
     started = time.monotonic()
-    own = None
+    own: GgufBlocks | GptqBlocks | None = None
     if gguf:
         try:
-            own = GgufBlocks(gguf)
-        except Exception as exc:  # the blocks are a refinement: a file gguf-py cannot read still builds
+            own = GptqBlocks(gguf) if Path(gguf).is_dir() else GgufBlocks(gguf)
+        except Exception as exc:  # the blocks are a refinement: a file that cannot be read still builds
             log.warning("cannot read the 4-bit blocks of %s (%s): its weights are quantized again", gguf, exc)
-    counts = {"rows_from_gguf": 0, "rows_quantized": 0, "rows_8bit": 0}
+    kind = "gptq" if isinstance(own, GptqBlocks) else "gguf"
+    counts = {f"rows_from_{kind}": 0, "rows_quantized": 0, "rows_8bit": 0}
     cache = str(Path(target) / "cache")
     # A tied output head stays its own matrix (the embeddings a plain Gather): the head's precision is ours to set.
     options = [f"block_size={block_size}", f"accuracy_level={accuracy_level}", "shared_embeddings=false",
@@ -146,8 +154,8 @@ def _build_here(checkpoint: str, target: str, block_size: int, accuracy_level: i
     kv_fp16 = kernel and _attention_on_kernel(Path(target) / "model.onnx")
     record = {"source": str(Path(checkpoint).resolve()), "block_size": block_size, "accuracy_level": accuracy_level,
               "head": head, "symmetric": symmetric, "clip_search": clip_search, "kernel": kernel, "kv_fp16": kv_fp16,
-              "gguf": gguf if own else None,
-              "gguf_mode": gguf_mode if own else None, **(counts if own else {}),
+              kind: gguf if own else None,
+              f"{kind}_mode": gguf_mode if own else None, **(counts if own else {}),
               "seconds": round(time.monotonic() - started, 1),
               "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
     (Path(target) / BUILD_RECORD).write_text(json.dumps(record, indent=2))
@@ -192,7 +200,7 @@ def _attention_on_kernel(path: Path) -> bool:
 
 
 @contextlib.contextmanager
-def _quantize_as_emitted(head: str, clip_search: bool, kernel: bool = False, own: GgufBlocks | None = None,
+def _quantize_as_emitted(head: str, clip_search: bool, kernel: bool = False, own: GgufBlocks | GptqBlocks | None = None,
                          counts: dict[str, int] | None = None, keep_wider: bool = False) -> Iterator[None]:
     from onnxruntime_genai.models import builder
 
@@ -252,12 +260,13 @@ def _quantizing(model: Any) -> bool:
 
 
 def _emit_nbits(model: Any, weight: Any, name: str, root_input: str, kwargs: dict[str, Any], bits: int,
-                clip_search: bool = False, kernel: bool = False, own: GgufBlocks | None = None,
+                clip_search: bool = False, kernel: bool = False, own: GgufBlocks | GptqBlocks | None = None,
                 counts: dict[str, int] | None = None) -> None:
     """A MatMulNBits node for ``root_input @ weight.T``, named as onnxruntime's quantizer names it.
 
     With ``kernel``, a ``phils.Q4MatMul`` node where our kernel can run the matrix (same quantized
-    values, its layout); with ``own`` too, the rows a GGUF file holds in 4 bits keep its blocks.
+    values, its layout); with ``own`` too, the rows a GGUF file or GPTQ checkpoint holds in 4 bits keep
+    its blocks, in their input-channel order (a Gather reorders the activations to match).
     """
     import numpy as np
     import torch
@@ -287,12 +296,22 @@ def _emit_nbits(model: Any, weight: Any, name: str, root_input: str, kwargs: dic
         # output row's blocks are quantized on their own, so the rest come out as they would in the whole).
         found, blocks = own.find(dense) if own is not None else (np.zeros(cols, dtype=bool), Blocks.zeros(cols, rows))
         rest = ~found
-        if rest.any():
+        if rest.any():  # in the found rows' channel order, so that one Gather serves the whole matrix
+            source = dense[rest] if blocks.perm is None else dense[rest][:, blocks.perm]
             blocks.codes[rest], blocks.scale[rest], blocks.offset[rest] = q4_kernel.blocks_of(
-                *quantized(np.ascontiguousarray(dense[rest].T)), rows, int(rest.sum()))
+                *quantized(np.ascontiguousarray(source.T)), rows, int(rest.sum()))
         if counts is not None and own is not None:
-            counts["rows_from_gguf"] += int(found.sum())
+            counts[next(key for key in counts if key.startswith("rows_from_"))] += int(found.sum())
             counts["rows_quantized"] += int(rest.sum())
+        if blocks.perm is not None:
+            permuted = f"{name}/Gather/output_0"
+            model.make_initializer(blocks.perm.astype(np.int64), tensor + "_perm")
+            model.make_node("Gather", inputs=[root_input, tensor + "_perm"], outputs=[permuted], name=name + "_perm",
+                            axis=-1)
+            model.make_value(permuted, model.io_dtype,
+                             shape=model.make_hidden_state_shape(seq_dim=kwargs.get("seq_dim", "sequence_length"),
+                                                                 last_dim=rows))
+            root_input = permuted
         tensors = dict(zip(("_Q4K", "_Q4K_scales", "_Q4K_zero_scales"),
                            q4_kernel.layout(blocks.codes, blocks.scale, blocks.offset, rows, cols)))
         for suffix, values in tensors.items():
