@@ -378,6 +378,8 @@ def _parser() -> argparse.ArgumentParser:
     midcode.add_argument("--holes", type=int, default=20, help="modules, one blanked line each")
     midcode.add_argument("--max-line", type=int, default=160, help="holes within a module's first lines (~1 500 tokens)")
     midcode.add_argument("--open-pause", type=float, default=3.0, help="seconds the file is open before the first request")
+    midcode.add_argument("--cursor-notify", choices=("on", "off"), default="on",
+                         help="send phils/didMoveCursor at the hole when the file opens, as phils' editor clients do")
     midcode.add_argument("--burst", type=int, default=4, help="characters typed between pauses")
     midcode.add_argument("--pauses", type=int, default=3, help="pauses (requests) while typing the line back")
     midcode.add_argument("--typing-ms", type=float, default=80, help="time between keystrokes in a burst")

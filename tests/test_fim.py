@@ -102,3 +102,35 @@ async def test_a_file_opened_is_prefilled_from_its_start_so_a_fim_request_anywhe
     # (code format: nothing below it) shared nothing with this one.
     assert first["prefill_tokens"] < first["prompt_tokens"] / 3, (warmed, first)
 
+
+
+async def test_where_the_cursor_rests_the_suggestion_is_computed_before_the_editor_asks(fim_model):
+    """phils' editor clients send phils/didMoveCursor when the cursor stops: the suggestion there (its whole
+    FIM prompt, the code below too) is computed while the user reads, and the first request there is answered
+    with it. A later position supersedes an earlier one; params that cannot be read, a document never
+    opened or a position past its end are ignored."""
+    from conftest import inline, open_doc, phils_server, stats, wait_until
+
+    uri = "file:///work/fim_cursor.py"
+    body = "".join(f"    value_{n} = compute_{n}(value_{n - 1})\n" for n in range(1, 30))
+    source = "def run(value_0):\n" + body + "    \n" + "".join(f"    check_{n}(value_29)\n" for n in range(20))
+    cursor_line = source.count("\n", 0, source.index("    \n") + 1) - 1
+
+    def cursor(client, line: int, character: int, target: str = uri) -> None:
+        client.protocol.notify("phils/didMoveCursor", {"textDocument": {"uri": target},
+                                                       "position": {"line": line, "character": character}})
+
+    async with phils_server("--model", str(fim_model), "--set", "engine.max_new_tokens=4",
+                            "--set", "completion.warmup_ms=50", "--set", "completion.python_syntax=false") as client:
+        open_doc(client, uri, source)
+        client.protocol.notify("phils/didMoveCursor", {"textDocument": {}, "position": {"line": "x"}})
+        cursor(client, 2, 0, "file:///work/never_opened.py")
+        cursor(client, 10 ** 6, 0)
+        cursor(client, 5, 4)
+        cursor(client, cursor_line, 4)
+        computed = await wait_until(client, lambda s: s["ahead_computed"] >= 1 and not s["busy"])
+        answer = await inline(client, uri, cursor_line, 4)
+        first = await stats(client)
+    assert computed["ahead_computed"] == 1  # one position computed: the one the cursor rested at
+    assert first["requests"] == 1 and first["ahead"] == 1 and first["prefill_tokens"] == 0, first
+    assert answer.items and answer.items[0].insert_text.strip()

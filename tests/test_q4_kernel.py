@@ -59,14 +59,18 @@ def test_only_what_the_kernel_can_run_goes_to_it():
     assert not q4_kernel.fits(80, 160, 32, 4, False) and not q4_kernel.fits(160, 40, 32, 4, False)
 
 
-def _session(kind: str, packed, scales, zeros, k: int, n: int, library: Path | None):
+def _session(kind: str, packed, scales, zeros, k: int, n: int, library: Path | None, perm=None):
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     if kind == "ours":
         w, s, z = q4_kernel.repack(packed, scales, zeros, k, n)
         inits = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(s, "S"), numpy_helper.from_array(z, "Z")]
-        node = helper.make_node("Q4MatMul", ["x", "W", "S", "Z"], ["y"], domain=q4_kernel.DOMAIN, K=k, N=n)
+        inputs = ["x", "W", "S", "Z"]
+        if perm is not None:  # W's columns are x's channels in this order
+            inits.append(numpy_helper.from_array(perm.astype(np.int32), "P"))
+            inputs.append("P")
+        node = helper.make_node("Q4MatMul", inputs, ["y"], domain=q4_kernel.DOMAIN, K=k, N=n)
         domain = helper.make_opsetid(q4_kernel.DOMAIN, 1)
     else:
         inits = [numpy_helper.from_array(packed, "W"), numpy_helper.from_array(scales.astype(np.float32), "S"),
@@ -102,6 +106,21 @@ def test_the_kernel_gives_what_matmulnbits_gives(tmp_path):
     x = rng.standard_normal((1, 8, k)).astype(np.float32)
     assert np.array_equal(ours.run(None, {"x": x})[0][:, 5:6], ours.run(None, {"x": x[:, 5:6]})[0])
     assert q4_kernel.library(tmp_path) == library  # compiled once
+
+
+@needs_kernel
+def test_the_kernel_reads_the_activations_in_the_order_its_columns_are(tmp_path):
+    """Act-order GPTQ: W's column j is input channel perm[j]; the kernel gives x[..., perm] . W^T."""
+    k, n = 128, 32
+    packed, scales, zeros = _quantized(k, n, seed=3)
+    perm = np.random.default_rng(4).permutation(k)
+    library = q4_kernel.library(tmp_path)
+    permuted = _session("ours", packed, scales, zeros, k, n, library, perm=perm)
+    plain = _session("ours", packed, scales, zeros, k, n, library)
+    for tokens in (1, 5):
+        x = np.random.default_rng(tokens).standard_normal((1, tokens, k)).astype(np.float32)
+        assert np.array_equal(permuted.run(None, {"x": x})[0], plain.run(None, {"x": np.ascontiguousarray(x[..., perm])})[0])
+        assert not np.allclose(permuted.run(None, {"x": x})[0], plain.run(None, {"x": x})[0])
 
 
 @needs_kernel

@@ -176,12 +176,47 @@ class CompletionService:
             # that prompt would share only the lines above with this one, and computing it would cut the
             # document's cache back there, costing the user who types on instead its whole prefill.
             return
-        after = accepted(ctx, text)
+        self._start_ahead(backend, accepted(ctx, text))
+
+    def _start_ahead(self, backend: Any, ctx: CursorContext) -> None:
+        """Compute the suggestion at ``ctx`` in the background, for a request there to find done."""
         self._ahead.pop(ctx.uri, None)
-        task = asyncio.ensure_future(self._ahead_of(backend, after))
-        self._ahead_running[ctx.uri] = (after.prefix, after.suffix, task)
+        if (older := self._ahead_running.get(ctx.uri)) is not None:
+            older[2].cancel()
+        task = asyncio.ensure_future(self._ahead_of(backend, ctx))
+        self._ahead_running[ctx.uri] = (ctx.prefix, ctx.suffix, task)
         task.add_done_callback(lambda t: self._ahead_running.pop(ctx.uri, None)
                                if self._ahead_running.get(ctx.uri, (0, 0, None))[2] is t else None)
+
+    def cursor_rests(self, doc: Any, line: int, character: int) -> None:
+        """phils' editor clients say where the cursor rests (phils/didMoveCursor): once it has rested
+        ``warmup_ms``, compute the suggestion there (``completion.ahead``; else pre-fill its prompt), so
+        the first request at a place the user clicked or moved to finds it done. Call on the event loop."""
+        if not self.settings.completion.ahead:
+            self.schedule_warmup(doc, line, character)
+            return
+        delay = self.settings.completion.warmup_ms
+        backend = self.backend
+        if (delay <= 0 or not self.settings.completion.enabled or not self.settings.engine.kv_cache
+                or self.state != "ready" or not backend or not getattr(backend, "warms", False)):
+            return
+        if (timer := self._warm_timers.pop(doc.uri, None)) is not None:
+            timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._warm_timers[doc.uri] = loop.call_later(delay / 1000, self._speculate, doc, line, character)
+
+    def _speculate(self, doc: Any, line: int, character: int) -> None:
+        self._warm_timers.pop(doc.uri, None)
+        backend = self.backend
+        ctx = cursor_context(doc, line, character)
+        if backend is None or self._in_flight or ctx is None:
+            return
+        running = self._ahead_running.get(ctx.uri)
+        if ahead_of(self._ahead.get(ctx.uri), ctx) is not None or (running and running[:2] == (ctx.prefix, ctx.suffix)):
+            return  # computed, or being computed, already
+        for warming in list(self._warming.values()):  # its prompt is the one that matters now
+            warming.cancel()
+        self._start_ahead(backend, ctx)
 
     async def _ahead_of(self, backend: Any, ctx: CursorContext) -> None:
         try:
@@ -227,8 +262,10 @@ class CompletionService:
     def _start_warmup(self, doc: Any, line: int, character: int) -> None:
         self._warm_timers.pop(doc.uri, None)
         backend = self.backend
-        if backend is None or self._in_flight or self._warming:
+        if backend is None or self._in_flight:
             return
+        for running in list(self._warming.values()):  # the newest position supersedes (what it computed stays cached)
+            running.cancel()
         opening = line < 0
         if opening:  # just opened: as far into the file as one prompt reaches
             line, character = opening_position(doc.lines, backend.context_tokens - self.settings.engine.max_new_tokens)

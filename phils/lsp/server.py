@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 
 STATUS_NOTIFICATION = "phils/status"
 STATS_REQUEST = "phils/stats"
+# From phils' own editor clients: where the cursor rests ({textDocument: {uri}, position}, as a position request
+# has them). LSP tells a server where the cursor is only when the editor asks for something; with this, the
+# suggestion there is computed while the user reads, before the first keystroke.
+CURSOR_NOTIFICATION = "phils/didMoveCursor"
 
 
 class PhilsProtocol(LanguageServerProtocol):
@@ -275,6 +279,11 @@ def create_server(settings: Settings, warnings: list[str] | None = None) -> Phil
         if (doc := ls.open_document(params.text_document.uri)) is not None:
             ls.service.schedule_open_warmup(doc)
 
+    @server.feature(CURSOR_NOTIFICATION)
+    def did_move_cursor(ls: PhilsServer, params: Any) -> None:
+        if (where := _text_position(params)) is not None and (doc := ls.open_document(where[0])) is not None:
+            ls.service.cursor_rests(doc, where[1], where[2])
+
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: PhilsServer, params: types.DidCloseTextDocumentParams) -> None:
         ls.service.forget(params.text_document.uri)
@@ -312,6 +321,21 @@ def workspace_roots(workspace: Any) -> list[Path]:
     uris = [folder.uri for folder in (getattr(workspace, "folders", None) or {}).values()]
     uris.append(getattr(workspace, "root_uri", None) or "")
     return list(dict.fromkeys(path for uri in uris if uri and (path := path_of(uri)) is not None))
+
+
+def _text_position(params: Any) -> tuple[str, int, int] | None:
+    """(uri, line, character) of a {textDocument: {uri}, position: {line, character}} notification, or None."""
+    def field(value: Any, name: str) -> Any:
+        return value.get(name) if isinstance(value, dict) else getattr(value, name, None)
+
+    uri = field(field(params, "textDocument"), "uri")
+    position = field(params, "position")
+    line, character = field(position, "line"), field(position, "character")
+    if not isinstance(uri, str) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                           for v in (line, character)):
+        log.debug("%s with unreadable params ignored", CURSOR_NOTIFICATION)
+        return None
+    return uri, line, character
 
 
 def _cursor_after(doc: Any, changes: Any) -> tuple[int, int] | None:

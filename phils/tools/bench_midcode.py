@@ -4,8 +4,10 @@ Holes come from real modules installed on every machine (the standard
 library's own source): in each module, one simple statement in the middle
 of a function body, with code below it, is blanked down to its indentation.
 The whole module is the document, opened in a fresh server as an editor
-opens a file; after ``--open-pause`` seconds (the user reads before typing)
-the editor asks for a suggestion at the blank line. Then the line is typed
+opens a file, and the cursor is put on the blank line (phils' editor clients
+send ``phils/didMoveCursor`` when it rests; ``--cursor-notify off`` for an
+editor that does not); after ``--open-pause`` seconds (the user reads before
+typing) the editor asks for a suggestion at the blank line. Then the line is typed
 back a few characters at a time, pausing after each burst as people do, and
 the editor asks again after each burst. Then the rest of the line is typed,
 Enter pressed, and the editor asks on the new line. Last, the typed text is
@@ -131,8 +133,11 @@ async def run_mode(mode: str, command: list[str], chosen: list[Hole], args: Any)
         uri = hole.path.as_uri()  # the module's own path, so its package's other modules are found
         client.text_document_did_open(types.DidOpenTextDocumentParams(
             types.TextDocumentItem(uri=uri, language_id="python", version=1, text=hole.document)))
-        await asyncio.sleep(args.open_pause)
         line, character, version = hole.line, len(hole.indent), 1
+        if args.cursor_notify == "on":
+            client.protocol.notify("phils/didMoveCursor", {"textDocument": {"uri": uri},
+                                                           "position": {"line": line, "character": character}})
+        await asyncio.sleep(args.open_pause)
         previous = await server_stats(client)
 
         async def ask(kind: str, typed: str = "", at: tuple[int, int] | None = None) -> None:
@@ -257,7 +262,7 @@ def run(args: Any) -> int:
         "settings": args.set or [],
         "machine": machine(),
         "holes": [f"{h.path.name}:{h.line + 1}" for h in chosen],
-        "open_pause_s": args.open_pause, "burst_chars": args.burst, "pauses": args.pauses, "typing_ms": args.typing_ms,
+        "open_pause_s": args.open_pause, "cursor_notify": args.cursor_notify, "burst_chars": args.burst, "pauses": args.pauses, "typing_ms": args.typing_ms,
         "modes": results,
     }
     judged, plain = results.get("judged") or results.get("judged-all"), results.get("plain")
@@ -298,7 +303,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"`{report['command']}` on {report['date']}: {m['cpu']}, {m['cores']} cores, torch {m['torch']}; "
         f"settings {report['settings'] or 'the profile'}.",
         f"{len(report['holes'])} holes (a statement blanked in a function of a standard-library module, the whole "
-        f"module the document), the file open {report['open_pause_s']} s before the first request, then the line "
+        f"module the document), the file open {report['open_pause_s']} s before the first request "
+        f"({'the cursor on the hole, phils/didMoveCursor sent' if report.get('cursor_notify') == 'on' else 'no cursor notification'}), then the line "
         f"typed back in bursts of ~{report['burst_chars']} characters ({report['pauses']} pauses, "
         f"{report['typing_ms']} ms a keystroke).",
         "",

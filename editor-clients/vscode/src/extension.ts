@@ -1,6 +1,8 @@
 // phils for VS Code: a thin client. It starts `phils serve` over stdio, passes
 // the settings on, shows the server's state in the status bar, and lets
 // vscode-languageclient turn textDocument/inlineCompletion into ghost text.
+// It also tells the server where the cursor rests (phils/didMoveCursor), so
+// the prompt there is computed while the user reads, before they type.
 import * as vscode from "vscode";
 import {
   DidChangeConfigurationNotification,
@@ -13,6 +15,28 @@ import { StatusItem } from "./status";
 let client: LanguageClient | undefined;
 let log: vscode.LogOutputChannel;
 let status: StatusItem;
+
+const CURSOR_NOTIFICATION = "phils/didMoveCursor";
+const CURSOR_REST_MS = 100; // a cursor still this long is resting: moves while scrolling or holding a key are not sent
+let cursorTimer: NodeJS.Timeout | undefined;
+
+/** Send where the cursor rests in `editor`, once it stops moving; typing is left to didChange. */
+function cursorMoved(editor: vscode.TextEditor | undefined, kind?: vscode.TextEditorSelectionChangeKind): void {
+  if (cursorTimer) clearTimeout(cursorTimer);
+  if (!editor || kind === vscode.TextEditorSelectionChangeKind.Command) return;
+  const languages = config().get<string[]>("languages", ["python"]);
+  if (!languages.includes(editor.document.languageId)) return;
+  cursorTimer = setTimeout(() => {
+    const position = editor.selection.active;
+    if (!client?.isRunning() || !config().get<boolean>("enabled", true)) return;
+    client
+      .sendNotification(CURSOR_NOTIFICATION, {
+        textDocument: { uri: editor.document.uri.toString() },
+        position: { line: position.line, character: position.character },
+      })
+      .catch(() => undefined);
+  }, CURSOR_REST_MS);
+}
 
 function config(): vscode.WorkspaceConfiguration {
   return vscode.workspace.getConfiguration("phils");
@@ -111,6 +135,12 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     vscode.commands.registerCommand("phils.restart", restart),
     vscode.commands.registerCommand("phils.showLog", () => log.show()),
     vscode.workspace.onDidChangeConfiguration(onConfigurationChanged),
+    // Clicks and arrow keys (kind Mouse or Keyboard), and the editor brought forward; edits move the
+    // cursor with kind undefined, and the server already warms at an edit.
+    vscode.window.onDidChangeTextEditorSelection((event) => {
+      if (event.kind !== undefined) cursorMoved(event.textEditor, event.kind);
+    }),
+    vscode.window.onDidChangeActiveTextEditor((editor) => cursorMoved(editor)),
   );
   await start();
 }

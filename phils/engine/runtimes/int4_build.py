@@ -266,7 +266,7 @@ def _emit_nbits(model: Any, weight: Any, name: str, root_input: str, kwargs: dic
 
     With ``kernel``, a ``phils.Q4MatMul`` node where our kernel can run the matrix (same quantized
     values, its layout); with ``own`` too, the rows a GGUF file or GPTQ checkpoint holds in 4 bits keep
-    its blocks, in their input-channel order (a Gather reorders the activations to match).
+    its blocks, in their input-channel order (the kernel reads the activations in that order).
     """
     import numpy as np
     import torch
@@ -296,24 +296,17 @@ def _emit_nbits(model: Any, weight: Any, name: str, root_input: str, kwargs: dic
         # output row's blocks are quantized on their own, so the rest come out as they would in the whole).
         found, blocks = own.find(dense) if own is not None else (np.zeros(cols, dtype=bool), Blocks.zeros(cols, rows))
         rest = ~found
-        if rest.any():  # in the found rows' channel order, so that one Gather serves the whole matrix
+        if rest.any():  # in the found rows' channel order: one order for the whole matrix
             source = dense[rest] if blocks.perm is None else dense[rest][:, blocks.perm]
             blocks.codes[rest], blocks.scale[rest], blocks.offset[rest] = q4_kernel.blocks_of(
                 *quantized(np.ascontiguousarray(source.T)), rows, int(rest.sum()))
         if counts is not None and own is not None:
             counts[next(key for key in counts if key.startswith("rows_from_"))] += int(found.sum())
             counts["rows_quantized"] += int(rest.sum())
-        if blocks.perm is not None:
-            permuted = f"{name}/Gather/output_0"
-            model.make_initializer(blocks.perm.astype(np.int64), tensor + "_perm")
-            model.make_node("Gather", inputs=[root_input, tensor + "_perm"], outputs=[permuted], name=name + "_perm",
-                            axis=-1)
-            model.make_value(permuted, model.io_dtype,
-                             shape=model.make_hidden_state_shape(seq_dim=kwargs.get("seq_dim", "sequence_length"),
-                                                                 last_dim=rows))
-            root_input = permuted
         tensors = dict(zip(("_Q4K", "_Q4K_scales", "_Q4K_zero_scales"),
                            q4_kernel.layout(blocks.codes, blocks.scale, blocks.offset, rows, cols)))
+        if blocks.perm is not None:  # the kernel reads the activations in the blocks' channel order
+            tensors["_Q4K_perm"] = blocks.perm.astype(np.int32)
         for suffix, values in tensors.items():
             model.make_initializer(values, tensor + suffix)
         model.graph.opset_imports[q4_kernel.DOMAIN] = 1

@@ -131,6 +131,39 @@ local function map_keys(buf)
   map(keys.prev, function() return "<Cmd>lua require('phils.ghost').cycle(-1)<CR>" end, "phils: previous suggestion")
 end
 
+-- Where the cursor rests (phils/didMoveCursor): the server computes the prompt there while the user
+-- reads, before the first keystroke. Sent once the cursor has stood still CURSOR_REST_MS; edits are
+-- left to didChange.
+local CURSOR_REST_MS = 100
+
+local function watch_cursor(buf, client)
+  local timer = vim.uv.new_timer()
+  local group = api.nvim_create_augroup("phils_cursor_" .. buf, { clear = true })
+  local function send()
+    if not config.options.enabled or api.nvim_get_current_buf() ~= buf then
+      return
+    end
+    local params = vim.lsp.util.make_position_params(0, client.offset_encoding)
+    call(client, "notify", "phils/didMoveCursor", params)
+  end
+  api.nvim_create_autocmd({ "CursorMoved", "BufEnter" }, {
+    group = group, buffer = buf,
+    callback = function()
+      timer:stop()
+      timer:start(CURSOR_REST_MS, 0, vim.schedule_wrap(send))
+    end,
+  })
+  api.nvim_create_autocmd("BufUnload", {
+    group = group, buffer = buf,
+    callback = function()
+      timer:stop()
+      if not timer:is_closing() then timer:close() end
+      pcall(api.nvim_del_augroup_by_id, group)
+    end,
+  })
+  timer:start(CURSOR_REST_MS, 0, vim.schedule_wrap(send))
+end
+
 local function on_attach(args)
   local client = vim.lsp.get_client_by_id(args.data.client_id)
   if not client or client.name ~= "phils" then
@@ -141,6 +174,7 @@ local function on_attach(args)
   else
     ghost.attach(args.buf)
   end
+  watch_cursor(args.buf, client)
   map_keys(args.buf)
 end
 
@@ -149,6 +183,7 @@ local function on_detach(args)
   if client and client.name == "phils" then
     ghost.detach(args.buf)
     ghost.detach_autocmds(args.buf)
+    pcall(api.nvim_del_augroup_by_name, "phils_cursor_" .. args.buf)
   end
 end
 
