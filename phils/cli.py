@@ -198,6 +198,12 @@ def _eval_crossfile(args: argparse.Namespace) -> int:
     return _run_eval(args, run, "completion.warmup_ms=0")  # each case is asked once
 
 
+def _eval_realcode(args: argparse.Namespace) -> int:
+    from .tools.eval_realcode import run
+
+    return _run_eval(args, run, "completion.warmup_ms=0")  # each hole is asked once, as soon as its file opens
+
+
 def _run_eval(args: argparse.Namespace, run, *extra_settings: str) -> int:
     """Resolve the settings with the eval's own on top, and pass the same to the servers it starts."""
     args.set = [*(args.set or []), *extra_settings]
@@ -449,6 +455,20 @@ def _parser() -> argparse.ArgumentParser:
     crossfile.add_argument("--name", help="results file name (default: the model's name)")
     crossfile.add_argument("--out", default="bench/results")
     crossfile.set_defaults(run=_eval_crossfile)
+
+    realcode = with_settings(evals.add_parser(
+        "realcode", help="one line blanked in a function of an installed package's module, the module the document"))
+    realcode.add_argument("--packages", default="",
+                          help="installed packages to take holes from, comma-separated "
+                               "(default: aiohttp, pygls, prometheus_client, huggingface_hub)")
+    realcode.add_argument("--per-package", type=int, default=10, help="holes per package")
+    realcode.add_argument("--baseline", choices=["llama-raw", "llama-infill"],
+                          help="a baseline from a running llama-server on the same GGUF (--llama-url)")
+    realcode.add_argument("--llama-url", default="http://127.0.0.1:8089", help="the llama-server for --baseline")
+    realcode.add_argument("--max-new-tokens", type=int, default=64, help="the baselines' token budget")
+    realcode.add_argument("--name", help="results file name (default: the model's name)")
+    realcode.add_argument("--out", default="bench/results")
+    realcode.set_defaults(run=_eval_realcode)
 
     config = with_settings(commands.add_parser("config", help="print the resolved settings"))
     config.set_defaults(run=_config)

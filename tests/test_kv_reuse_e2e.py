@@ -130,3 +130,15 @@ async def test_a_file_opened_while_the_model_loads_is_prefilled_once_it_is_ready
         await client.status.wait_for("ready")
         warmed = await wait_until(client, lambda s: s["warmups"] >= 1 and not s["busy"])
         assert warmed["warmup_tokens"] > 30 and warmed["requests"] == 0
+
+
+async def test_a_cursor_that_rests_while_the_model_loads_gets_its_suggestion_once_ready(tiny_model):
+    """phils/didMoveCursor before the engine is ready is kept: once it is, the suggestion there is computed."""
+    async with phils_server("--model", str(tiny_model), "--set", "completion.warmup_ms=50",
+                            "--set", "engine.max_new_tokens=4", wait=None) as client:
+        open_doc(client, URI, SOURCE * 3)
+        client.protocol.notify("phils/didMoveCursor", {"textDocument": {"uri": URI},
+                                                       "position": {"line": 3, "character": 0}})
+        await client.status.wait_for("ready")
+        computed = await wait_until(client, lambda s: s["ahead_computed"] >= 1 and not s["busy"])
+        assert computed["requests"] == 0 and computed["warmups"] == 0

@@ -63,6 +63,7 @@ class CompletionService:
         self._tail_starts: dict[str, int] = {}  # per document: where its prompt's tail starts
         self._faulted = False  # the last completion failed: the editor shows an error until one works
         self._opened: Any = None  # the document opened last: pre-filled once the model is ready, if not before
+        self._rested: tuple[Any, int, int] | None = None  # where the cursor rests (phils/didMoveCursor), likewise
         self.project: project.ProjectIndex | None = None  # the workspace's modules, set at initialize
         self.stats = Stats()
         self.doc_stats: dict[str, Stats] = defaultdict(Stats)
@@ -85,7 +86,9 @@ class CompletionService:
             log.exception("engine start failed")
             self._set_state("error", f"cannot start the engine: {type(exc).__name__}: {exc}")
             return
-        if self._opened is not None:  # opened while the model loaded: pre-fill it now
+        if self._rested is not None:  # the cursor came to rest while the model loaded: compute there now
+            self.cursor_rests(*self._rested)
+        elif self._opened is not None:  # opened while the model loaded: pre-fill it now
             self.schedule_open_warmup(self._opened)
 
     def _backend_status(self, state: str, message: str, percent: Any = None) -> None:
@@ -192,6 +195,7 @@ class CompletionService:
         """phils' editor clients say where the cursor rests (phils/didMoveCursor): once it has rested
         ``warmup_ms``, compute the suggestion there (``completion.ahead``; else pre-fill its prompt), so
         the first request at a place the user clicked or moved to finds it done. Call on the event loop."""
+        self._rested = (doc, line, character)
         if not self.settings.completion.ahead:
             self.schedule_warmup(doc, line, character)
             return
@@ -309,6 +313,8 @@ class CompletionService:
         self._ahead.pop(uri, None)
         if self._opened is not None and self._opened.uri == uri:
             self._opened = None
+        if self._rested is not None and self._rested[0].uri == uri:
+            self._rested = None
         if (running := self._ahead_running.pop(uri, None)) is not None:
             running[2].cancel()
         self._tail_starts.pop(uri, None)
@@ -325,7 +331,7 @@ class CompletionService:
         self.cancel_all()
         for table in (self._in_flight, self._warming, self._shown, self._ahead, self._tail_starts, self.doc_stats):
             table.clear()
-        self._opened = None
+        self._opened = self._rested = None
         if self.backend is not None:
             self.backend.forget_all()
 

