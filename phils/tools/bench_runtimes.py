@@ -46,7 +46,8 @@ def run(args: Any) -> int:
     replay = plan_replay(Path(args.file), source, args.prompt_lines, args.requests)
     runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
     unknown = [r for r in runtimes if r not in PHILS_RUNTIMES and r != LLAMA]
-    if unknown or (LLAMA in runtimes and not (args.gguf and args.llama_server)) or ("gptq" in runtimes and not args.gptq_model):
+    gptq_missing = "gptq" in runtimes and not getattr(args, "gptq_model", None)
+    if unknown or (LLAMA in runtimes and not (args.gguf and args.llama_server)) or gptq_missing:
         raise SystemExit(f"unknown runtimes {unknown}; {LLAMA} needs --gguf and --llama-server, gptq --gptq-model")
     bandwidth = measure_bandwidth()
     results: dict[str, Any] = {}
