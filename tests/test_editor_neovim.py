@@ -184,3 +184,19 @@ def test_checkhealth_reports_the_running_server(nvim, python_file):
     assert "ghost text: drawn by phils" in report
     assert "ERROR" not in report
     nvim.command("bwipeout")
+
+
+def test_moving_the_cursor_has_the_server_compute_the_suggestion_there(nvim, python_file):
+    """The plugin sends phils/didMoveCursor when the cursor rests: the server computes ahead at the cursor."""
+    def server_stats() -> dict:
+        return nvim.exec_lua(
+            """
+            local client = vim.lsp.get_clients({ bufnr = 0, name = 'phils' })[1]
+            local answer = vim.lsp.buf_request_sync(0, 'phils/stats', vim.empty_dict(), 20000)
+            return answer[client.id].result
+            """
+        )
+
+    before = server_stats()["ahead_computed"]
+    nvim.command("normal! 1G$")
+    wait_for(lambda: server_stats()["ahead_computed"] > before, 30, "the suggestion at the resting cursor")
