@@ -289,6 +289,23 @@ def _setup_logging(settings: Settings) -> None:
         logging.getLogger("pygls").setLevel(max(logging.WARNING, root.level))
 
 
+def _llama_baselines(p: argparse.ArgumentParser) -> None:
+    """An eval's baselines from llama-server on the same GGUF (``tools/llama_baselines``)."""
+    p.add_argument("--baseline", choices=["llama-raw", "llama-infill"],
+                   help="a baseline from a running llama-server on the same GGUF (--llama-url): its raw "
+                        "continuation, or /infill as llama.vim asks it")
+    p.add_argument("--llama-url", default="http://127.0.0.1:8089", help="the llama-server for --baseline")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="the baselines' token budget")
+
+
+def _from_packages(p: argparse.ArgumentParser, what: str, per_package: int) -> None:
+    """An eval whose cases come from installed packages' modules."""
+    p.add_argument("--packages", default="", help=f"installed packages to take {what} from, comma-separated "
+                                                  "(default: aiohttp, pygls, prometheus_client, huggingface_hub)")
+    p.add_argument("--per-package", type=int, default=per_package, help=f"{what} per package")
+
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="phils", description="Inline code completions from Phi-2 over LSP.")
     parser.add_argument("--version", action="version", version=f"phils {__version__}")
@@ -428,8 +445,7 @@ def _parser() -> argparse.ArgumentParser:
                            help="the raw baseline from a running llama-server on the same GGUF (--llama-url)")
     humaneval.add_argument("--llama-url", default="http://127.0.0.1:8089", help="the llama-server for --baseline")
     humaneval.add_argument("--max-new-tokens", type=int, default=256)
-    humaneval.add_argument("--name", help="results file name (default: the model's name)")
-    humaneval.add_argument("--out", default="bench/results")
+    _results_args(humaneval, server_settings=False)
     humaneval.set_defaults(run=_eval_humaneval)
 
     infill = with_settings(evals.add_parser("infill", help="completions in the middle of tested code (blanked lines)"))
@@ -437,37 +453,21 @@ def _parser() -> argparse.ArgumentParser:
     infill.add_argument("--kind", choices=["line", "span", "call", "both", "all"], default="both",
                         help="both: line and span; call: a call's arguments in the middle of its line; all: the three")
     infill.add_argument("--raw", action="store_true", help="the baseline: the model's plain greedy continuation")
-    infill.add_argument("--baseline", choices=["llama-raw", "llama-infill"],
-                        help="a baseline from a running llama-server on the same GGUF (--llama-url): its raw "
-                             "continuation, or /infill as llama.vim asks it")
-    infill.add_argument("--llama-url", default="http://127.0.0.1:8089", help="the llama-server for --baseline")
-    infill.add_argument("--max-new-tokens", type=int, default=64, help="the baselines' token budget")
-    infill.add_argument("--name", help="results file name (default: the model's name)")
-    infill.add_argument("--out", default="bench/results")
+    _llama_baselines(infill)
+    _results_args(infill, server_settings=False)
     infill.set_defaults(run=_eval_infill)
 
     crossfile = with_settings(evals.add_parser(
         "crossfile", help="lines that call another module of the same package, with and without its signatures"))
-    crossfile.add_argument("--packages", default="",
-                           help="installed packages to take cases from, comma-separated "
-                                "(default: aiohttp, pygls, prometheus_client, huggingface_hub)")
-    crossfile.add_argument("--per-package", type=int, default=25, help="cases per package")
-    crossfile.add_argument("--name", help="results file name (default: the model's name)")
-    crossfile.add_argument("--out", default="bench/results")
+    _from_packages(crossfile, "cases", 25)
+    _results_args(crossfile, server_settings=False)
     crossfile.set_defaults(run=_eval_crossfile)
 
     realcode = with_settings(evals.add_parser(
         "realcode", help="one line blanked in a function of an installed package's module, the module the document"))
-    realcode.add_argument("--packages", default="",
-                          help="installed packages to take holes from, comma-separated "
-                               "(default: aiohttp, pygls, prometheus_client, huggingface_hub)")
-    realcode.add_argument("--per-package", type=int, default=10, help="holes per package")
-    realcode.add_argument("--baseline", choices=["llama-raw", "llama-infill"],
-                          help="a baseline from a running llama-server on the same GGUF (--llama-url)")
-    realcode.add_argument("--llama-url", default="http://127.0.0.1:8089", help="the llama-server for --baseline")
-    realcode.add_argument("--max-new-tokens", type=int, default=64, help="the baselines' token budget")
-    realcode.add_argument("--name", help="results file name (default: the model's name)")
-    realcode.add_argument("--out", default="bench/results")
+    _from_packages(realcode, "holes", 10)
+    _llama_baselines(realcode)
+    _results_args(realcode, server_settings=False)
     realcode.set_defaults(run=_eval_realcode)
 
     config = with_settings(commands.add_parser("config", help="print the resolved settings"))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from phils.tools.eval_realcode import holes_in, make_cases, score
 
 SOURCE = '''"""A module."""

@@ -198,19 +198,10 @@ class CompletionService:
         self._rested = (doc, line, character)
         if not self.settings.completion.ahead:
             self.schedule_warmup(doc, line, character)
-            return
-        delay = self.settings.completion.warmup_ms
-        backend = self.backend
-        if (delay <= 0 or not self.settings.completion.enabled or not self.settings.engine.kv_cache
-                or self.state != "ready" or not backend or not getattr(backend, "warms", False)):
-            return
-        if (timer := self._warm_timers.pop(doc.uri, None)) is not None:
-            timer.cancel()
-        loop = asyncio.get_running_loop()
-        self._warm_timers[doc.uri] = loop.call_later(delay / 1000, self._speculate, doc, line, character)
+        elif self.settings.completion.enabled:
+            self._after_pause(doc, self._speculate, line, character)
 
     def _speculate(self, doc: Any, line: int, character: int) -> None:
-        self._warm_timers.pop(doc.uri, None)
         backend = self.backend
         ctx = cursor_context(doc, line, character)
         if backend is None or self._in_flight or ctx is None:
@@ -218,8 +209,7 @@ class CompletionService:
         running = self._ahead_running.get(ctx.uri)
         if ahead_of(self._ahead.get(ctx.uri), ctx) is not None or (running and running[:2] == (ctx.prefix, ctx.suffix)):
             return  # computed, or being computed, already
-        for warming in list(self._warming.values()):  # its prompt is the one that matters now
-            warming.cancel()
+        self._cancel_warmups()  # this prompt is the one that matters now
         self._start_ahead(backend, ctx)
 
     async def _ahead_of(self, backend: Any, ctx: CursorContext) -> None:
@@ -247,14 +237,28 @@ class CompletionService:
         Call on the event loop. A warm-up is sent only when this window waits
         for nothing, and any completion request preempts it.
         """
+        self._after_pause(doc, self._start_warmup, line, character)
+
+    def _after_pause(self, doc: Any, action: Callable[[Any, int, int], None], line: int, character: int) -> None:
+        """Run ``action(doc, line, character)`` once ``warmup_ms`` pass with nothing newer for this document,
+        where the engine does work ahead at all."""
         delay = self.settings.completion.warmup_ms
         backend = self.backend
-        if delay <= 0 or not self.settings.engine.kv_cache or self.state != "ready" or not backend or not backend.warms:
+        if (delay <= 0 or not self.settings.engine.kv_cache or self.state != "ready" or not backend
+                or not getattr(backend, "warms", False)):
             return
         if (timer := self._warm_timers.pop(doc.uri, None)) is not None:
             timer.cancel()
-        loop = asyncio.get_running_loop()
-        self._warm_timers[doc.uri] = loop.call_later(delay / 1000, self._start_warmup, doc, line, character)
+
+        def fire() -> None:
+            self._warm_timers.pop(doc.uri, None)
+            action(doc, line, character)
+
+        self._warm_timers[doc.uri] = asyncio.get_running_loop().call_later(delay / 1000, fire)
+
+    def _cancel_warmups(self) -> None:
+        for running in list(self._warming.values()):
+            running.cancel()
 
     def schedule_open_warmup(self, doc: Any) -> None:
         """A document was opened: pre-fill its start in idle time, so that the first request in it
@@ -264,12 +268,10 @@ class CompletionService:
             self.schedule_warmup(doc, -1, -1)
 
     def _start_warmup(self, doc: Any, line: int, character: int) -> None:
-        self._warm_timers.pop(doc.uri, None)
         backend = self.backend
         if backend is None or self._in_flight:
             return
-        for running in list(self._warming.values()):  # the newest position supersedes (what it computed stays cached)
-            running.cancel()
+        self._cancel_warmups()  # the newest position supersedes (what it computed stays cached)
         opening = line < 0
         if opening:  # just opened: as far into the file as one prompt reaches
             line, character = opening_position(doc.lines, backend.context_tokens - self.settings.engine.max_new_tokens)

@@ -81,8 +81,7 @@ async def _run_one(runtime: str, args: Any, replay: Replay) -> dict[str, Any]:
         extra += PHILS_RUNTIMES[runtime]
     memory: dict[str, Any] = {}
     try:
-        model = args.gptq_model if runtime == "gptq" else args.model
-        result = await run_mode("cache-on", model, replay, args.new_tokens, extra, args.requests, args.typing_ms,
+        result = await run_mode("cache-on", _model_of(runtime, args), replay, args.new_tokens, extra, args.requests, args.typing_ms,
                                 on_done=lambda client: memory.update(_memory_of(server.pid if server else _pid(client))))
     finally:
         if server is not None:
@@ -93,6 +92,11 @@ async def _run_one(runtime: str, args: Any, replay: Replay) -> dict[str, Any]:
     result["first_line_ms"] = result["first_token_ms"]
     result["memory"] = memory
     return result
+
+
+def _model_of(runtime: str, args: Any) -> str:
+    """The model a runtime loads: the GPTQ checkpoint for ``gptq``, else ``--model``."""
+    return args.gptq_model if runtime == "gptq" else args.model
 
 
 def _tokenizer_file(args: Any) -> Path:
@@ -153,7 +157,7 @@ def _weight_bytes(runtime: str, args: Any) -> int | None:
         block = int(chosen.get("engine.int4_block", default.int4_block))
         kernel = (q4_kernel.wanted(chosen.get("engine.int4_kernel", default.int4_kernel), block)
                   and q4_kernel.unavailable_reason() is None)
-        model = args.gptq_model if runtime == "gptq" else args.model
+        model = _model_of(runtime, args)
         gguf = chosen.get("engine.int4_gguf", default.int4_gguf) if not Path(model).is_dir() else "requantize"
         variant = variant_name(block, default.int4_head, kernel, gguf, gptq=runtime == "gptq")
         # A checkpoint directory names its builds; a package or .gguf model: the newest build of this variant.

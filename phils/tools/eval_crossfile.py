@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import difflib
 import importlib.util
 import json
@@ -26,7 +27,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from .eval_humaneval import latency_summary, progress_printer, save_results
 from .lsp_client import start_server, stop_server
@@ -50,6 +51,44 @@ def package_dir(name: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit(f"package {name!r} is not installed")
     return Path(list(spec.submodule_search_locations)[0])
+
+
+@contextlib.contextmanager
+def packages_workspace(args: Any, make: Callable[[Path, str, int], list[Any]]) -> Iterator[tuple[Path, tuple[str, ...], list[Any]]]:
+    """A workspace holding copies of ``--packages`` (the root the editor sends), the packages, and the
+    cases ``make(workspace, package, --per-package)`` takes from each; removed afterwards."""
+    packages = tuple(p.strip() for p in args.packages.split(",") if p.strip()) or PACKAGES
+    with tempfile.TemporaryDirectory(prefix="phils-packages-") as directory:
+        workspace = Path(directory)
+        cases: list[Any] = []
+        for package in packages:
+            shutil.copytree(package_dir(package), workspace / package,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyd", "*.c", "*.h"))
+            cases += make(workspace, package, args.per_package)
+        print(f"{len(cases)} cases from {', '.join(packages)}", file=sys.stderr)
+        yield workspace, packages, cases
+
+
+def first_line(answer: str) -> str:
+    """The answer's first non-blank line, stripped: what is compared with the original."""
+    return next((line.strip() for line in answer.split("\n") if line.strip()), "")
+
+
+def line_scores(first: str, target: str) -> dict[str, Any]:
+    return {"exact": first == target, "edit_similarity": round(difflib.SequenceMatcher(None, first, target).ratio(), 4)}
+
+
+def summary_of(mode: str, settings: Any, packages: tuple[str, ...], results: list[dict[str, Any]],
+               counted: tuple[str, ...]) -> dict[str, Any]:
+    """A run's summary: exact first lines, mean edit similarity, the ``counted`` flags, latency."""
+    return {
+        "mode": mode, "model": settings.engine.model, "command": "phils " + " ".join(sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d %H:%M"), "packages": list(packages), "cases": len(results),
+        "exact": sum(r["exact"] for r in results),
+        "edit_similarity": round(statistics.mean(r["edit_similarity"] for r in results), 4) if results else 0.0,
+        **{name: sum(r[name] for r in results) for name in counted},
+        "latency_s": latency_summary([r["seconds"] for r in results]),
+    }
 
 
 def make_cases(workspace: Path, package: str, limit: int) -> list[Case]:
@@ -144,39 +183,18 @@ async def complete_over_lsp(server_args: list[str], workspace: Path, cases: list
 
 
 def score(case: Case, answer: str) -> dict[str, Any]:
-    first = next((line.strip() for line in answer.split("\n") if line.strip()), "")
-    return {
-        "exact": first == case.target,
-        "edit_similarity": round(difflib.SequenceMatcher(None, first, case.target).ratio(), 4),
-        "callee_written": f"{case.callee}(" in first,
-        "empty": not first,
-    }
+    first = first_line(answer)
+    return {**line_scores(first, case.target), "callee_written": f"{case.callee}(" in first, "empty": not first}
 
 
 def run(args: Any, settings: Any, server_args: list[str]) -> int:
-    packages = tuple(p.strip() for p in args.packages.split(",") if p.strip()) or PACKAGES
     mode = "with-context" if settings.completion.project_context else "without-context"
-    with tempfile.TemporaryDirectory(prefix="phils-crossfile-") as directory:
-        workspace = Path(directory)
-        cases: list[Case] = []
-        for package in packages:
-            shutil.copytree(package_dir(package), workspace / package,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyd", "*.c", "*.h"))
-            cases += make_cases(workspace, package, args.per_package)
-        print(f"{len(cases)} cases from {', '.join(packages)}", file=sys.stderr)
+    with packages_workspace(args, make_cases) as (workspace, packages, cases):
         answers = asyncio.run(complete_over_lsp(server_args, workspace, cases, progress_printer(len(cases))))
     results = [{"package": c.package, "module": c.module, "line": c.line + 1, "target": c.target,
                 "callee": c.callee, "completion": a, "seconds": round(s, 3), **score(c, a)}
                for c, (a, s) in zip(cases, answers)]
-    summary = {
-        "mode": mode, "model": settings.engine.model, "command": "phils " + " ".join(sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%d %H:%M"), "packages": list(packages), "cases": len(results),
-        "exact": sum(r["exact"] for r in results),
-        "edit_similarity": round(statistics.mean(r["edit_similarity"] for r in results), 4) if results else 0.0,
-        "callee_written": sum(r["callee_written"] for r in results),
-        "empty": sum(r["empty"] for r in results),
-        "latency_s": latency_summary([r["seconds"] for r in results]),
-    }
+    summary = summary_of(mode, settings, packages, results, ("callee_written", "empty"))
     save_results(args, settings, "crossfile", mode, summary, results, table)
     print(json.dumps(summary, indent=2))
     return 0

@@ -17,21 +17,14 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import difflib
 import json
-import shutil
-import statistics
-import sys
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .eval_crossfile import complete_over_lsp, package_dir
-from .eval_humaneval import latency_summary, progress_printer, save_results
+from .eval_crossfile import complete_over_lsp, first_line, line_scores, packages_workspace, summary_of
+from .eval_humaneval import progress_printer, save_results
 
-PACKAGES = ("aiohttp", "pygls", "prometheus_client", "huggingface_hub")
 PER_MODULE = 2  # holes a module gives at most, so that a package's holes spread over its modules
 MIN_CHARS = 8  # shorter lines (``i += 1``) say little about a model
 
@@ -130,27 +123,15 @@ def complete_with_llama_server(url: str, baseline: str, cases: list[Case], max_n
 
 
 def score(case: Case, answer: str) -> dict[str, Any]:
-    first = next((line.strip() for line in answer.split("\n") if line.strip()), "")
-    return {
-        "exact": first == case.target,
-        "edit_similarity": round(difflib.SequenceMatcher(None, first, case.target).ratio(), 4),
-        "empty": not first,
-        "repeats_next_line": bool(first) and first == case.next_line and first != case.target,
-    }
+    first = first_line(answer)
+    return {**line_scores(first, case.target), "empty": not first,
+            "repeats_next_line": bool(first) and first == case.next_line and first != case.target}
 
 
 def run(args: Any, settings: Any, server_args: list[str]) -> int:
-    packages = tuple(p.strip() for p in args.packages.split(",") if p.strip()) or PACKAGES
     baseline = getattr(args, "baseline", None)
     mode = baseline or "phils"
-    with tempfile.TemporaryDirectory(prefix="phils-realcode-") as directory:
-        workspace = Path(directory)
-        cases: list[Case] = []
-        for package in packages:
-            shutil.copytree(package_dir(package), workspace / package,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyd", "*.c", "*.h"))
-            cases += make_cases(workspace, package, args.per_package)
-        print(f"{len(cases)} holes from {', '.join(packages)}", file=sys.stderr)
+    with packages_workspace(args, make_cases) as (workspace, packages, cases):
         progress = progress_printer(len(cases))
         if baseline:
             answers = complete_with_llama_server(args.llama_url, baseline, cases, args.max_new_tokens, progress)
@@ -158,15 +139,7 @@ def run(args: Any, settings: Any, server_args: list[str]) -> int:
             answers = asyncio.run(complete_over_lsp(server_args, workspace, cases, progress))
     results = [{"package": c.package, "module": c.module, "line": c.line + 1, "target": c.target,
                 "completion": a, "seconds": round(s, 3), **score(c, a)} for c, (a, s) in zip(cases, answers)]
-    summary = {
-        "mode": mode, "model": settings.engine.model, "command": "phils " + " ".join(sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%d %H:%M"), "packages": list(packages), "cases": len(results),
-        "exact": sum(r["exact"] for r in results),
-        "edit_similarity": round(statistics.mean(r["edit_similarity"] for r in results), 4) if results else 0.0,
-        "empty": sum(r["empty"] for r in results),
-        "repeats_next_line": sum(r["repeats_next_line"] for r in results),
-        "latency_s": latency_summary([r["seconds"] for r in results]),
-    }
+    summary = summary_of(mode, settings, packages, results, ("empty", "repeats_next_line"))
     save_results(args, settings, "realcode", mode, summary, results, table)
     print(json.dumps(summary, indent=2))
     return 0

@@ -98,6 +98,28 @@ def _key(values: np.ndarray) -> bytes:
     return np.ascontiguousarray(values[:BLOCK], dtype=np.float32).tobytes()
 
 
+def hits(index: dict[bytes, tuple[int, int]], weight: np.ndarray) -> dict[int, list[tuple[int, int]]]:
+    """The rows of ``weight`` whose first block ``index`` holds, by source matrix: {matrix: [(row, its row)]}."""
+    wanted: dict[int, list[tuple[int, int]]] = {}
+    for row in range(weight.shape[0]):
+        hit = index.get(_key(weight[row]))
+        if hit is not None:
+            wanted.setdefault(hit[0], []).append((row, hit[1]))
+    return wanted
+
+
+def take_equal(out: Blocks, found: np.ndarray, ours: np.ndarray, blocks: Blocks, expected: np.ndarray,
+               steps: float, absolute: float = 0.0) -> None:
+    """Copy into rows ``ours`` of ``out`` those of ``blocks`` whose values are ``expected`` [rows, K] within
+    ``steps`` of a quantization step (plus ``absolute``; a row that only starts alike differs by whole
+    steps), and mark them found."""
+    tolerance = steps * np.repeat(np.abs(blocks.scale), BLOCK, axis=1) + absolute
+    same = (np.abs(blocks.values() - expected) <= tolerance).all(axis=1)
+    ours, rows = ours[same], np.flatnonzero(same)
+    out.codes[ours], out.scale[ours], out.offset[ours] = blocks.codes[rows], blocks.scale[rows], blocks.offset[rows]
+    found[ours] = True
+
+
 class GgufBlocks:
     """The matrices of one GGUF file, their rows indexed by their first block's values.
 
@@ -154,23 +176,13 @@ class GgufBlocks:
         out = Blocks.zeros(n, k)
         if k % BLOCK:  # no GGUF block spans such rows
             return found, out
-        wanted: dict[int, list[tuple[int, int]]] = {}
-        for row in range(n):
-            hit = self._rows.get(_key(weight[row]))
-            if hit is not None:
-                wanted.setdefault(hit[0], []).append((row, hit[1]))
-        for index, pairs in wanted.items():
+        for index, pairs in hits(self._rows, weight).items():
             data, kind = self._tensors[index]
             decode, size, span = DECODERS[kind]
             if data.shape[1] != k // span * size:  # another width: not these rows
                 continue
             ours, theirs = (np.array(side) for side in zip(*pairs))
             blocks = decode(np.asarray(data[theirs]), k)
-            # Equal but for float rounding (Q4_0's d * (q - 8) is computed here as d * q - 8d): another row
-            # differs by whole steps.
-            tolerance = 1e-5 * np.repeat(np.abs(blocks.scale), BLOCK, axis=1)
-            same = (np.abs(blocks.values() - weight[ours]) <= tolerance).all(axis=1)
-            ours, rows = ours[same], np.flatnonzero(same)
-            out.codes[ours], out.scale[ours], out.offset[ours] = blocks.codes[rows], blocks.scale[rows], blocks.offset[rows]
-            found[ours] = True
+            # Equal but for float rounding (Q4_0's d * (q - 8) is computed here as d * q - 8d).
+            take_equal(out, found, ours, blocks, weight[ours], 1e-5)
         return found, out

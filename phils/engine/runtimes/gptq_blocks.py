@@ -25,7 +25,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .gguf_blocks import BLOCK, Blocks, _key
+from .gguf_blocks import BLOCK, Blocks, _key, hits, take_equal
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,6 @@ class _Matrix:
     """One quantized linear layer: q [K, N], zero and scale [groups, N], g_idx [K]."""
 
     def __init__(self, tensors: dict[str, np.ndarray], bits: int, shift: int, group_size: int):
-        self.bits = bits
         self.q = _unpack(tensors["qweight"], bits, 0)  # [K, N]
         self.zero = _unpack(tensors["qzeros"], bits, 1).astype(np.float32) + shift  # [groups, N]
         self.scale = tensors["scales"].astype(np.float32)  # [groups, N]
@@ -71,11 +70,9 @@ class _Matrix:
         self.g_idx = (tensors["g_idx"].astype(np.int64) if "g_idx" in tensors
                       else np.arange(k) // group_size if group_size else np.zeros(k, dtype=np.int64))
 
-    def dense(self, rows: slice | np.ndarray = slice(None), cols: slice | np.ndarray = slice(None)) -> np.ndarray:
+    def dense(self) -> np.ndarray:
         """The weights [N, K] as the dequantized checkpoint holds them: computed in fp32, stored fp16."""
-        g = self.g_idx[cols]
-        q = self.q[cols][:, rows].astype(np.float32)  # [k, n]
-        values = self.scale[g][:, rows] * (q - self.zero[g][:, rows])
+        values = self.scale[self.g_idx] * (self.q.astype(np.float32) - self.zero[self.g_idx])
         return values.T.astype(np.float16).astype(np.float32)
 
     def order(self) -> tuple[np.ndarray | None, bool]:
@@ -155,11 +152,9 @@ class GptqBlocks:
         input-channel order (``Blocks.perm``; the other rows' zeros are to be filled in that order)."""
         n, k = weight.shape
         found = np.zeros(n, dtype=bool)
-        wanted: dict[int, list[tuple[int, int]]] = {}
-        for row in range(n):
-            hit = self._rows.get(_key(weight[row])) if self._form[0] == 4 else None
-            if hit is not None:
-                wanted.setdefault(hit[0], []).append((row, hit[1]))
+        if self._form[0] != 4:  # an 8-bit checkpoint's rows are only recognised (``wider``)
+            return found, Blocks.zeros(n, k)
+        wanted = hits(self._rows, weight)
         matrices = {index: self._matrix(index) for index in wanted}
         matrices = {index: matrix for index, matrix in matrices.items() if matrix.q.shape[0] == k}
         orders = {index: matrix.order() for index, matrix in matrices.items()}
@@ -180,11 +175,7 @@ class GptqBlocks:
             ours, theirs = (np.array(side) for side in zip(*wanted[index]))
             blocks = matrices[index].blocks(theirs, chosen)
             # The checkpoint holds fp16: equal to fp16's rounding (half a unit in the last place of |w| <= 15 steps).
-            tolerance = 0.01 * np.repeat(np.abs(blocks.scale), BLOCK, axis=1) + 1e-7
-            same_rows = (np.abs(blocks.values() - weight[ours][:, cols]) <= tolerance).all(axis=1)
-            ours, rows = ours[same_rows], np.flatnonzero(same_rows)
-            out.codes[ours], out.scale[ours], out.offset[ours] = blocks.codes[rows], blocks.scale[rows], blocks.offset[rows]
-            found[ours] = True
+            take_equal(out, found, ours, blocks, weight[ours][:, cols], 0.01, 1e-7)
         return found, out
 
 
@@ -230,7 +221,7 @@ def dequantize_checkpoint(source: Path, target: Path) -> None:
     config["torch_dtype"] = "float16"
     (target / "config.json").write_text(json.dumps(config, indent=2))
     for path in source.iterdir():  # tokenizer and generation files
-        if path.is_file() and path.suffix != ".safetensors" and path.name not in ("config.json",) \
+        if path.is_file() and path.suffix != ".safetensors" and path.name != "config.json" \
                 and not path.name.endswith(".index.json"):
             shutil.copy2(path, target / path.name)
 

@@ -142,7 +142,7 @@ def _build_here(checkpoint: str, target: str, block_size: int, accuracy_level: i
         except Exception as exc:  # the blocks are a refinement: a file that cannot be read still builds
             log.warning("cannot read the 4-bit blocks of %s (%s): its weights are quantized again", gguf, exc)
     kind = "gptq" if isinstance(own, GptqBlocks) else "gguf"
-    counts = {f"rows_from_{kind}": 0, "rows_quantized": 0, "rows_8bit": 0}
+    counts = {"rows_kept": 0, "rows_quantized": 0, "rows_8bit": 0}
     cache = str(Path(target) / "cache")
     # A tied output head stays its own matrix (the embeddings a plain Gather): the head's precision is ours to set.
     options = [f"block_size={block_size}", f"accuracy_level={accuracy_level}", "shared_embeddings=false",
@@ -155,7 +155,8 @@ def _build_here(checkpoint: str, target: str, block_size: int, accuracy_level: i
     record = {"source": str(Path(checkpoint).resolve()), "block_size": block_size, "accuracy_level": accuracy_level,
               "head": head, "symmetric": symmetric, "clip_search": clip_search, "kernel": kernel, "kv_fp16": kv_fp16,
               kind: gguf if own else None,
-              f"{kind}_mode": gguf_mode if own else None, **(counts if own else {}),
+              f"{kind}_mode": gguf_mode if own else None,
+              **({f"rows_from_{kind}": counts.pop("rows_kept"), **counts} if own else {}),
               "seconds": round(time.monotonic() - started, 1),
               "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
     (Path(target) / BUILD_RECORD).write_text(json.dumps(record, indent=2))
@@ -301,7 +302,7 @@ def _emit_nbits(model: Any, weight: Any, name: str, root_input: str, kwargs: dic
             blocks.codes[rest], blocks.scale[rest], blocks.offset[rest] = q4_kernel.blocks_of(
                 *quantized(np.ascontiguousarray(source.T)), rows, int(rest.sum()))
         if counts is not None and own is not None:
-            counts[next(key for key in counts if key.startswith("rows_from_"))] += int(found.sum())
+            counts["rows_kept"] += int(found.sum())
             counts["rows_quantized"] += int(rest.sum())
         tensors = dict(zip(("_Q4K", "_Q4K_scales", "_Q4K_zero_scales"),
                            q4_kernel.layout(blocks.codes, blocks.scale, blocks.offset, rows, cols)))
