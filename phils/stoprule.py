@@ -137,6 +137,11 @@ FENCE = "```"
 # exactly: `if n % 2 == 0:` is 93 % like `if n % k == 0:` and a different line.
 SIMILAR = 0.95
 MIN_SIMILAR_CHARS = 24
+# Below this length a similar line must also have the same names and numbers: `if len(xs) == 2:` is
+# 96 % like `if len(xs) == 1:` and another line (a hole in HuggingFace Hub's code emptied by it), while
+# `f(a,b)` against `f(a, b)` or other quotes is the same line.
+MIN_SIMILAR_CHARS_OTHER_WORDS = 48
+WORDS = re.compile(r"\w+")
 
 
 def _written_already(whole: str, shape: Shape) -> bool:
@@ -150,6 +155,8 @@ def _written_already(whole: str, shape: Shape) -> bool:
     if line == resume:
         return True
     if min(len(line), len(resume)) < MIN_SIMILAR_CHARS:
+        return False
+    if min(len(line), len(resume)) < MIN_SIMILAR_CHARS_OTHER_WORDS and WORDS.findall(line) != WORDS.findall(resume):
         return False
     from difflib import SequenceMatcher
 

@@ -63,6 +63,11 @@ def finish(marked: str, raw: str, **options) -> str:
         # ... but a short line that differs in one place is another line.
         ("def f(n):\n    █\n    if n % k == 0:\n        return 1\n", "if n % 2 == 0:\n        return 0\n",
          "if n % 2 == 0:\n        return 0"),
+        # ... and so is one of 24 characters or more that differs in a number, not in spacing or quotes.
+        ("def f(values_seen):\n    █\n    if len(values_seen) == 1:\n        return 1\n",
+         "if len(values_seen) == 2:\n        return 2\n    if len(values_seen) == 1:", "if len(values_seen) == 2:\n        return 2"),
+        ("def f(a):\n    █\n    return compute_total(a, 'x')\n", "x = 1\n    return compute_total(a,\"x\")\n",
+         "x = 1"),
         # The same text one level deeper than the next line is another line (an `if` body before the loop).
         ("def f(n):\n    for k in range(n):\n        if k > 1:\n            █\n        return False\n", "return False\n",
          "return False"),
