@@ -104,7 +104,9 @@ class CompletionSettings:
     # Inside code that continues below the cursor, write candidates of up to a few lines and
     # show the one (cut at any line end) under which the next lines are most likely.
     fit_suffix: bool = True
-    candidates: int = _int(3, 1, 8)  # with fit_suffix: the greedy answer and first lines from the next best first tokens
+    # With fit_suffix: the greedy answer and first lines from the next best first tokens. Unjudged (a FIM
+    # prompt): where the stop rule leaves nothing of the greedy answer, up to candidates - 1 next best ones.
+    candidates: int = _int(3, 1, 8)
     # With fit_suffix, in Python: where the code below reads a variable that nothing above defines
     # (``result.append(x)``, no ``result`` before), also judge answers that begin by defining it.
     define_names: bool = True

@@ -71,6 +71,15 @@ def finish(marked: str, raw: str, **options) -> str:
         # The same text one level deeper than the next line is another line (an `if` body before the loop).
         ("def f(n):\n    for k in range(n):\n        if k > 1:\n            █\n        return False\n", "return False\n",
          "return False"),
+        # A later line that the code below runs anyway after the cursor's block (HumanEval/9) ends the suggestion...
+        ("def f(xs):\n    best = None\n    out = []\n    for n in xs:\n        if best is None:\n            █\n"
+         "        else:\n            best = max(best, n)\n\n        out.append(best)\n    return out\n",
+         "best = n\n            out.append(best)", "best = n"),
+        # ... but not the same line at the same depth in another branch, nor one inside a block below.
+        ("def f(x):\n    if x:\n        █\n    else:\n        y = g(x)\n        return y\n",
+         "y = h(x)\n        return y", "y = h(x)\n        return y"),
+        ("def f(xs):\n    for x in xs:\n        █\n        if x:\n            log(x)\n    done()\n",
+         "if not x:\n            log(x)", "if not x:\n            log(x)"),
         # Never the signature or the docstring again.
         ('def add(a, b):\n    """Sum of a and b."""\n    █', 'total = a + b\n    """Sum of a and b."""\n',
          "total = a + b"),

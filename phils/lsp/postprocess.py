@@ -243,6 +243,37 @@ def drop_lines_that_follow(text: str, ctx: CursorContext, shape: Shape) -> str:
     return text
 
 
+RUN_AFTER_LINES = 6  # how many lines below the cursor a line the code runs after the cursor's block is looked for in
+
+
+def drop_lines_run_after_the_block(text: str, ctx: CursorContext, shape: Shape) -> str:
+    """A later line of a suggestion that the code below runs anyway, once out of the cursor's block, ends it.
+
+    The line below is found less indented than the suggestion's, with nothing between it and the cursor
+    less indented still: whatever the block does, that line runs after it, and a copy inside the block
+    would run twice. HumanEval/9 (Qwen2.5-Coder 1.5B, FIM): ``running_max = n`` in ``if running_max is
+    None:`` went on with ``result.append(running_max)``, which follows the if/else below one level up.
+    A copy at the same indentation (the same ``return y`` in an if and in its else) is left alone.
+    """
+    if "\n" not in text:
+        return text
+    below: list[tuple[int, str]] = []  # the lines below that run whatever the cursor's block does
+    lowest, seen = None, 0
+    for line in ctx.suffix.split("\n")[1:]:
+        if line.strip() and seen < RUN_AFTER_LINES:
+            seen += 1
+            depth = indent_width(line)
+            if lowest is None or depth <= lowest:  # not inside a block below (an else branch)
+                lowest = depth
+                below.append((depth, line.strip()))
+    lines = text.split("\n")
+    for number in range(1, len(lines)):
+        line = lines[number]
+        if line.strip() and any(code == line.strip() and depth < indent_width(line) for depth, code in below):
+            return "\n".join(lines[:number]).rstrip()
+    return text
+
+
 def keep_parsing_lines(text: str, ctx: CursorContext, shape: Shape) -> str:
     """Keep the longest run of the suggestion's lines that leaves the file parsing.
 
@@ -345,6 +376,7 @@ FILTERS: tuple[Callable[[str, CursorContext, Shape], str], ...] = (
     drop_overlap_with_line_suffix,
     balance_brackets,
     drop_lines_that_follow,
+    drop_lines_run_after_the_block,
     keep_parsing_lines,
     keep_valid_python,
     drop_repeat_of_next_line,

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from . import drafts, fitting, healing
+from . import drafts, fitting, healing, second_choice
 from ...protocol import GenerationResult
 from .branch import Branch
 from .prefix_cache import CachedPrefix, PrefixCache, common_prefix, crop
@@ -47,7 +47,7 @@ class GenerationRequest:
     ignore_stops: bool = False  # decode max_new_tokens whatever the stop rule and EOS say (benchmarks)
     on_token: Callable[[int], None] | None = None  # told the count of new tokens after each one
     fit_suffix: str = ""  # the code after the cursor: when set, answer with the candidate it follows best
-    candidates: int = 1  # with fit_suffix: the greedy answer and the best other first tokens
+    candidates: int = 1  # with fit_suffix: the greedy answer and the best other first tokens; without: second_choice's tries + 1
     define: tuple[str, ...] = ()  # with fit_suffix: names the code below reads and only the answer can define
     samples: int = 0  # with fit_suffix: answers sampled from the model, judged with the others
     skip_when_followed: bool = True  # with fit_suffix: no other candidates when the greedy answer already fits
@@ -152,7 +152,8 @@ class Engine:
             if request.fit_suffix:
                 fitting.choose(self, logits, kv, len(ids), request, result, max_new)
             else:
-                self._decode(logits, kv, request, result, max_new)
+                generated = self._decode(logits, kv, request, result, max_new)
+                second_choice.retry(self, logits, kv, len(ids), request, result, generated, max_new)
             result.decode_ms = (time.monotonic() - decode_started) * 1000
             self._store(request.key, ids, kv)
         return result

@@ -152,7 +152,9 @@ def _build_here(checkpoint: str, target: str, block_size: int, accuracy_level: i
         builder.create_model(None, checkpoint, target, "int4", "cpu", cache, **extra)
     shutil.rmtree(cache, ignore_errors=True)
     kv_fp16 = kernel and _attention_on_kernel(Path(target) / "model.onnx")
-    record = {"source": str(Path(checkpoint).resolve()), "block_size": block_size, "accuracy_level": accuracy_level,
+    # A GPTQ checkpoint is built from a temporary dequantized copy: the source to name is the checkpoint.
+    source = gguf if gguf and Path(gguf).is_dir() else checkpoint
+    record = {"source": str(Path(source).resolve()), "block_size": block_size, "accuracy_level": accuracy_level,
               "head": head, "symmetric": symmetric, "clip_search": clip_search, "kernel": kernel, "kv_fp16": kv_fp16,
               kind: gguf if own else None,
               f"{kind}_mode": gguf_mode if own else None,

@@ -1,0 +1,95 @@
+"""When the stop rule leaves nothing of the greedy answer, the model's next best one.
+
+The stop rule throws an answer away whole when its first line writes the code
+below the cursor again or leaves the cursor's block. A model given the code
+below (FIM) still does that where it hesitated at one token: in a hole above
+``self.shortsignature = ', '.join(allshortargs)`` Qwen2.5-Coder wrote that
+line, where ``self.signature = ', '.join(allargs)`` belonged, and the editor
+got nothing. The rejected line's tokens are run again in one pass; at the
+token where the greedy choice led the next best by the least, the next best
+is taken and the answer written on greedily under the same stop rule. Up to
+``candidates - 1`` such places are tried, least certain first; the first
+answer left standing wins. Only answers judged against the code below
+(``fitting``) have candidates of their own; this is the plain answer's.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ...protocol import GenerationResult
+from .branch import Branch
+from .prefix_cache import crop
+
+if TYPE_CHECKING:
+    from .generate import Engine, GenerationRequest
+
+log = logging.getLogger(__name__)
+
+RUNNER_UP_TOKENS = 8  # the next best token at a place is looked for among this many of its best
+
+
+@dataclass(frozen=True)
+class _Place:
+    index: int  # how many of the rejected tokens stay
+    token: int  # the next best token there
+    margin: float  # by how much the greedy token led it (log-probability)
+
+
+def retry(engine: "Engine", first_logits: Any, kv: Any, prompt_length: int, request: "GenerationRequest",
+          result: GenerationResult, generated: list[int], max_new: int) -> None:
+    """Where ``result`` (the greedy answer, written as ``generated``) came out empty by the stop rule, write
+    the next best answers at its least certain tokens; the first non-empty one becomes ``result``."""
+    tries = request.candidates - 1
+    if tries <= 0 or result.reason != "stop" or result.text.strip() or not generated or _no_time(request):
+        return
+    if not crop(kv, prompt_length):
+        return  # a cache that cannot be cut back (sliding-window layers): the empty answer stands
+    started = time.monotonic()
+    rows = engine._forward_keep(generated, kv, len(generated))
+    logits_at = [first_logits, *rows[:-1]]  # logits_at[i] chose generated[i]
+    places = sorted(_places(engine, generated, logits_at, result.healed), key=lambda place: place.margin)[:tries]
+    for place in places:
+        if _no_time(request) or not crop(kv, prompt_length + place.index):
+            break
+        branch = Branch(generated[: place.index], [], "", logits_at[place.index], prompt_length + place.index)
+        other = GenerationResult(text="", reason="", healed=result.healed)
+        engine._decode(branch.logits, kv, request, other, max_new, start=branch, force=[place.token])
+        result.new_tokens += other.new_tokens
+        result.decode_steps += other.decode_steps
+        if other.text.strip() and other.reason != "cancelled":
+            result.text, result.reason = other.text, other.reason
+            break
+    log.debug("second choice: %d places tried in %.0f ms, %s", len(places), (time.monotonic() - started) * 1000,
+              "an answer" if result.text.strip() else "still empty")
+
+
+def _no_time(request: "GenerationRequest") -> bool:
+    return request.cancel.is_set() or (request.deadline is not None and time.monotonic() >= request.deadline)
+
+
+def _places(engine: "Engine", generated: list[int], logits_at: list[Any], healed: str) -> list[_Place]:
+    """The places in the rejected answer's first line of code where another token could go, each with the
+    best such token: past the healed text, from the token that starts the code to the one that ends its line."""
+    torch = engine._torch
+    places = []
+    for index, token in enumerate(generated):
+        before = engine.tokenizer.decode(generated[:index], skip_special_tokens=True)
+        if len(before) < len(healed) or not before.startswith(healed):
+            continue  # healing's text is still being spelled out: its tokens are not free
+        written = before[len(healed):]
+        if written.strip() and "\n" in written.lstrip():
+            break  # the first line of code has ended
+        logprobs = torch.log_softmax(logits_at[index].float(), dim=-1)
+        for other in logprobs.topk(RUNNER_UP_TOKENS).indices.tolist():
+            if other == token or other in engine.eos_ids:
+                continue
+            text = engine.tokenizer.decode([other], skip_special_tokens=True)
+            if "\ufffd" in text or not (written + text).strip():
+                continue  # half a character, or still no code
+            places.append(_Place(index, other, float(logprobs[token] - logprobs[other])))
+            break
+    return places

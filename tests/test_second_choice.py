@@ -1,0 +1,93 @@
+"""Where the stop rule leaves nothing of the greedy answer, the next best answer at its least certain token."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from phils.config import EngineSettings
+from phils.engine import Engine, GenerationRequest, load_model
+
+torch.set_num_threads(1)
+PROMPT = "def add(a, b):\n    total = a + b\n    "
+REJECTED_TOKENS = 6  # the greedy answer's first tokens, which the stop rule below refuses
+MAX_CHARS = 40
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model):
+    return load_model(EngineSettings(model=str(tiny_model), threads=1))
+
+
+def fresh(loaded) -> Engine:
+    return Engine(loaded, context_tokens=2048, cache_bytes=2**30)
+
+
+def greedy_tokens(engine: Engine) -> list[int]:
+    ids = engine.encode(PROMPT)
+    out = []
+    with torch.inference_mode():
+        for _ in range(REJECTED_TOKENS):
+            logits = engine.loaded.model(input_ids=torch.tensor([ids + out])).logits[0, -1]
+            out.append(int(logits.argmax()))
+    return out
+
+
+def refusing(rejected: str):
+    """A stop rule that leaves nothing of an answer beginning with ``rejected`` (as one that writes the code
+    below again does), and ends any other at MAX_CHARS."""
+    def stop(text: str) -> int | None:
+        if text.startswith(rejected):
+            return 0
+        return MAX_CHARS if len(text) >= MAX_CHARS else None
+    return stop
+
+
+def ask(engine: Engine, key: str, stop, candidates: int):
+    return engine.generate(GenerationRequest(key, PROMPT, max_new_tokens=32, stop=stop, heal=False,
+                                             candidates=candidates))
+
+
+def test_an_answer_the_stop_rule_empties_gives_way_to_the_next_best_at_its_least_certain_token(loaded):
+    engine = fresh(loaded)
+    tokens = greedy_tokens(engine)
+    rejected = engine.tokenizer.decode(tokens, skip_special_tokens=True)
+    assert rejected.strip(), "the tiny model writes code first"
+    stop = refusing(rejected)
+
+    alone = ask(fresh(loaded), "doc", stop, candidates=1)
+    assert alone.text == "" and alone.reason == "stop"  # what the editor got before
+
+    answer = ask(engine, "doc", stop, candidates=2)
+    assert answer.text.strip() and not answer.text.startswith(rejected)
+
+    # The place, computed here from one pass of the model over the prompt and the rejected tokens: where the
+    # greedy token led the best other token (not EOS, writing text) by the least.
+    ids = engine.encode(PROMPT)
+    with torch.inference_mode():
+        logprobs = torch.log_softmax(engine.loaded.model(input_ids=torch.tensor([ids + tokens])).logits[0].float(), -1)
+    margins = []
+    for index, token in enumerate(tokens):
+        row = logprobs[len(ids) - 1 + index]
+        other = next(t for t in row.topk(8).indices.tolist() if t != token and t not in engine.eos_ids
+                     and "\ufffd" not in engine.tokenizer.decode([t]) and engine.tokenizer.decode(tokens[:index] + [t]).strip())
+        margins.append((float(row[token] - row[other]), index, other))
+    _, index, other = min(margins)
+    assert answer.text.startswith(engine.tokenizer.decode(tokens[:index] + [other], skip_special_tokens=True))
+
+
+def test_after_a_second_choice_the_cache_still_answers_as_a_fresh_engine(loaded):
+    engine = fresh(loaded)
+    rejected = engine.tokenizer.decode(greedy_tokens(engine), skip_special_tokens=True)
+    ask(engine, "doc", refusing(rejected), candidates=3)
+    typed = ask(engine, "doc", refusing("\x00"), candidates=1)
+    assert typed.reused_tokens > 0
+    assert typed.text == ask(fresh(loaded), "doc", refusing("\x00"), candidates=1).text
+
+
+def test_a_request_past_its_deadline_gets_no_second_choice(loaded):
+    engine = fresh(loaded)
+    rejected = engine.tokenizer.decode(greedy_tokens(engine), skip_special_tokens=True)
+    request = GenerationRequest("doc", PROMPT, max_new_tokens=32, stop=refusing(rejected), heal=False, candidates=3,
+                                deadline=0.0)
+    assert engine.generate(request).text == ""
