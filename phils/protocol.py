@@ -58,6 +58,7 @@ class GenerationResult:
     healed: str = ""  # the prompt's last token, backed off and generated again
     candidates: int = 0  # answers judged against fit_suffix (0: none were, e.g. it cannot rewind its cache)
     cut: str = ""  # what the time budget cut short: "answer" (the greedy answer), "judging" (other candidates)
+    second_choice: str = ""  # the stop rule emptied the greedy answer and the next best were tried: "answered" or "empty"
 
     @classmethod
     def from_dict(cls, text: str, data: Any) -> "GenerationResult":

@@ -56,10 +56,10 @@ def test_an_answer_the_stop_rule_empties_gives_way_to_the_next_best_at_its_least
     stop = refusing(rejected)
 
     alone = ask(fresh(loaded), "doc", stop, candidates=1)
-    assert alone.text == "" and alone.reason == "stop"  # what the editor got before
+    assert alone.text == "" and alone.reason == "stop" and alone.second_choice == ""  # what the editor got before
 
     answer = ask(engine, "doc", stop, candidates=2)
-    assert answer.text.strip() and not answer.text.startswith(rejected)
+    assert answer.text.strip() and not answer.text.startswith(rejected) and answer.second_choice == "answered"
 
     # The place, computed here from one pass of the model over the prompt and the rejected tokens: where the
     # greedy token led the best other token (not EOS, writing text) by the least.
@@ -91,3 +91,24 @@ def test_a_request_past_its_deadline_gets_no_second_choice(loaded):
     request = GenerationRequest("doc", PROMPT, max_new_tokens=32, stop=refusing(rejected), heal=False, candidates=3,
                                 deadline=0.0)
     assert engine.generate(request).text == ""
+
+
+def test_second_choices_are_counted_in_phils_stats_and_the_engines_metrics():
+    from types import SimpleNamespace
+
+    from phils.engine.serving.metrics import EngineMetrics
+    from phils.lsp.stats import Stats
+    from phils.protocol import EngineJob, GenerationResult
+
+    results = [GenerationResult(text="x = 1", reason="stop", second_choice="answered"),
+               GenerationResult(text="", reason="stop", second_choice="empty"),
+               GenerationResult(text="y = 2", reason="stop")]
+    stats = Stats()
+    metrics = EngineMetrics(SimpleNamespace(cache_report=lambda: {"bytes": 0, "budget_bytes": 0}, state="ready"))
+    for result in results:
+        stats.record(result, bool(result.text), 10.0, "" if result.text else "stop rule")
+        metrics.record(EngineJob(document="d", prompt="p", max_new_tokens=4), result, 10.0)
+    assert stats.as_dict()["second_choices"] == {"answered": 1, "empty": 1}
+    text = metrics.exposition().decode()
+    assert 'phils_second_choices_total{outcome="answered"} 1.0' in text
+    assert 'phils_second_choices_total{outcome="empty"} 1.0' in text

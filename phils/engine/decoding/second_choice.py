@@ -63,6 +63,7 @@ def retry(engine: "Engine", first_logits: Any, kv: Any, prompt_length: int, requ
         if other.text.strip() and other.reason != "cancelled":
             result.text, result.reason = other.text, other.reason
             break
+    result.second_choice = "answered" if result.text.strip() else "empty"
     log.debug("second choice: %d places tried in %.0f ms, %s", len(places), (time.monotonic() - started) * 1000,
               "an answer" if result.text.strip() else "still empty")
 

@@ -26,6 +26,9 @@ class EngineMetrics:
         self.budget_cuts = Counter("phils_budget_cuts",
                                    "Completions the time budget (phils.deadline_ms) cut, by what it cut: the greedy "
                                    "answer itself, or the judging of other candidates", ["stage"], registry=registry)
+        self.second_choices = Counter("phils_second_choices",
+                                      "Greedy answers the stop rule left empty, by whether the model's next best "
+                                      "answer at their least certain tokens was shown", ["outcome"], registry=registry)
         self.budget = Gauge("phils_budget_seconds", "The time budget of the last completion (0: none)",
                             registry=registry)
         self.windows = Gauge("phils_windows_attached", "Editor windows attached to this engine", registry=registry)
@@ -45,6 +48,8 @@ class EngineMetrics:
                 self.tokens.labels(name).inc(value)
         if result.cut:
             self.budget_cuts.labels(result.cut).inc()
+        if result.second_choice:
+            self.second_choices.labels(result.second_choice).inc()
         if kind == "completion":
             self.budget.set(job.deadline_ms / 1000)
         if kind == "completion" and result.reason != "cancelled":
