@@ -112,3 +112,16 @@ def test_second_choices_are_counted_in_phils_stats_and_the_engines_metrics():
     text = metrics.exposition().decode()
     assert 'phils_second_choices_total{outcome="answered"} 1.0' in text
     assert 'phils_second_choices_total{outcome="empty"} 1.0' in text
+
+
+def test_an_answer_that_begins_below_the_cursors_line_gets_no_second_choice(loaded):
+    """A model that ends the cursor's line and writes on less indented takes the block as over: nothing goes."""
+    from phils.engine.decoding.second_choice import _places
+
+    engine = fresh(loaded)
+    vocabulary = len(engine.tokenizer)
+    rows = [torch.randn(vocabulary, generator=torch.Generator().manual_seed(i)) for i in range(32)]
+    below = engine.encode_plain("\nreturn total\n")
+    here = engine.encode_plain("total += 1\n")
+    assert _places(engine, below, rows, "") == []
+    assert _places(engine, here, rows, "")  # the same kind of answer on the cursor's line has places

@@ -10,7 +10,9 @@ token where the greedy choice led the next best by the least, the next best
 is taken and the answer written on greedily under the same stop rule. Up to
 ``candidates - 1`` such places are tried, least certain first; the first
 answer left standing wins. Only answers judged against the code below
-(``fitting``) have candidates of their own; this is the plain answer's.
+(``fitting``) have candidates of their own; this is the plain answer's. An
+answer that begins on a new line (the model ends the cursor's line and takes
+its block as over) gets no second choice: there it says that nothing goes.
 """
 
 from __future__ import annotations
@@ -76,6 +78,9 @@ def _places(engine: "Engine", generated: list[int], logits_at: list[Any], healed
     """The places in the rejected answer's first line of code where another token could go, each with the
     best such token: past the healed text, from the token that starts the code to the one that ends its line."""
     torch = engine._torch
+    rejected = engine.tokenizer.decode(generated, skip_special_tokens=True)[len(healed):]
+    if "\n" in rejected[: len(rejected) - len(rejected.lstrip())]:
+        return []  # the model ended the cursor's line and wrote on below it (a block it takes as over): no line here
     places = []
     for index, token in enumerate(generated):
         before = engine.tokenizer.decode(generated[:index], skip_special_tokens=True)
