@@ -26,7 +26,7 @@ from pathlib import Path
 from pygls.workspace import TextDocument
 
 from phils.backends import make_backend
-from phils.config import Settings
+from phils.config import Settings, merge, parse_assignment
 from phils.lsp import postprocess
 from phils.lsp.completion import build_prompt
 from phils.lsp.documents import cursor_context
@@ -65,7 +65,7 @@ async def one_round(settings: Settings, text: str) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="engine settings")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="settings, as phils --set")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", default="bench/results/shared-engine-overhead.md")
     args = parser.parse_args()
@@ -73,15 +73,18 @@ def main() -> int:
 
     source = (Path(pygls.__file__).parent.parent / MODULE).read_text().split("\n")[:80]
     text = "\n".join(source) + "\n    def "
-    engine = dataclasses.replace(Settings().engine, model=args.model, draft_tokens=0, idle_exit_s=30)
-    for item in args.set:
-        key, _, value = item.partition("=")
-        field = key.removeprefix("engine.")
-        engine = dataclasses.replace(engine, **{field: type(getattr(engine, field))(value)})
+    base, warnings = merge(Settings(), {"engine": {"model": args.model, "draft_tokens": 0, "idle_exit_s": 30}},
+                           "the script")
+    for item in args.set:  # validated as phils validates --set
+        values, problem = parse_assignment(item)
+        base, more = merge(base, values, "--set")
+        warnings += [problem] if problem else more
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     rows = []
     for round_ in range(args.rounds):
         for backend in ("local", "auto"):
-            settings = dataclasses.replace(Settings(), engine=dataclasses.replace(engine, backend=backend))
+            settings = dataclasses.replace(base, engine=dataclasses.replace(base.engine, backend=backend))
             figures = asyncio.run(one_round(settings, text))
             subprocess.run([sys.executable, "-m", "phils", "engine", "stop", "--all"], capture_output=True)
             rows.append((round_ + 1, backend, figures))

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ...protocol import GenerationResult
+
 
 @dataclass
 class Branch:
@@ -15,3 +17,11 @@ class Branch:
     pending: str  # healing text still to spell out
     logits: Any  # the next token's logits there
     kv_length: int  # tokens in the KV cache there
+
+
+def add_counts(result: GenerationResult, other: GenerationResult) -> None:
+    """Count in ``result`` the work of ``other``, an answer written from a branch point of it."""
+    result.new_tokens += other.new_tokens
+    result.decode_steps += other.decode_steps
+    result.drafted_tokens += other.drafted_tokens
+    result.kept_draft_tokens += other.kept_draft_tokens

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ...protocol import GenerationResult
 from ..limits import MAX_SUFFIX_TOKENS
-from .branch import Branch
+from .branch import Branch, add_counts
 from .prefix_cache import common_prefix, crop
 
 if TYPE_CHECKING:
@@ -156,7 +156,7 @@ def choose(engine: "Engine", logits: Any, kv: Any, prompt_length: int, request: 
             other_scores = list(branch.scores)
             tokens = engine._decode(branch.logits, kv, how, other, max_new, start=branch, force=force,
                                     scores=other_scores, pick=pick)
-            _add_counts(result, other)
+            add_counts(result, other)
             judge.held = tokens[: kv.get_seq_length() - prompt_length]
             timing["others_ms"] += (time.monotonic() - clock) * 1000
             origin += 1
@@ -230,13 +230,6 @@ def _sampler(engine: "Engine", seed: int) -> Callable[[Any], int]:
         probs = torch.softmax(top.values / SAMPLE_TEMPERATURE, -1).cpu()
         return int(top.indices[int(torch.multinomial(probs, 1, generator=generator))])
     return pick
-
-
-def _add_counts(result: GenerationResult, other: GenerationResult) -> None:
-    result.new_tokens += other.new_tokens
-    result.decode_steps += other.decode_steps
-    result.drafted_tokens += other.drafted_tokens
-    result.kept_draft_tokens += other.kept_draft_tokens
 
 
 def _spelled(engine: "Engine", pending: str, name: str) -> list[int]:

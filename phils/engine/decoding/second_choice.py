@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ...protocol import GenerationResult
-from .branch import Branch
+from .branch import Branch, add_counts
 from .prefix_cache import crop
 
 if TYPE_CHECKING:
@@ -60,8 +60,7 @@ def retry(engine: "Engine", first_logits: Any, kv: Any, prompt_length: int, requ
         branch = Branch(generated[: place.index], [], "", logits_at[place.index], prompt_length + place.index)
         other = GenerationResult(text="", reason="", healed=result.healed)
         engine._decode(branch.logits, kv, request, other, max_new, start=branch, force=[place.token])
-        result.new_tokens += other.new_tokens
-        result.decode_steps += other.decode_steps
+        add_counts(result, other)
         if other.text.strip() and other.reason != "cancelled":
             result.text, result.reason = other.text, other.reason
             break

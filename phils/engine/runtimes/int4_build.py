@@ -136,9 +136,10 @@ def _build_here(checkpoint: str, target: str, block_size: int, accuracy_level: i
 
     started = time.monotonic()
     own: GgufBlocks | GptqBlocks | None = None
+    gptq = bool(gguf) and Path(gguf).is_dir()  # a GPTQ checkpoint's directory, else a GGUF file
     if gguf:
         try:
-            own = GptqBlocks(gguf) if Path(gguf).is_dir() else GgufBlocks(gguf)
+            own = GptqBlocks(gguf) if gptq else GgufBlocks(gguf)
         except Exception as exc:  # the blocks are a refinement: a file that cannot be read still builds
             log.warning("cannot read the 4-bit blocks of %s (%s): its weights are quantized again", gguf, exc)
     kind = "gptq" if isinstance(own, GptqBlocks) else "gguf"
@@ -153,7 +154,7 @@ def _build_here(checkpoint: str, target: str, block_size: int, accuracy_level: i
     shutil.rmtree(cache, ignore_errors=True)
     kv_fp16 = kernel and _attention_on_kernel(Path(target) / "model.onnx")
     # A GPTQ checkpoint is built from a temporary dequantized copy: the source to name is the checkpoint.
-    source = gguf if gguf and Path(gguf).is_dir() else checkpoint
+    source = gguf if gptq else checkpoint
     record = {"source": str(Path(source).resolve()), "block_size": block_size, "accuracy_level": accuracy_level,
               "head": head, "symmetric": symmetric, "clip_search": clip_search, "kernel": kernel, "kv_fp16": kv_fp16,
               kind: gguf if own else None,
