@@ -35,10 +35,21 @@ class EngineJob:
     samples: int = 0  # with fit_suffix: answers sampled from the model, judged with the others
     early_accept: bool = True  # with fit_suffix: no other candidates when the greedy answer already fits
     background: bool = False  # computed ahead (after accepting the shown suggestion): yields to any other job
+    # The same request in a short window around the cursor: the engine answers from it instead when the
+    # prompt's uncomputed part is much longer than this one's (a document just opened), and computes the
+    # whole prompt in idle time after.
+    near_prompt: str = ""
 
     @property
     def key(self) -> str:
         return f"{self.window}{KEY_SEPARATOR}{self.document}"
+
+
+NEAR_KEY = f"{KEY_SEPARATOR}near"  # after a job's key: the cache entry of its near window
+
+
+def near_key(key: str) -> str:
+    return key + NEAR_KEY
 
 
 @dataclass
@@ -59,6 +70,7 @@ class GenerationResult:
     candidates: int = 0  # answers judged against fit_suffix (0: none were, e.g. it cannot rewind its cache)
     cut: str = ""  # what the time budget cut short: "answer" (the greedy answer), "judging" (other candidates)
     second_choice: str = ""  # the stop rule emptied the greedy answer and the next best were tried: "answered" or "empty"
+    window: str = ""  # "near": answered from the job's near_prompt (the whole prompt was not computed yet)
 
     @classmethod
     def from_dict(cls, text: str, data: Any) -> "GenerationResult":

@@ -165,7 +165,7 @@ class PhilsEngineBackend:
                 "shape": job.shape.as_dict() if job.shape else None, "heal": job.heal,
                 "ignore_stops": job.ignore_stops, "deadline_ms": job.deadline_ms,
                 "fit_suffix": job.fit_suffix, "candidates": job.candidates, "define": list(job.define),
-                "samples": job.samples, "early_accept": job.early_accept,
+                "samples": job.samples, "early_accept": job.early_accept, "near_prompt": job.near_prompt,
             },
         }
         try:

@@ -395,6 +395,8 @@ def opening_position(lines: list[str], budget_tokens: int) -> tuple[int, int]:
 
 
 MIDDLE_START = "\x1fmiddle"  # with the document's URI: the key of its FIM prompt's middle start in tail_starts
+FEWEST_CHARS_PER_TOKEN = 2  # code has more: a prompt of fewer characters than this many per token is short
+NEAR_WINDOW = "\x1fnear"  # with the document's URI: the key of its near window's tail start in tail_starts
 
 
 def fim_markers(backend: Any, settings: Settings) -> dict[str, str] | None:
@@ -412,15 +414,19 @@ def fim_at(backend: Any, settings: Settings, ctx: CursorContext) -> dict[str, st
 
 
 def build_prompt(backend: Any, ctx: CursorContext, settings: Settings, tail_starts: dict[str, int],
-                 index: project.ProjectIndex | None = None, opening: bool = False) -> prompt.Prompt:
+                 index: project.ProjectIndex | None = None, opening: bool = False, near: bool = False) -> prompt.Prompt:
     """The document's prompt, its tail starting where the last one did if it still fits.
 
     ``opening``: the pre-fill of a document just opened, which no request reads yet; with a FIM
-    model, the start all its prompts share (``prompt.fim_opening``).
+    model, the start all its prompts share (``prompt.fim_opening``). ``near``: the near window
+    (``completion.near_window_tokens``), without other modules' context, its tail remembered apart.
     """
     budget = backend.context_tokens - settings.engine.max_new_tokens
+    if near:
+        budget = min(budget, settings.completion.near_window_tokens)
+    key = ctx.uri + NEAR_WINDOW if near else ctx.uri
     context = ""
-    if index is not None and settings.completion.project_context:
+    if index is not None and settings.completion.project_context and not near:
         try:
             context = index.context(project.path_of(ctx.uri), ctx.prefix + ctx.suffix, ctx.line,
                                     backend.count_tokens, int(budget * PROJECT_SHARE))
@@ -432,14 +438,27 @@ def build_prompt(backend: Any, ctx: CursorContext, settings: Settings, tail_star
         return prompt.fim_opening(ctx, backend.count_tokens, budget, markers, context)
     markers = fim_at(backend, settings, ctx)
     if markers:
-        built = prompt.build_fim(ctx, backend.count_tokens, budget, markers, tail_starts.get(ctx.uri), context,
-                                 settings.completion.fim_suffix_tokens, tail_starts.get(ctx.uri + MIDDLE_START))
-        tail_starts[ctx.uri + MIDDLE_START] = built.middle_start
+        built = prompt.build_fim(ctx, backend.count_tokens, budget, markers, tail_starts.get(key), context,
+                                 settings.completion.fim_suffix_tokens, tail_starts.get(key + MIDDLE_START))
+        tail_starts[key + MIDDLE_START] = built.middle_start
     else:
-        built = prompt.build(ctx, backend.count_tokens, budget, keep_start=tail_starts.get(ctx.uri), context=context)
+        built = prompt.build(ctx, backend.count_tokens, budget, keep_start=tail_starts.get(key), context=context)
     if built.tail_start is not None:
-        tail_starts[ctx.uri] = built.tail_start
+        tail_starts[key] = built.tail_start
     return built
+
+
+def near_window(backend: Any, ctx: CursorContext, settings: Settings, tail_starts: dict[str, int],
+                built: prompt.Prompt) -> prompt.Prompt | None:
+    """The near window's prompt for the request whose whole prompt is ``built``, where one is worth
+    sending: the engine caches KV (it chooses between them by what it holds) and the whole prompt is
+    longer than the near window would be."""
+    near_tokens = settings.completion.near_window_tokens
+    if (not near_tokens or not settings.engine.kv_cache or not getattr(backend, "warms", False)
+            or len(built.text) <= near_tokens * FEWEST_CHARS_PER_TOKEN):
+        return None  # too short for the near window to leave anything out
+    near = build_prompt(backend, ctx, settings, tail_starts, near=True)
+    return near if near.text != built.text else None
 
 
 def model_prompt(built: prompt.Prompt, heals: bool, line_prefix: str = "") -> tuple[str, str, str]:
@@ -492,6 +511,7 @@ async def _pipeline(
     # Off the event loop (counting tokens may ask the engine), on the one prompt thread.
     loop = asyncio.get_running_loop()
     built = await loop.run_in_executor(PROMPT_THREAD, build_prompt, backend, ctx, settings, tail_starts, index)
+    near = await loop.run_in_executor(PROMPT_THREAD, near_window, backend, ctx, settings, tail_starts, built)
     shape = postprocess.shape_of(ctx, settings.completion.multiline, settings.completion.max_lines,
                                  settings.completion.mid_block)
     text, follows, strip = model_prompt(built, backend.heals, ctx.line_prefix)
@@ -516,6 +536,7 @@ async def _pipeline(
         samples=settings.completion.samples if judged else 0,
         early_accept=settings.completion.early_accept,
         background=background,
+        near_prompt=model_prompt(near, backend.heals, ctx.line_prefix)[0] if near else "",
     )
     result = await backend.generate(job)
     if result.candidates or not judged:  # the engine judged the lengths (or nothing was to be judged): keep its shape

@@ -33,6 +33,7 @@ class Stats:
     warmup_tokens: int = 0
     empty_reasons: dict = field(default_factory=dict)  # why answers were empty: eos, stop rule, a filter's name
     budget_cuts: dict = field(default_factory=dict)  # answers the time budget cut: in the "answer" or in "judging"
+    near_windows: int = 0  # answered from the near window (the whole prompt not computed yet)
     second_choices: dict = field(default_factory=dict)  # greedy answers the stop rule emptied: "answered" by the next best, or "empty"
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=2000))
     first_token_ms: deque = field(default_factory=lambda: deque(maxlen=2000))
@@ -51,6 +52,8 @@ class Stats:
             self.budget_cuts[cut] = self.budget_cuts.get(cut, 0) + 1
         if outcome := getattr(result, "second_choice", ""):
             self.second_choices[outcome] = self.second_choices.get(outcome, 0) + 1
+        if getattr(result, "window", "") == "near":
+            self.near_windows += 1
         if result.reason == "cancelled":
             self.cancelled += 1
             self.cancelled_tokens += result.prefill_tokens + result.new_tokens

@@ -58,6 +58,12 @@ class PrefixCache:
             entry = self._entries.pop(key, None)
         return entry.value if entry else None
 
+    def shared(self, key: str, ids: list[int]) -> int:
+        """How many of ``ids``' first tokens ``key``'s entry holds (0 without one); the entry stays."""
+        with self._lock:
+            entry = self._entries.get(key)
+        return common_prefix(entry.value.ids, ids) if entry is not None else 0
+
     def take_longest_prefix(self, ids: list[int], minimum: int) -> CachedPrefix | None:
         """Take the entry that shares the longest token prefix with ``ids`` (at least ``minimum``)."""
         with self._lock:

@@ -92,6 +92,7 @@ def parse_job(body: Any, service: EngineService) -> tuple[EngineJob, bool]:
         samples=min(_non_negative_int(extra.get("samples", 0), "phils.samples"), MAX_SAMPLES),
         early_accept=bool(extra.get("early_accept", True)),
         background=bool(extra.get("background", False)),
+        near_prompt=_string(extra.get("near_prompt", ""), "phils.near_prompt"),
     )
     return job, bool(body.get("stream", False))
 

@@ -29,6 +29,9 @@ class EngineMetrics:
         self.second_choices = Counter("phils_second_choices",
                                       "Greedy answers the stop rule left empty, by whether the model's next best "
                                       "answer at their least certain tokens was shown", ["outcome"], registry=registry)
+        self.near_windows = Counter("phils_near_windows",
+                                    "Completions answered from the near window, the whole prompt not computed yet",
+                                    registry=registry)
         self.budget = Gauge("phils_budget_seconds", "The time budget of the last completion (0: none)",
                             registry=registry)
         self.windows = Gauge("phils_windows_attached", "Editor windows attached to this engine", registry=registry)
@@ -50,6 +53,8 @@ class EngineMetrics:
             self.budget_cuts.labels(result.cut).inc()
         if result.second_choice:
             self.second_choices.labels(result.second_choice).inc()
+        if result.window == "near":
+            self.near_windows.inc()
         if kind == "completion":
             self.budget.set(job.deadline_ms / 1000)
         if kind == "completion" and result.reason != "cancelled":

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future
+from dataclasses import replace
 from functools import partial
 from typing import Any, Callable
 
@@ -25,7 +26,7 @@ from ...protocol import KEY_SEPARATOR, EngineJob, GenerationResult
 from ..decoding.generate import Engine, GenerationRequest
 from ..loading.loader import load_model
 from .metrics import EngineMetrics
-from .worker import BACKGROUND, URGENT, ModelWorker
+from .worker import BACKGROUND, IDLE, URGENT, ModelWorker
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class EngineService:
         self._listeners: list[StatusListener] = []
         self._newest: dict[str, CancelFlag] = {}  # key → the cancel flag of its newest completion
         self._warmups: set[CancelFlag] = set()
+        self._idle: set[CancelFlag] = set()  # the engine's own warm-ups: any new job cancels them
         self._by_window: dict[str, set[CancelFlag]] = {}
         self.last_activity = time.monotonic()
 
@@ -131,6 +133,8 @@ class EngineService:
         self.last_activity = time.monotonic()
         optional = job.warmup or job.background  # work ahead of need: yields to anything that waits for an answer
         with self._lock:
+            for warming in self._idle:
+                warming.set()  # the engine's own work yields to anything asked
             if optional:
                 self._warmups.add(cancel)
             else:
@@ -145,9 +149,20 @@ class EngineService:
         future.add_done_callback(lambda _: self._finished(job, cancel))
         return future
 
+    def _warm_whole_prompt(self, job: EngineJob) -> None:
+        """A near window answered: compute the whole prompt when the engine has nothing else to do, so
+        the next request in the document reads it all (progress is kept if a job cuts it short)."""
+        warmup = replace(job, warmup=True, near_prompt="", background=True)
+        cancel = CancelFlag()
+        with self._lock:
+            self._idle.add(cancel)
+        future = self._worker.submit(self._run, warmup, cancel, time.monotonic(), priority=IDLE)
+        future.add_done_callback(lambda _: self._finished(warmup, cancel))
+
     def _finished(self, job: EngineJob, cancel: CancelFlag) -> None:
         with self._lock:
             self._warmups.discard(cancel)
+            self._idle.discard(cancel)
             if self._newest.get(job.key) is cancel:
                 del self._newest[job.key]
             if (flags := self._by_window.get(job.window)) is not None:
@@ -167,6 +182,8 @@ class EngineService:
             result = GenerationResult(text="", reason="cancelled" if cut_short else "warmup", prefill_tokens=computed)
         else:
             result = engine.generate(generation_request(job, cancel))
+            if result.window == "near" and not cancel.is_set():
+                self._warm_whole_prompt(job)
         self.metrics.record(job, result, (time.monotonic() - queued_at) * 1000)
         if cancel.decoded_at_cancel is not None and not job.warmup:
             self.metrics.after_cancel.inc(max(result.new_tokens - cancel.decoded_at_cancel, 0))
@@ -256,6 +273,7 @@ def generation_request(job: EngineJob, cancel: CancelFlag) -> GenerationRequest:
         define=job.define,
         samples=job.samples,
         skip_when_followed=job.early_accept,
+        near_prompt=job.near_prompt,
         # Code before the cursor on its line: the line being typed, closed and judged alone first.
         line_first=bool(job.shape and job.shape.line_prefix.strip()),
     )

@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 
 URGENT = 0  # loads and completions
 BACKGROUND = 1  # warm-ups
-_STOP = 2
+IDLE = 2  # the engine's own work when nothing else waits (the whole prompt after a near window's answer)
+_STOP = 3
 
 
 class ModelWorker:
