@@ -72,6 +72,21 @@ def test_a_near_window_that_spares_little_is_not_used(loaded):
     assert ask(engine, WHOLE, NEAR).window == ""
 
 
+def test_an_engine_fast_enough_to_compute_the_whole_prompt_does_not_use_the_near_window(loaded):
+    engine = fresh(loaded)
+    engine.prefill_rate = 100_000.0  # tokens a second: a GPU computes the whole prompt at once
+    assert ask(engine, WHOLE, NEAR).window == ""
+    engine.prefill_rate = 50.0  # a slow CPU: the spared tokens are seconds
+    assert ask(engine, WHOLE, NEAR, key="another").window == "near"
+
+
+def test_the_engine_measures_its_prefill_speed_from_requests(loaded):
+    engine = fresh(loaded)
+    assert engine.prefill_rate is None
+    answer = ask(engine, WHOLE)
+    assert engine.prefill_rate == pytest.approx(answer.prefill_tokens * 1000 / answer.prefill_ms)
+
+
 def test_without_a_kv_cache_there_is_no_near_window(loaded):
     # Nothing is kept, so nothing is computed ahead either: every request reads its whole prompt.
     assert ask(fresh(loaded, cache_bytes=0), WHOLE, NEAR).window == ""

@@ -31,9 +31,12 @@ PREFILL_CHUNK = 64
 WARMUP_CHUNK = 16
 # Another document's cache is taken over only when it shares at least this much.
 MIN_SHARED_TOKENS = 32
-# A near window answers only when it spares at least this many prompt tokens to compute (about 1.3 s
-# of prefill for a 1.5B model in int4 on 2 cores): less is not worth the context it leaves out.
-NEAR_MIN_SAVING = 256
+# A near window answers only when it spares at least this much prefill time, at the speed this engine's
+# requests measured (before any: this many tokens, ~1.3 s for a 1.5B model in int4 on 2 cores). Less is
+# not worth the context it leaves out; on a GPU it never is.
+NEAR_MIN_SAVING_S = 1.0
+NEAR_MIN_SAVING_TOKENS = 256
+RATE_MIN_TOKENS = 64  # prefills shorter than this say little about the speed
 
 
 @dataclass
@@ -87,6 +90,7 @@ class Engine:
             self.draft_tokens = length.choose()
             log.info("drafts: %d tokens a pass (a pass's cost grows %.2f a token here)", self.draft_tokens, length.extra)
         self._draft_context: tuple[list[int], list[int]] = ([], [])  # the prompt's tokens, the code below's
+        self.prefill_rate: float | None = None  # prompt tokens a second, as requests measured it
 
     @property
     def vocabulary(self) -> healing.Vocabulary:
@@ -141,6 +145,7 @@ class Engine:
             logits, done = self._prefill(ids, reused, kv, request.cancel, PREFILL_CHUNK)
             result.prefill_tokens = done - reused
             result.prefill_ms = (time.monotonic() - prefill_started) * 1000
+            self._measure_prefill(result.prefill_tokens, result.prefill_ms)
             if logits is None:  # cancelled while prefilling: keep what was computed
                 self._store(request.key, ids[:done], kv)
                 return result
@@ -172,10 +177,20 @@ class Engine:
 
     def _near_pays(self, key: str, ids: list[int], near: str, near_ids: list[int]) -> bool:
         """Whether the near window spares most of the prompt's prefill: the whole prompt has more tokens
-        left to compute than the near window has at all, and the near window NEAR_MIN_SAVING fewer."""
+        left to compute than the near window has at all, and they would take NEAR_MIN_SAVING_S longer."""
         to_compute = len(ids) - self.cache.shared(key, ids)
-        near_to_compute = len(near_ids) - self.cache.shared(near, near_ids)
-        return to_compute > len(near_ids) and near_to_compute + NEAR_MIN_SAVING <= to_compute
+        spared = to_compute - (len(near_ids) - self.cache.shared(near, near_ids))
+        if to_compute <= len(near_ids):
+            return False
+        if self.prefill_rate is None:
+            return spared >= NEAR_MIN_SAVING_TOKENS
+        return spared / self.prefill_rate >= NEAR_MIN_SAVING_S
+
+    def _measure_prefill(self, tokens: int, ms: float) -> None:
+        """Prompt tokens a second, from the requests' prefills (a moving average)."""
+        if tokens >= RATE_MIN_TOKENS and ms > 0:
+            rate = tokens * 1000 / ms
+            self.prefill_rate = rate if self.prefill_rate is None else 0.7 * self.prefill_rate + 0.3 * rate
 
     def _reusable_kv(self, key: str, ids: list[int]) -> tuple[Any, int]:
         """The document's cache cropped to the longest prefix it shares with ``ids``.
