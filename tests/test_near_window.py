@@ -76,8 +76,9 @@ def test_an_engine_fast_enough_to_compute_the_whole_prompt_does_not_use_the_near
     engine = fresh(loaded)
     engine.prefill_rate = 100_000.0  # tokens a second: a GPU computes the whole prompt at once
     assert ask(engine, WHOLE, NEAR).window == ""
-    engine.prefill_rate = 50.0  # a slow CPU: the spared tokens are seconds
-    assert ask(engine, WHOLE, NEAR, key="another").window == "near"
+    slow = fresh(loaded)
+    slow.prefill_rate = 50.0  # a slow CPU: the spared tokens are seconds
+    assert ask(slow, WHOLE, NEAR).window == "near"
 
 
 def test_the_engine_measures_its_prefill_speed_from_requests(loaded):
@@ -85,6 +86,13 @@ def test_the_engine_measures_its_prefill_speed_from_requests(loaded):
     assert engine.prefill_rate is None
     answer = ask(engine, WHOLE)
     assert engine.prefill_rate == pytest.approx(answer.prefill_tokens * 1000 / answer.prefill_ms)
+
+
+def test_a_file_another_window_computed_is_not_answered_from_a_near_window(loaded):
+    engine = fresh(loaded)
+    engine.prefill("window-1\x1fdoc", WHOLE, __import__("threading").Event(), 12)
+    answer = ask(engine, WHOLE, NEAR, key="window-2\x1fdoc")  # the same file, just opened in a second window
+    assert answer.window == "" and answer.prefill_tokens <= 2
 
 
 def test_without_a_kv_cache_there_is_no_near_window(loaded):

@@ -178,7 +178,7 @@ class Engine:
     def _near_pays(self, key: str, ids: list[int], near: str, near_ids: list[int]) -> bool:
         """Whether the near window spares most of the prompt's prefill: the whole prompt has more tokens
         left to compute than the near window has at all, and they would take NEAR_MIN_SAVING_S longer."""
-        to_compute = len(ids) - self.cache.shared(key, ids)
+        to_compute = len(ids) - self.cache.shared(key, ids, MIN_SHARED_TOKENS)
         spared = to_compute - (len(near_ids) - self.cache.shared(near, near_ids))
         if to_compute <= len(near_ids):
             return False

@@ -58,11 +58,19 @@ class PrefixCache:
             entry = self._entries.pop(key, None)
         return entry.value if entry else None
 
-    def shared(self, key: str, ids: list[int]) -> int:
-        """How many of ``ids``' first tokens ``key``'s entry holds (0 without one); the entry stays."""
+    def shared(self, key: str, ids: list[int], minimum: int = 0) -> int:
+        """How many of ``ids``' first tokens ``key``'s entry holds; without one (and ``minimum`` > 0), the
+        most any entry holds if at least ``minimum``, as ``take_longest_prefix`` would take it. Nothing
+        is taken."""
         with self._lock:
             entry = self._entries.get(key)
-        return common_prefix(entry.value.ids, ids) if entry is not None else 0
+            if entry is not None:
+                return common_prefix(entry.value.ids, ids)
+            if minimum <= 0:
+                return 0
+            best = max((common_prefix(e.value.ids, ids) for e in self._entries.values() if e.value.ids[:1] == ids[:1]),
+                       default=0)
+        return best if best >= minimum else 0
 
     def take_longest_prefix(self, ids: list[int], minimum: int) -> CachedPrefix | None:
         """Take the entry that shares the longest token prefix with ``ids`` (at least ``minimum``)."""
