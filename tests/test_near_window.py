@@ -181,3 +181,26 @@ async def test_the_first_request_in_an_opened_file_is_answered_near_the_cursor_t
         assert second["near_windows"] == first["near_windows"]  # the whole file was computed while idle
         assert second["prompt_tokens"] - first["prompt_tokens"] > 200
         assert second["prefill_tokens"] - first["prefill_tokens"] <= 2
+
+
+async def test_a_near_suggestion_computed_where_the_cursor_rests_is_computed_again_whole(tiny_model):
+    """The suggestion at a resting cursor (phils/didMoveCursor) comes from the near window in a file just
+    opened; then it is computed again from the whole prompt, and the request there gets that one."""
+    uri = "file:///work/long.py"
+    line, character = len(LINES) + 1, 11
+    answers = []
+    for near in (64, 0):
+        async with phils_server("--model", str(tiny_model), "--set", "completion.warmup_ms=50",
+                                "--set", f"completion.near_window_tokens={near}",
+                                "--set", "completion.python_syntax=false", "--set", "engine.max_new_tokens=6") as client:
+            open_doc(client, uri, WHOLE)
+            client.protocol.notify("phils/didMoveCursor", {"textDocument": {"uri": uri},
+                                                           "position": {"line": line, "character": character}})
+            done = await wait_until(client, lambda s: s["ahead_computed"] >= 1 and not s["busy"]
+                                    and (not near or s["near_upgrades"] >= 1))
+            answer = await inline(client, uri, line, character)
+            after = await stats(client)
+            assert after["ahead"] == 1 and after["prefill_tokens"] == 0  # answered from the work done ahead
+            assert done["near_upgrades"] == (1 if near else 0)
+            answers.append(answer.items[0].insert_text if answer.items else "")
+    assert answers[0] == answers[1]  # the whole prompt's suggestion, as without the near window

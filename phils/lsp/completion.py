@@ -45,6 +45,7 @@ class Suggestion:
     reused_tokens: int = 0
     new_tokens: int = 0
     total_ms: float = 0.0
+    window: str = ""  # "near": computed from the near window (the whole prompt was not computed yet)
 
 
 class CompletionService:
@@ -60,6 +61,7 @@ class CompletionService:
         self._shown: dict[str, Shown] = {}
         self._ahead: dict[str, Shown] = {}  # per document: the suggestion after accepting the shown one
         self._ahead_running: dict[str, tuple[str, str, asyncio.Task]] = {}  # its computation: (prefix, suffix, task)
+        self._upgrading: dict[str, asyncio.Task] = {}  # per document: a near-window suggestion computed again whole
         self._tail_starts: dict[str, int] = {}  # per document: where its prompt's tail starts
         self._faulted = False  # the last completion failed: the editor shows an error until one works
         self._opened: Any = None  # the document opened last: pre-filled once the model is ready, if not before
@@ -186,6 +188,8 @@ class CompletionService:
         self._ahead.pop(ctx.uri, None)
         if (older := self._ahead_running.get(ctx.uri)) is not None:
             older[2].cancel()
+        if (upgrade := self._upgrading.pop(ctx.uri, None)) is not None:
+            upgrade.cancel()  # for a suggestion that is gone
         task = asyncio.ensure_future(self._ahead_of(backend, ctx))
         self._ahead_running[ctx.uri] = (ctx.prefix, ctx.suffix, task)
         task.add_done_callback(lambda t: self._ahead_running.pop(ctx.uri, None)
@@ -224,6 +228,32 @@ class CompletionService:
         self._ahead[ctx.uri] = Shown(ctx.prefix, ctx.suffix, suggestion.text if suggestion else "")
         for stats in (self.stats, self.doc_stats[ctx.uri]):
             stats.ahead_computed += 1
+        if suggestion is not None and suggestion.window == "near":
+            self._start_upgrade(backend, ctx)
+
+    def _start_upgrade(self, backend: Any, ctx: CursorContext) -> None:
+        """The suggestion computed ahead at ``ctx`` came from the near window: compute it again from the
+        whole prompt in the background (which computes that prompt too), to take its place if nothing has
+        moved by then. A request meanwhile takes the near one at once, and cancels this."""
+        if (older := self._upgrading.pop(ctx.uri, None)) is not None:
+            older.cancel()
+        task = asyncio.ensure_future(self._upgrade(backend, ctx))
+        self._upgrading[ctx.uri] = task
+        task.add_done_callback(lambda t: self._upgrading.pop(ctx.uri, None) if self._upgrading.get(ctx.uri) is t else None)
+
+    async def _upgrade(self, backend: Any, ctx: CursorContext) -> None:
+        try:
+            suggestion = await run_pipeline(backend, ctx, self.settings, (), self._tail_starts, self.project,
+                                            background=True, near=False)
+        except (asyncio.CancelledError, EngineError):
+            return
+        except Exception:  # optional work: the near window's suggestion stays
+            log.warning("computing the suggestion from the whole prompt failed", exc_info=True)
+            return
+        if ahead_of(self._ahead.get(ctx.uri), ctx) is not None:  # still there, not taken: replace it
+            self._ahead[ctx.uri] = Shown(ctx.prefix, ctx.suffix, suggestion.text if suggestion else "")
+            for stats in (self.stats, self.doc_stats[ctx.uri]):
+                stats.near_upgrades += 1
 
     def _fault(self, message: str) -> None:
         self._faulted = True
@@ -302,11 +332,11 @@ class CompletionService:
             task.cancel()
 
     def _ahead_tasks(self) -> list[asyncio.Task]:
-        return [task for _, _, task in self._ahead_running.values()]
+        return [task for _, _, task in self._ahead_running.values()] + list(self._upgrading.values())
 
     def forget(self, uri: str) -> None:
         """The document closed: drop its in-flight work and cached state."""
-        for table in (self._in_flight, self._warming):
+        for table in (self._in_flight, self._warming, self._upgrading):
             if (task := table.pop(uri, None)) is not None:
                 task.cancel()
         if (timer := self._warm_timers.pop(uri, None)) is not None:
@@ -319,8 +349,8 @@ class CompletionService:
             self._rested = None
         if (running := self._ahead_running.pop(uri, None)) is not None:
             running[2].cancel()
-        self._tail_starts.pop(uri, None)
-        self._tail_starts.pop(uri + MIDDLE_START, None)
+        for key in (uri, uri + MIDDLE_START, uri + NEAR_WINDOW, uri + NEAR_WINDOW + MIDDLE_START):
+            self._tail_starts.pop(key, None)
         self.doc_stats.pop(uri, None)
         if self.backend is not None:
             asyncio.ensure_future(self.backend.forget(uri))
@@ -341,6 +371,7 @@ class CompletionService:
         for task in [*self._in_flight.values(), *self._warming.values(), *self._ahead_tasks()]:
             task.cancel()
         self._ahead_running.clear()
+        self._upgrading.clear()
         for timer in self._warm_timers.values():
             timer.cancel()
         self._warm_timers.clear()
@@ -492,11 +523,13 @@ async def run_pipeline(
     tail_starts: dict[str, int] | None = None,
     index: project.ProjectIndex | None = None,
     background: bool = False,
+    near: bool = True,
 ) -> Suggestion | None:
-    """One completion, start to end: context → prompt → engine → filters (``background``: computed ahead)."""
+    """One completion, start to end: context → prompt → engine → filters (``background``: computed ahead;
+    ``near``: the engine may answer from the near window)."""
     try:
         return await _pipeline(backend, ctx, settings, stats, {} if tail_starts is None else tail_starts, index,
-                               background)
+                               background, near)
     except asyncio.CancelledError:  # superseded or $/cancelRequest, at any stage
         for counters in stats:
             counters.record_cancelled()
@@ -505,13 +538,14 @@ async def run_pipeline(
 
 async def _pipeline(
     backend: Any, ctx: CursorContext, settings: Settings, stats: tuple[Stats, ...], tail_starts: dict[str, int],
-    index: project.ProjectIndex | None, background: bool = False,
+    index: project.ProjectIndex | None, background: bool = False, allow_near: bool = True,
 ) -> Suggestion | None:
     started = time.monotonic()
     # Off the event loop (counting tokens may ask the engine), on the one prompt thread.
     loop = asyncio.get_running_loop()
     built = await loop.run_in_executor(PROMPT_THREAD, build_prompt, backend, ctx, settings, tail_starts, index)
-    near = await loop.run_in_executor(PROMPT_THREAD, near_window, backend, ctx, settings, tail_starts, built)
+    near = (await loop.run_in_executor(PROMPT_THREAD, near_window, backend, ctx, settings, tail_starts, built)
+            if allow_near else None)
     shape = postprocess.shape_of(ctx, settings.completion.multiline, settings.completion.max_lines,
                                  settings.completion.mid_block)
     text, follows, strip = model_prompt(built, backend.heals, ctx.line_prefix)
@@ -557,6 +591,7 @@ async def _pipeline(
             reused_tokens=result.reused_tokens,
             new_tokens=result.new_tokens,
             total_ms=total_ms,
+            window=result.window,
         )
     empty_reason = "" if suggestion is not None or result.reason == "cancelled" else (
         emptied_by or ("eos" if result.reason == "eos" else "stop rule" if result.reason == "stop" else result.reason))

@@ -34,6 +34,7 @@ class Stats:
     empty_reasons: dict = field(default_factory=dict)  # why answers were empty: eos, stop rule, a filter's name
     budget_cuts: dict = field(default_factory=dict)  # answers the time budget cut: in the "answer" or in "judging"
     near_windows: int = 0  # answered from the near window (the whole prompt not computed yet)
+    near_upgrades: int = 0  # suggestions computed ahead from the near window, replaced by the whole prompt's
     second_choices: dict = field(default_factory=dict)  # greedy answers the stop rule emptied: "answered" by the next best, or "empty"
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=2000))
     first_token_ms: deque = field(default_factory=lambda: deque(maxlen=2000))
