@@ -88,6 +88,19 @@ def test_the_engine_measures_its_prefill_speed_from_requests(loaded):
     assert engine.prefill_rate == pytest.approx(answer.prefill_tokens * 1000 / answer.prefill_ms)
 
 
+def test_while_the_whole_prompt_is_still_computed_typing_reads_the_near_window_it_has(loaded):
+    engine = fresh(loaded)
+    near = "".join(LINES[-45:]) + "def add(a, b):\n    return "
+    whole_ids = engine.encode(WHOLE)
+    engine.prefill("doc\x1fnear", near, __import__("threading").Event(), 12)  # computed at the resting cursor
+    left = next(n for n in range(len(LINES)) if len(whole_ids) - len(engine.encode("".join(LINES[:n]))) < 300)
+    engine.prefill("doc", "".join(LINES[:left]), __import__("threading").Event(), 12)  # the idle work, cut short
+    to_compute = len(whole_ids) - engine.cache.shared("doc", whole_ids)
+    assert 256 < to_compute < len(engine.encode(near)), "more than the saving, less than the whole near window"
+    answer = ask(engine, WHOLE + "x", near + "x")
+    assert answer.window == "near" and answer.prefill_tokens <= 3
+
+
 def test_a_file_another_window_computed_is_not_answered_from_a_near_window(loaded):
     engine = fresh(loaded)
     engine.prefill("window-1\x1fdoc", WHOLE, __import__("threading").Event(), 12)

@@ -176,12 +176,12 @@ class Engine:
         return ids, ""
 
     def _near_pays(self, key: str, ids: list[int], near: str, near_ids: list[int]) -> bool:
-        """Whether the near window spares most of the prompt's prefill: the whole prompt has more tokens
-        left to compute than the near window has at all, and they would take NEAR_MIN_SAVING_S longer."""
+        """Whether the near window spares enough of the prompt's prefill: the tokens the whole prompt has
+        left to compute, less the near window's, would take NEAR_MIN_SAVING_S or more. (A near window
+        computed already costs only its new tokens: while the whole prompt is still being computed in
+        idle time, typing goes on reading the near one.)"""
         to_compute = len(ids) - self.cache.shared(key, ids, MIN_SHARED_TOKENS)
         spared = to_compute - (len(near_ids) - self.cache.shared(near, near_ids))
-        if to_compute <= len(near_ids):
-            return False
         if self.prefill_rate is None:
             return spared >= NEAR_MIN_SAVING_TOKENS
         return spared / self.prefill_rate >= NEAR_MIN_SAVING_S
