@@ -4,6 +4,7 @@ around the cursor, and its whole prompt is computed in idle time after."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -15,6 +16,7 @@ from phils.engine import Engine, GenerationRequest, load_model
 from phils.engine.serving.service import EngineService
 from phils.lsp.completion import near_window, run_pipeline
 from phils.lsp.documents import cursor_context
+from phils.lsp.prompt import Prompt
 from phils.protocol import EngineJob, near_key
 
 from conftest import inline, open_doc, phils_server, stats, wait_until
@@ -56,7 +58,7 @@ def test_a_document_not_computed_yet_is_answered_from_the_near_window(loaded):
 def test_once_the_whole_prompt_is_computed_it_answers(loaded):
     engine = fresh(loaded)
     ask(engine, WHOLE, NEAR)  # cold: near
-    engine.prefill("doc", WHOLE, __import__("threading").Event(), 12)  # what the idle warm-up does
+    engine.prefill("doc", WHOLE, threading.Event(), 12)  # what the idle warm-up does
 
     answer = ask(engine, WHOLE + "a", NEAR + "a")
 
@@ -68,7 +70,7 @@ def test_once_the_whole_prompt_is_computed_it_answers(loaded):
 def test_a_near_window_that_spares_little_is_not_used(loaded):
     engine = fresh(loaded)
     # The whole prompt computed but for its last lines: what is left is less than the near window.
-    engine.prefill("doc", "".join(LINES[:70]), __import__("threading").Event(), 12)
+    engine.prefill("doc", "".join(LINES[:70]), threading.Event(), 12)
     assert ask(engine, WHOLE, NEAR).window == ""
 
 
@@ -92,9 +94,9 @@ def test_while_the_whole_prompt_is_still_computed_typing_reads_the_near_window_i
     engine = fresh(loaded)
     near = "".join(LINES[-45:]) + "def add(a, b):\n    return "
     whole_ids = engine.encode(WHOLE)
-    engine.prefill("doc\x1fnear", near, __import__("threading").Event(), 12)  # computed at the resting cursor
+    engine.prefill("doc\x1fnear", near, threading.Event(), 12)  # computed at the resting cursor
     left = next(n for n in range(len(LINES)) if len(whole_ids) - len(engine.encode("".join(LINES[:n]))) < 300)
-    engine.prefill("doc", "".join(LINES[:left]), __import__("threading").Event(), 12)  # the idle work, cut short
+    engine.prefill("doc", "".join(LINES[:left]), threading.Event(), 12)  # the idle work, cut short
     to_compute = len(whole_ids) - engine.cache.shared("doc", whole_ids)
     assert 256 < to_compute < len(engine.encode(near)), "more than the saving, less than the whole near window"
     answer = ask(engine, WHOLE + "x", near + "x")
@@ -103,7 +105,7 @@ def test_while_the_whole_prompt_is_still_computed_typing_reads_the_near_window_i
 
 def test_a_file_another_window_computed_is_not_answered_from_a_near_window(loaded):
     engine = fresh(loaded)
-    engine.prefill("window-1\x1fdoc", WHOLE, __import__("threading").Event(), 12)
+    engine.prefill("window-1\x1fdoc", WHOLE, threading.Event(), 12)
     answer = ask(engine, WHOLE, NEAR, key="window-2\x1fdoc")  # the same file, just opened in a second window
     assert answer.window == "" and answer.prefill_tokens <= 2
 
@@ -171,7 +173,7 @@ def test_an_engine_that_does_not_warm_gets_no_near_window():
     engine = ScriptedEngine("x")
     engine.warms = False  # llama-server, vLLM: they keep no cache phils can steer
     ctx = ctx_at_end(WHOLE)
-    assert near_window(engine, ctx, settings, {}, __import__("phils.lsp.prompt", fromlist=["Prompt"]).Prompt(WHOLE)) is None
+    assert near_window(engine, ctx, settings, {}, Prompt(WHOLE)) is None
 
 
 # --- end to end ---------------------------------------------------------------------------------------
@@ -217,3 +219,26 @@ async def test_a_near_suggestion_computed_where_the_cursor_rests_is_computed_aga
             assert done["near_upgrades"] == (1 if near else 0)
             answers.append(answer.items[0].insert_text if answer.items else "")
     assert answers[0] == answers[1]  # the whole prompt's suggestion, as without the near window
+
+
+def test_a_window_that_leaves_takes_the_engines_idle_work_for_it_along(tiny_model):
+    service = EngineService(EngineSettings(model=str(tiny_model), threads=1))
+    try:
+        service.load().result(timeout=120)
+        started, stopped = threading.Event(), threading.Event()
+
+        def slow_prefill(key, prompt, cancel, max_new_tokens):  # the whole prompt, as long as a big one takes
+            started.set()
+            if cancel.wait(10):
+                stopped.set()
+            return 0, cancel.is_set()
+
+        service.engine.prefill = slow_prefill
+        job = EngineJob(document="file:///a.py", window="w1", prompt=WHOLE, max_new_tokens=12, heal=False,
+                        near_prompt=NEAR)
+        assert service.submit(job).result(timeout=60).window == "near"  # then the whole prompt, idle
+        assert started.wait(10)
+        service.window_left("w1")
+        assert stopped.wait(5)  # cancelled with the window's other work, not computed for nobody
+    finally:
+        service.close()

@@ -66,21 +66,23 @@ class PrefixCache:
             entry = self._entries.get(key)
             if entry is not None:
                 return common_prefix(entry.value.ids, ids)
-            if minimum <= 0:
-                return 0
-            best = max((common_prefix(e.value.ids, ids) for e in self._entries.values() if e.value.ids[:1] == ids[:1]),
-                       default=0)
-        return best if best >= minimum else 0
+            return self._longest(ids, minimum)[1] if minimum > 0 else 0
 
     def take_longest_prefix(self, ids: list[int], minimum: int) -> CachedPrefix | None:
         """Take the entry that shares the longest token prefix with ``ids`` (at least ``minimum``)."""
         with self._lock:
-            best_key, best = None, minimum - 1
-            for key, entry in self._entries.items():
-                if entry.value.ids[:1] == ids[:1] and (shared := common_prefix(entry.value.ids, ids)) > best:
-                    best_key, best = key, shared
+            best_key, _ = self._longest(ids, minimum)
             entry = self._entries.pop(best_key, None) if best_key is not None else None
         return entry.value if entry else None
+
+    def _longest(self, ids: list[int], minimum: int) -> tuple[str | None, int]:
+        """The entry sharing the longest token prefix with ``ids``, at least ``minimum``: (key, length), or
+        (None, 0). The caller holds the lock."""
+        best_key, best = None, minimum - 1
+        for key, entry in self._entries.items():
+            if entry.value.ids[:1] == ids[:1] and (shared := common_prefix(entry.value.ids, ids)) > best:
+                best_key, best = key, shared
+        return (best_key, best) if best_key is not None else (None, 0)
 
     def drop_where(self, predicate) -> int:
         """Drop every entry whose key matches ``predicate`` (a window went away); returns how many."""

@@ -127,15 +127,18 @@ class EngineService:
 
     # --- work --------------------------------------------------------------
 
-    def submit(self, job: EngineJob, cancel: CancelFlag | None = None) -> Future:
-        """Queue a job; its Future gives a GenerationResult. Setting ``cancel`` stops it between tokens."""
+    def submit(self, job: EngineJob, cancel: CancelFlag | None = None, idle: bool = False) -> Future:
+        """Queue a job; its Future gives a GenerationResult. Setting ``cancel`` stops it between tokens.
+        ``idle``: the engine's own work, run when nothing else waits and cancelled by any job after it."""
         cancel = cancel or CancelFlag()
         self.last_activity = time.monotonic()
         optional = job.warmup or job.background  # work ahead of need: yields to anything that waits for an answer
         with self._lock:
             for warming in self._idle:
                 warming.set()  # the engine's own work yields to anything asked
-            if optional:
+            if idle:
+                self._idle.add(cancel)
+            elif optional:
                 self._warmups.add(cancel)
             else:
                 if (older := self._newest.get(job.key)) is not None:
@@ -145,19 +148,14 @@ class EngineService:
                     warming.set()  # warm-ups give way to anything that waits for an answer
             self._by_window.setdefault(job.window, set()).add(cancel)
         future = self._worker.submit(self._run, job, cancel, time.monotonic(),
-                                     priority=BACKGROUND if optional else URGENT)
+                                     priority=IDLE if idle else BACKGROUND if optional else URGENT)
         future.add_done_callback(lambda _: self._finished(job, cancel))
         return future
 
     def _warm_whole_prompt(self, job: EngineJob) -> None:
         """A near window answered: compute the whole prompt when the engine has nothing else to do, so
         the next request in the document reads it all (progress is kept if a job cuts it short)."""
-        warmup = replace(job, warmup=True, near_prompt="", background=True)
-        cancel = CancelFlag()
-        with self._lock:
-            self._idle.add(cancel)
-        future = self._worker.submit(self._run, warmup, cancel, time.monotonic(), priority=IDLE)
-        future.add_done_callback(lambda _: self._finished(warmup, cancel))
+        self.submit(replace(job, warmup=True, near_prompt="", background=True), idle=True)
 
     def _finished(self, job: EngineJob, cancel: CancelFlag) -> None:
         with self._lock:
