@@ -29,6 +29,8 @@ THREADS = 2
 SHAPES = ((10240, 2560), (2560, 10240))  # (N, K): fc1 and fc2 of Phi-2
 MATRICES = 24
 REPEATS = 10
+# Token counts per call: one (decode), eight (drafts), a prefill chunk: `--tokens 1,8,256`.
+TOKENS = tuple(int(t) for t in (sys.argv[sys.argv.index('--tokens') + 1] if '--tokens' in sys.argv else '1,8').split(','))
 rng = np.random.default_rng(0)
 
 
@@ -151,7 +153,7 @@ def main() -> int:
                  for name, run in (("phils.Q4MatMul", ours), ("MatMulNBits", mlas))}
         ov_models = openvino_models(weights)
         rows = []
-        for tokens in (1, 8):
+        for tokens in TOKENS:
             inputs = {k: rng.standard_normal((tokens, k)).astype(np.float32) for _, k in SHAPES}
             row = {"tokens": tokens,
                    "MatMulNBits (ONNX Runtime, MLAS)": per_matrix_ms(

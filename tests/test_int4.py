@@ -115,7 +115,7 @@ def test_the_model_is_built_once_into_the_cache(int4_settings, loaded):
     cache = Path(int4_settings.cache_dir) / "onnx-int4"
     built = [p for p in cache.iterdir() if (p / "genai_config.json").is_file() and "-b32-" in p.name]
     kernel = q4_kernel.unavailable_reason() is None  # our kernel's build where it can run (test_q4_kernel.py)
-    assert len(built) == 1 and built[0].name.endswith("-b32-a4-asym-clip-head-int8" + ("-kernels" if kernel else ""))
+    assert len(built) == 1 and built[0].name.endswith("-b32-a4-asym-clip-head-int8" + ("-kernels-q8" if kernel else ""))
     stamp = (built[0] / "model.onnx.data").stat().st_mtime_ns
     again = load_model(int4_settings)
     assert again.runtime.name == "onnxruntime-genai" and "int4" in again.dtype

@@ -1,4 +1,5 @@
-"""Our 4-bit kernel (phils.Q4MatMul): MatMulNBits' results in its own layout, chosen at load where it can run."""
+"""Our 4- and 8-bit kernels (phils.Q4MatMul, phils.Q8MatMul): MatMulNBits' results in their own layout, chosen at
+load where they can run."""
 
 from __future__ import annotations
 
@@ -53,8 +54,9 @@ def test_the_kernels_layout_holds_the_same_weights():
 
 def test_only_what_the_kernel_can_run_goes_to_it():
     assert q4_kernel.fits(2560, 10240, 32, 4, False)
+    assert q4_kernel.fits(2560, 51200, 32, 8, False)  # the 8-bit head: Q8MatMul
     assert not q4_kernel.fits(2560, 10240, 128, 4, False)  # another block size
-    assert not q4_kernel.fits(2560, 10240, 32, 8, False)  # the 8-bit head
+    assert not q4_kernel.fits(2560, 10240, 32, 2, False)  # another width
     assert not q4_kernel.fits(2560, 10240, 32, 4, True)  # symmetric
     assert not q4_kernel.fits(80, 160, 32, 4, False) and not q4_kernel.fits(160, 40, 32, 4, False)
 
@@ -123,6 +125,68 @@ def test_the_kernel_reads_the_activations_in_the_order_its_columns_are(tmp_path)
         assert not np.allclose(permuted.run(None, {"x": x})[0], plain.run(None, {"x": x})[0])
 
 
+def _quantized8(k: int, n: int, seed: int = 0):
+    """8-bit MatMulNBits' tensors: B [N, K/32, 32], scales and zero points [N, K/32]."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, DefaultWeightOnlyQuantizer
+
+    matrix = np.random.default_rng(seed).standard_normal((k, n)).astype(np.float32) * 0.05
+    matrix[:, 0] += 0.2  # a row far from zero: zero points far from the middle
+    config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=False, accuracy_level=4, bits=8)
+    return DefaultWeightOnlyQuantizer(config).qbits_block_quant(matrix)
+
+
+def test_the_8bit_layout_holds_the_same_weights():
+    k, n = 96, 48
+    packed, scales, zeros = _quantized8(k, n)
+    weights, scale16, zero16 = q4_kernel.layout8(packed, scales, zeros, k, n)
+    groups, blocks = n // 16, k // 32
+    # group, block, chunk, row, j -> row, (block, chunk, j): k = 32 b + 4 c + j
+    q = weights.reshape(groups, blocks, 8, 16, 4).transpose(0, 3, 1, 2, 4).reshape(n, k).astype(np.float32)
+    per_row = lambda values: values.astype(np.float32).reshape(groups, blocks, 16).transpose(0, 2, 1).reshape(n, blocks)  # noqa: E731
+    assert np.array_equal(per_row(zero16), zeros.astype(np.float32))  # zero points exact
+    rebuilt = (q - np.repeat(per_row(zero16), 32, axis=1)) * np.repeat(per_row(scale16), 32, axis=1)
+    expected = ((packed.astype(np.float32) - zeros[..., None]) * scales[..., None]).reshape(n, k)
+    assert np.allclose(rebuilt, expected, atol=1e-3 * np.abs(expected).max())  # fp16 scales
+
+
+@needs_kernel
+def test_the_8bit_kernel_gives_what_matmulnbits_gives(tmp_path):
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    k, n = 256, 96
+    packed, scales, zeros = _quantized8(k, n, seed=5)
+    library = q4_kernel.library(tmp_path)
+
+    def session(ours: bool):
+        if ours:
+            tensors = q4_kernel.layout8(packed, scales, zeros, k, n)
+            node = helper.make_node("Q8MatMul", ["x", "W", "S", "Z"], ["y"], domain=q4_kernel.DOMAIN, K=k, N=n)
+        else:
+            tensors = (packed, scales.astype(np.float32), zeros)
+            node = helper.make_node("MatMulNBits", ["x", "W", "S", "Z"], ["y"], domain="com.microsoft", K=k, N=n,
+                                    bits=8, block_size=32, accuracy_level=4)
+        graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "M", k])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "M", n])],
+                                  [numpy_helper.from_array(t, name) for t, name in zip(tensors, "WSZ")])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 2
+        if ours:
+            options.register_custom_ops_library(str(library))
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(node.domain, 1)])
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+    ours, mlas = session(True), session(False)
+    rng = np.random.default_rng(6)
+    for tokens in (1, 3, 8, 37):
+        x = rng.standard_normal((1, tokens, k)).astype(np.float32)
+        got, expected = ours.run(None, {"x": x})[0], mlas.run(None, {"x": x})[0]
+        assert got.shape == (1, tokens, n)
+        assert np.abs(got - expected).max() <= 3e-3 * np.abs(expected).max(), tokens
+    x = rng.standard_normal((1, 8, k)).astype(np.float32)
+    assert np.array_equal(ours.run(None, {"x": x})[0][:, 5:6], ours.run(None, {"x": x[:, 5:6]})[0])
+
+
 @needs_kernel
 def test_int4_runs_its_matrices_on_the_kernel_and_agrees_with_mlas(tiny80_model, tmp_path):
     import onnx
@@ -132,11 +196,11 @@ def test_int4_runs_its_matrices_on_the_kernel_and_agrees_with_mlas(tiny80_model,
     assert "phils' AVX-512 VNNI kernels" in ours.dtype and "ONNX Runtime's kernels" in mlas.dtype
     ops = {}
     for built in (tmp_path / "onnx-int4").iterdir():
-        ops[built.name.endswith("-kernels")] = {n.op_type for n in onnx.load(str(built / "model.onnx"),
+        ops["-kernels" in built.name] = {n.op_type for n in onnx.load(str(built / "model.onnx"),
                                                                           load_external_data=False).graph.node}
-    assert {"Q4MatMul", "AttentionF16", "MatMulNBits"} <= ops[True]  # the 8-bit head stays MatMulNBits
-    assert "GroupQueryAttention" not in ops[True]
-    assert not {"Q4MatMul", "AttentionF16"} & ops[False]
+    assert {"Q4MatMul", "Q8MatMul", "AttentionF16"} <= ops[True]  # Q8MatMul: the 8-bit head
+    assert not {"GroupQueryAttention", "MatMulNBits"} & ops[True]
+    assert not {"Q4MatMul", "Q8MatMul", "AttentionF16"} & ops[False]
     assert ours.runtime.new_kv(0).nbytes * 2 == mlas.runtime.new_kv(0).nbytes  # fp16 keys and values
     ids = ours.tokenizer("def add(a, b):\n    return a + b\n").input_ids
     a = ours.runtime.forward(ids, ours.runtime.new_kv(0), keep=len(ids))
@@ -153,7 +217,7 @@ def test_without_the_kernel_int4_stays_on_mlas(tiny80_model, tmp_path, monkeypat
     loaded = load_model(EngineSettings(model=str(tiny80_model), quantize="int4", threads=1, cache_dir=str(tmp_path)))
     assert "ONNX Runtime's kernels" in loaded.dtype
     (built,) = (tmp_path / "onnx-int4").iterdir()
-    assert not built.name.endswith("-kernels")
+    assert "-kernels" not in built.name
 
 
 def _attention_session(op: str, heads: int, kv_heads: int, width: int, cos, sin, library: Path | None):

@@ -58,7 +58,7 @@ def variant_name(block_size: int, head: str, kernel: bool = False, gguf: str = "
     """How this version names a build in the cache: everything the file depends on besides the weights."""
     own = ("-gptq" if gptq else f"-gguf-{gguf}" if gguf != "requantize" else "") if kernel else ""
     return (f"b{block_size}-a{ACCURACY_LEVEL}-{'sym' if SYMMETRIC else 'asym'}{'-clip' if CLIP_SEARCH else ''}"
-            f"-head-{head}{'-kernels' if kernel else ''}{own}")
+            f"-head-{head}{'-kernels-q8' if kernel else ''}{own}")
 
 
 def drop_stale_builds(root: Path, stem: str, block_sizes: tuple[int, ...]) -> list[Path]:
@@ -295,7 +295,15 @@ def _emit_nbits(model: Any, weight: Any, name: str, root_input: str, kwargs: dic
     rows, cols = dense.shape[1], dense.shape[0]
     tensor = name[1:].replace("/", ".") + ".weight"
     output = "logits" if kwargs.get("logits", False) else f"{name}/output_0"
-    if kernel and q4_kernel.fits(rows, cols, block_size, bits, symmetric):
+    if kernel and bits == 8 and q4_kernel.fits(rows, cols, block_size, bits, symmetric):
+        tensors = dict(zip(("_Q8K", "_Q8K_scales", "_Q8K_zero_points"),
+                           q4_kernel.layout8(*quantized(np.ascontiguousarray(dense.T)), rows, cols)))
+        for suffix, values in tensors.items():
+            model.make_initializer(values, tensor + suffix)
+        model.graph.opset_imports[q4_kernel.DOMAIN] = 1
+        model.make_node("Q8MatMul", inputs=[root_input, *(tensor + suffix for suffix in tensors)], outputs=[output],
+                        name=name + "_Q8K", domain=q4_kernel.DOMAIN, K=rows, N=cols)
+    elif kernel and bits == 4 and q4_kernel.fits(rows, cols, block_size, bits, symmetric):
         # The rows a GGUF file holds in 4 bits keep its blocks; only the others are quantized (each
         # output row's blocks are quantized on their own, so the rest come out as they would in the whole).
         found, blocks = own.find(dense) if own is not None else (np.zeros(cols, dtype=bool), Blocks.zeros(cols, rows))

@@ -94,8 +94,23 @@ def wanted(setting: str, block_size: int) -> bool:
 
 
 def fits(k: int, n: int, block_size: int, bits: int, symmetric: bool) -> bool:
-    """Whether a MatMulNBits matrix of this kind can be run by the kernel instead."""
-    return bits == 4 and block_size == BLOCK and not symmetric and k % BLOCK == 0 and n % ROWS == 0
+    """Whether a MatMulNBits matrix of this kind can be run by the kernels instead (``Q4MatMul`` for 4 bits,
+    ``Q8MatMul`` for 8)."""
+    return bits in (4, 8) and block_size == BLOCK and not symmetric and k % BLOCK == 0 and n % ROWS == 0
+
+
+def layout8(packed: Any, scales: Any, zero_points: Any, k: int, n: int) -> tuple[Any, Any, Any]:
+    """8-bit MatMulNBits' tensors (B [N, K/32, 32], scales and zero points [N, K/32]) in Q8MatMul's layout:
+    per group of 16 rows and block, 8 chunks of 64 bytes, byte r*4+j of chunk c row r's weight k = 4c+j;
+    scales and zero points fp16 [N/16][K/32][16] (a zero point is an integer up to 255: exact in fp16)."""
+    import numpy as np
+
+    blocks, groups = k // BLOCK, n // ROWS
+    codes = np.asarray(packed, dtype=np.uint8).reshape(groups, ROWS, blocks, 8, 4).transpose(0, 2, 3, 1, 4)
+    by_group = lambda values: np.ascontiguousarray(  # noqa: E731
+        np.asarray(values, dtype=np.float32).astype(np.float16).reshape(groups, ROWS, blocks).transpose(0, 2, 1)
+    ).reshape(-1)
+    return np.ascontiguousarray(codes).reshape(-1), by_group(scales), by_group(zero_points)
 
 
 def repack(packed: Any, scales: Any, zero_points: Any, k: int, n: int) -> tuple[Any, Any, Any]:
