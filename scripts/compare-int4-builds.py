@@ -4,7 +4,7 @@
 
 Each build is loaded in turn (rounds alternate, so the machine's drift lands on both): a prompt of
 ``--tokens`` random ids prefilled as 256 then the rest (the way the engine chunks a fresh prompt),
-then 20 one-token decode steps. Then both read the same 600 tokens of real Python (asyncio's
+then 20 one-token decode steps, each asking for the last row's logits (as the engine does). Then both read the same 600 tokens of real Python (asyncio's
 queues.py) and their logits are compared: top-1 agreement, the largest difference, and each one's
 next-token accuracy on the text. ONNX Runtime's per-operator profile of the new build's prefill
 says where its time goes. Writes bench/results/int4-builds-NAME.{md,json}. Not part of the tests.
@@ -52,6 +52,9 @@ def speed(folder: str, tokens: int) -> dict[str, float]:
     generator = og.Generator(model, params)
     generator.append_tokens(ids[:64])  # the first run of a session pays for its set-up
     generator = og.Generator(model, params)
+    record = Path(folder) / "phils-build.json"
+    if record.is_file() and json.loads(record.read_text()).get("logits_on_demand"):
+        generator.set_model_input("num_logits_to_keep", keep := np.ones(1, dtype=np.int64))  # as the engine runs it
     started = time.perf_counter()
     generator.append_tokens(ids[:256])
     generator.append_tokens(ids[256:])
@@ -106,7 +109,10 @@ def main() -> int:
     args = parser.parse_args()
     if args.profile:
         og, model, params = load(args.old, args.profile)
-        og.Generator(model, params).append_tokens(np.random.default_rng(0).integers(100, 30000, args.tokens).astype(np.int32))
+        generator = og.Generator(model, params)
+        if json.loads((Path(args.old) / "phils-build.json").read_text()).get("logits_on_demand"):
+            generator.set_model_input("num_logits_to_keep", keep := np.ones(1, dtype=np.int64))
+        generator.append_tokens(np.random.default_rng(0).integers(100, 30000, args.tokens).astype(np.int32))
         return 0
     rows: dict[str, list[dict[str, float]]] = {"old": [], "new": []}
     for _ in range(args.rounds):
@@ -125,8 +131,8 @@ def main() -> int:
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
     report = {"command": command, "date": time.strftime("%Y-%m-%d %H:%M"), "threads": THREADS, "old": args.old,
               "new": args.new, "rounds": rows, "ratios": ratios, "agreement": agreement, "new_prefill_shares": shares}
-    out = ROOT / f"bench/results/int4-builds-{args.name}"
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    out = ROOT / "bench/results" / f"int4-builds-{args.name}"  # names hold dots ("1.5b"): no with_suffix
+    Path(f"{out}.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [f"# Two int4 builds, one sitting: {args.name}", "", f"`{command}` on {report['date']}, {THREADS} threads.",
              f"Old: `{Path(args.old).name}`; new: `{Path(args.new).name}`.", "",
              f"| build | prefill tokens/s ({args.tokens} tokens, 256 then the rest), each round | decode ms/token, each round |",
@@ -136,7 +142,7 @@ def main() -> int:
     lines += ["", f"Medians new ÷ old: prefill rate {ratios['prefill_new_over_old']}×, decode time {ratios['decode_new_over_old']}×.",
               "", "On 600 tokens of asyncio/queues.py: " + ", ".join(f"{k} {v}" for k, v in agreement.items()) + ".",
               "", "The new build's prefill by operator: " + ", ".join(f"{k} {v:.1%}" for k, v in shares.items()) + "."]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    Path(f"{out}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

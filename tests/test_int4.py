@@ -108,18 +108,36 @@ def test_a_new_build_removes_what_an_older_version_built(tiny80_model, tmp_path)
     load_model(settings)
     names = {p.name for p in cache.iterdir()}
     assert older.name not in names  # stale: gone
-    assert {current.name, f"{stem}-b64-a4-asym-clip-head-int8", other.name, "moved-aside"} <= names
+    assert {current.name, f"{stem}-b64-a4-asym-clip-head-int8-lk", other.name, "moved-aside"} <= names
 
 
 def test_the_model_is_built_once_into_the_cache(int4_settings, loaded):
     cache = Path(int4_settings.cache_dir) / "onnx-int4"
     built = [p for p in cache.iterdir() if (p / "genai_config.json").is_file() and "-b32-" in p.name]
     kernel = q4_kernel.unavailable_reason() is None  # our kernel's build where it can run (test_q4_kernel.py)
-    assert len(built) == 1 and built[0].name.endswith("-b32-a4-asym-clip-head-int8" + ("-kernels-q8" if kernel else ""))
+    assert len(built) == 1 and built[0].name.endswith("-b32-a4-asym-clip-head-int8" + ("-kernels-q8" if kernel else "") + "-lk")
     stamp = (built[0] / "model.onnx.data").stat().st_mtime_ns
     again = load_model(int4_settings)
     assert again.runtime.name == "onnxruntime-genai" and "int4" in again.dtype
     assert (built[0] / "model.onnx.data").stat().st_mtime_ns == stamp
+
+
+def test_the_head_runs_on_the_rows_asked_for_and_gives_their_logits(loaded):
+    """A prefill asks for its last row's logits only; judging and drafts ask for more: the same numbers."""
+    runtime = loaded.runtime
+    ids = loaded.tokenizer(PROMPT).input_ids
+    every = runtime.forward(ids, runtime.new_kv(0), keep=len(ids))
+    for keep in (1, 3):
+        kv = runtime.new_kv(0)
+        assert kv.logits_to_keep is not None  # the build has the input
+        some = runtime.forward(ids, kv, keep=keep)
+        assert some.shape == (keep, every.shape[-1])
+        assert torch.allclose(some, every[-keep:], atol=1e-3 * float(every.abs().max()))
+        if q4_kernel.unavailable_reason() is not None:  # ONNX Runtime's Pad: zeros where phils' LastRows writes nothing
+            raw = np.array(kv.generator.get_output("logits")).reshape(len(ids), -1)
+            assert not raw[: len(ids) - keep].any()  # the rows nobody asked for were never computed
+        after = runtime.forward(ids[:2], kv, keep=2)  # the next run asks for its own count
+        assert after.abs().sum(-1).gt(0).all()
 
 
 def test_reusing_a_documents_kv_gives_what_a_fresh_computation_gives(loaded):

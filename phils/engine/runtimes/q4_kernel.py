@@ -4,9 +4,10 @@ The int4 runtime runs on MLAS' MatMulNBits and ONNX Runtime's attention
 everywhere; on a CPU with AVX-512 VNNI and a C compiler, two ONNX Runtime
 custom operators take over: ``phils.Q4MatMul`` for the 4-bit matrices (0.43x
 MatMulNBits' time for eight tokens and 0.71x for one on this project's
-machine, bench/results/q4-kernel.md) and ``phils.AttentionF16``, attention
-over an fp16 key/value cache (half the bytes ONNX Runtime's fp32 cache reads
-a token). The library is compiled into phils' cache the first time (about
+machine, bench/results/q4-kernel.md), ``phils.Q8MatMul`` for the 8-bit ones
+(the output head), ``phils.AttentionF16``, attention over an fp16 key/value
+cache (half the bytes ONNX Runtime's fp32 cache reads a token), and
+``phils.LastRows``, which places the head's rows in GenAI's logits buffer. The library is compiled into phils' cache the first time (about
 3 s) and ONNX Runtime GenAI loads it with the model (``custom_ops_library``).
 Without either, the build keeps ONNX Runtime's own operators: ``library``
 says why in the log and returns None.
@@ -26,7 +27,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 KERNELS = Path(__file__).with_name("kernels")
-SOURCES = [KERNELS / name for name in ("q4_matmul.c", "attention_f16.c")]
+SOURCES = [KERNELS / name for name in ("q4_matmul.c", "attention_f16.c", "last_rows.c")]
 HEADER = KERNELS / "ort_helpers.h"  # ours, shared by both sources: part of what the library is built from
 # Explicit instruction sets rather than -march=native: the library runs on any CPU with these.
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mf16c", "-mfma", "-fPIC", "-shared"]

@@ -22,15 +22,18 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelLoadError
+from .int4_build import LOGITS_TO_KEEP
 from .runtime_torch import token_ids
 
 
 class GenaiKV:
     """One document's keys and values: a GenAI generator, with the cache interface the decode loop uses."""
 
-    def __init__(self, generator: Any, nbytes: int):
+    def __init__(self, generator: Any, nbytes: int, logits_to_keep: Any = None):
         self.generator = generator
         self.nbytes = nbytes
+        # The graph's num_logits_to_keep, where the build has it: GenAI reads this array's memory at each run.
+        self.logits_to_keep = logits_to_keep
 
     def get_seq_length(self) -> int:
         return int(self.generator.token_count())
@@ -70,9 +73,12 @@ class GenaiRuntime:
         # Room for what is judged after an answer (the code below the cursor) inside the model's window.
         self.window = max(context - reserve_tokens, 1)
         self.eos_ids = token_ids(described.get("eos_token_id"))
+        self._pad_id = described.get("pad_token_id")
         per_token = 2 * int(decoder["num_hidden_layers"]) * int(decoder["num_key_value_heads"]) * int(decoder["head_size"])
         built = directory / "phils-build.json"  # int4_build's record: our attention keeps fp16 keys and values
-        kv_fp16 = built.is_file() and bool(json.loads(built.read_text()).get("kv_fp16"))
+        record = json.loads(built.read_text()) if built.is_file() else {}
+        kv_fp16 = bool(record.get("kv_fp16"))
+        self._logits_on_demand = bool(record.get("logits_on_demand"))  # the head runs on the rows asked for
         self._kv_bytes = per_token * (2 if kv_fp16 else 4) * context  # keys and values for the whole window
         overlay: dict[str, Any] = {"session_options": {}}
         if threads > 0:
@@ -97,10 +103,19 @@ class GenaiRuntime:
         self._params.set_search_options(max_length=context, do_sample=False)
 
     def new_kv(self, reserve: int) -> GenaiKV:
-        return GenaiKV(self._og.Generator(self.model, self._params), self._kv_bytes)
+        generator = self._og.Generator(self.model, self._params)
+        keep = None
+        if self._logits_on_demand:
+            keep = self._np.zeros(1, dtype=self._np.int64)  # 0: every row
+            generator.set_model_input(LOGITS_TO_KEEP, keep)  # wraps the array, not a copy: set once, written per run
+        return GenaiKV(generator, self._kv_bytes, keep)
 
     def forward(self, ids: list[int], kv: GenaiKV, keep: int = 1) -> Any:
         """Run ``ids`` on ``kv``; the logits of the last ``keep`` positions as a torch tensor, [keep, vocab]."""
+        if kv.logits_to_keep is not None:
+            # GenAI reads the last row that is not the pad token: where the ids end in it, compute every row.
+            whole = keep >= len(ids) or ids[-1] == self._pad_id
+            kv.logits_to_keep[0] = 0 if whole else keep
         kv.generator.append_tokens(self._np.asarray(ids, dtype=self._np.int32))
         logits = kv.generator.get_logits() if keep == 1 else kv.generator.get_output("logits")
         rows = self._np.array(logits, dtype=self._np.float32, copy=True)  # the next run reuses GenAI's buffer

@@ -154,7 +154,7 @@ typedef struct {
 } Kernel;
 
 static const OrtApi* g_api;
-static OrtCustomOp g_op, g_q8, g_attention;
+static OrtCustomOp g_op, g_q8, g_attention, g_last_rows;
 
 static OrtStatus* ORT_API_CALL create_kernel(const OrtCustomOp* op, const OrtApi* api, const OrtKernelInfo* info,
                                              void** out) {
@@ -253,13 +253,14 @@ static OrtMemType ORT_API_CALL memory_type(const OrtCustomOp* op, size_t index) 
 }
 
 void phils_attention_op(OrtCustomOp* op);  // attention_f16.c
+void phils_last_rows_op(OrtCustomOp* op);  // last_rows.c
 
 ORT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* base) {
     g_api = base->GetApi(ORT_API_VERSION);
     if (!g_api) return NULL;  // an older runtime than these headers: ONNX Runtime then fails on the unknown op
     if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") || !__builtin_cpu_supports("avx512vnni"))
         return g_api->CreateStatus(ORT_FAIL, "phils.Q4MatMul needs AVX-512 VNNI");
-    static int described;  // every session registers the same two operators: fill them in once
+    static int described;  // every session registers the same operators: fill them in once
     if (!described) {
         memset(&g_op, 0, sizeof(g_op));
         g_op.version = 16;  // CreateKernelV2 / KernelComputeV2 (ONNX Runtime 1.16+)
@@ -277,6 +278,7 @@ ORT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options,
         g_op.KernelComputeV2 = compute;
         g_q8 = g_op;  // the same operator but for its weights' width (create_kernel tells them apart)
         phils_attention_op(&g_attention);
+        phils_last_rows_op(&g_last_rows);
         described = 1;
     }
     OrtCustomOpDomain* domain;
@@ -284,5 +286,6 @@ ORT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options,
     CHECK(g_api->CustomOpDomain_Add(domain, &g_op));
     CHECK(g_api->CustomOpDomain_Add(domain, &g_q8));
     CHECK(g_api->CustomOpDomain_Add(domain, &g_attention));
+    CHECK(g_api->CustomOpDomain_Add(domain, &g_last_rows));
     return g_api->AddCustomOpDomain(options, domain);
 }
