@@ -54,7 +54,8 @@ def speed(folder: str, tokens: int) -> dict[str, float]:
     generator = og.Generator(model, params)
     record = Path(folder) / "phils-build.json"
     if record.is_file() and json.loads(record.read_text()).get("logits_on_demand"):
-        generator.set_model_input("num_logits_to_keep", keep := np.ones(1, dtype=np.int64))  # as the engine runs it
+        keep = np.ones(1, dtype=np.int64)  # alive while the generator runs: set_model_input wraps it, no copy
+        generator.set_model_input("num_logits_to_keep", keep)  # as the engine runs it
     started = time.perf_counter()
     generator.append_tokens(ids[:256])
     generator.append_tokens(ids[256:])
@@ -111,7 +112,8 @@ def main() -> int:
         og, model, params = load(args.old, args.profile)
         generator = og.Generator(model, params)
         if json.loads((Path(args.old) / "phils-build.json").read_text()).get("logits_on_demand"):
-            generator.set_model_input("num_logits_to_keep", keep := np.ones(1, dtype=np.int64))
+            keep = np.ones(1, dtype=np.int64)  # alive while the generator runs (wrapped, not copied)
+            generator.set_model_input("num_logits_to_keep", keep)
         generator.append_tokens(np.random.default_rng(0).integers(100, 30000, args.tokens).astype(np.int32))
         return 0
     rows: dict[str, list[dict[str, float]]] = {"old": [], "new": []}
