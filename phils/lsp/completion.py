@@ -62,7 +62,7 @@ class CompletionService:
         self._ahead: dict[str, Shown] = {}  # per document: the suggestion after accepting the shown one
         self._ahead_running: dict[str, tuple[str, str, asyncio.Task]] = {}  # its computation: (prefix, suffix, task)
         self._upgrading: dict[str, asyncio.Task] = {}  # per document: a near-window suggestion computed again whole
-        self._tail_starts: dict[str, int] = {}  # per document: where its prompt's tail starts
+        self._tail_starts: dict[str, int | None] = {}  # per document: where its prompt's tail starts
         self._faulted = False  # the last completion failed: the editor shows an error until one works
         self._opened: Any = None  # the document opened last: pre-filled once the model is ready, if not before
         self._rested: tuple[Any, int, int] | None = None  # where the cursor rests (phils/didMoveCursor), likewise
@@ -351,6 +351,7 @@ class CompletionService:
             running[2].cancel()
         for key in (uri, uri + MIDDLE_START, uri + NEAR_WINDOW, uri + NEAR_WINDOW + MIDDLE_START):
             self._tail_starts.pop(key, None)
+            self._tail_starts.pop(key + SNIPPET_START, None)
         self.doc_stats.pop(uri, None)
         if self.backend is not None:
             asyncio.ensure_future(self.backend.forget(uri))
@@ -427,6 +428,7 @@ def opening_position(lines: list[str], budget_tokens: int) -> tuple[int, int]:
 
 MIDDLE_START = "\x1fmiddle"  # with the document's URI: the key of its FIM prompt's middle start in tail_starts
 FEWEST_CHARS_PER_TOKEN = 2  # code has more: a prompt of fewer characters than this many per token is short
+SNIPPET_START = "\x1fsnippet"  # with a tail start's key: the first line of the left-out code its prompt put back
 NEAR_WINDOW = "\x1fnear"  # with the document's URI: the key of its near window's tail start in tail_starts
 
 
@@ -444,7 +446,7 @@ def fim_at(backend: Any, settings: Settings, ctx: CursorContext) -> dict[str, st
     return fim_markers(backend, settings) if ctx.suffix.strip() else None
 
 
-def build_prompt(backend: Any, ctx: CursorContext, settings: Settings, tail_starts: dict[str, int],
+def build_prompt(backend: Any, ctx: CursorContext, settings: Settings, tail_starts: dict[str, int | None],
                  index: project.ProjectIndex | None = None, opening: bool = False, near: bool = False) -> prompt.Prompt:
     """The document's prompt, its tail starting where the last one did if it still fits.
 
@@ -470,16 +472,19 @@ def build_prompt(backend: Any, ctx: CursorContext, settings: Settings, tail_star
     markers = fim_at(backend, settings, ctx)
     if markers:
         built = prompt.build_fim(ctx, backend.count_tokens, budget, markers, tail_starts.get(key), context,
-                                 settings.completion.fim_suffix_tokens, tail_starts.get(key + MIDDLE_START))
+                                 settings.completion.fim_suffix_tokens, tail_starts.get(key + MIDDLE_START),
+                                 tail_starts.get(key + SNIPPET_START))
         tail_starts[key + MIDDLE_START] = built.middle_start
     else:
-        built = prompt.build(ctx, backend.count_tokens, budget, keep_start=tail_starts.get(key), context=context)
+        built = prompt.build(ctx, backend.count_tokens, budget, keep_start=tail_starts.get(key), context=context,
+                             keep_snippet=tail_starts.get(key + SNIPPET_START))
     if built.tail_start is not None:
         tail_starts[key] = built.tail_start
+        tail_starts[key + SNIPPET_START] = built.snippet_start
     return built
 
 
-def near_window(backend: Any, ctx: CursorContext, settings: Settings, tail_starts: dict[str, int],
+def near_window(backend: Any, ctx: CursorContext, settings: Settings, tail_starts: dict[str, int | None],
                 built: prompt.Prompt) -> prompt.Prompt | None:
     """The near window's prompt for the request whose whole prompt is ``built``, where one is worth
     sending: the engine caches KV (it chooses between them by what it holds) and the whole prompt is
@@ -520,7 +525,7 @@ async def run_pipeline(
     ctx: CursorContext,
     settings: Settings,
     stats: tuple[Stats, ...] = (),
-    tail_starts: dict[str, int] | None = None,
+    tail_starts: dict[str, int | None] | None = None,
     index: project.ProjectIndex | None = None,
     background: bool = False,
     near: bool = True,
@@ -537,7 +542,7 @@ async def run_pipeline(
 
 
 async def _pipeline(
-    backend: Any, ctx: CursorContext, settings: Settings, stats: tuple[Stats, ...], tail_starts: dict[str, int],
+    backend: Any, ctx: CursorContext, settings: Settings, stats: tuple[Stats, ...], tail_starts: dict[str, int | None],
     index: project.ProjectIndex | None, background: bool = False, allow_near: bool = True,
 ) -> Suggestion | None:
     started = time.monotonic()

@@ -145,6 +145,11 @@ def empty_body_indent(prefix: str, unit: str = "    ") -> str | None:
     return None
 
 
+def is_header(line: str) -> bool:
+    """Whether ``line`` starts a def or class."""
+    return bool(_HEADER.match(line))
+
+
 def indentation(line: str) -> int:
     return len(line) - len(line.lstrip(" \t"))
 

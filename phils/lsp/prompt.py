@@ -4,8 +4,9 @@ Phi-2 is a base model trained on "code format" text, not fill-in-the-middle:
 the prompt is the code before the cursor (models trained with FIM markers get
 ``build_fim``: the code after the cursor too). When it does not fit the token
 budget, the middle goes: the module's imports and the enclosing class/def
-headers (with their docstrings) stay at the top, then as much of the code
-just before the cursor as fits.
+headers (with their docstrings) stay at the top, then the left-out lines most
+like the code at the cursor (``snippets``), then as much of the code just
+before the cursor as fits.
 
 The start of that tail is sticky: the caller passes back the line the last
 prompt's tail started at, and it stays there for as long as the prompt still
@@ -20,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from . import outline
+from . import outline, snippets
 from .documents import CursorContext
 
 FILL = 2 / 3
@@ -45,6 +46,7 @@ class Prompt:
     tail_start: int | None = None  # the line the tail starts at when the middle was left out
     fim: bool = False  # written with fill-in-the-middle markers: the code below is in it
     middle_start: int | None = None  # FIM: the line the middle starts at (the lines from it on follow the marker)
+    snippet_start: int | None = None  # the first line of the left-out code put back (``snippets``), if any
 
     @property
     def trimmed(self) -> bool:
@@ -53,27 +55,29 @@ class Prompt:
 
 def build(
     ctx: CursorContext, count_tokens: Callable[[str], int], budget: int, keep_start: int | None = None,
-    context: str = "",
+    context: str = "", keep_snippet: int | None = None,
 ) -> Prompt:
     """The prompt for ``ctx`` within ``budget`` tokens.
 
     ``keep_start`` is the previous prompt's ``tail_start`` for this document:
-    the tail keeps starting there while everything still fits. ``context``
+    the tail keeps starting there while everything still fits (``keep_snippet``: its ``snippet_start``, kept
+    with it). ``context``
     (other modules' signatures, which change rarely) goes first, so that what
     follows it stays a reusable prefix too.
     """
     if context:
-        built = build(ctx, count_tokens, budget - count_tokens(context) - SEAM_TOKENS, keep_start)
+        built = build(ctx, count_tokens, budget - count_tokens(context) - SEAM_TOKENS, keep_start,
+                      keep_snippet=keep_snippet)
         return replace(built, text=context + built.text)
     text, held_back = _hold_back_indentation(ctx.prefix, ctx.line_prefix)
     forced = "" if ctx.line_prefix else outline.empty_body_indent(ctx.prefix) or ""
-    fitted, start = _fit(text, count_tokens, budget, keep_start)
-    return Prompt(text=fitted + forced, held_back=held_back, forced=forced, tail_start=start)
+    fitted, start, snippet = _fit(text, count_tokens, budget, keep_start, keep_snippet)
+    return Prompt(text=fitted + forced, held_back=held_back, forced=forced, tail_start=start, snippet_start=snippet)
 
 
 def build_fim(ctx: CursorContext, count_tokens: Callable[[str], int], budget: int, markers: dict[str, str],
               keep_start: int | None = None, context: str = "", suffix_tokens: int = 256,
-              middle_start: int | None = None) -> Prompt:
+              middle_start: int | None = None, keep_snippet: int | None = None) -> Prompt:
     """The prompt for a model trained with fill-in-the-middle markers (``prefix``, ``suffix``, ``middle``).
 
     As llama.vim lays it out: the lines above the cursor's line, then the code
@@ -94,9 +98,9 @@ def build_fim(ctx: CursorContext, count_tokens: Callable[[str], int], budget: in
     middle = "".join(lines[start:]) + ctx.line_prefix
     below = _fit_start(ctx.suffix, count_tokens, min(suffix_tokens, int(budget * FIM_SUFFIX_SHARE)))
     room = budget - count_tokens(below) - count_tokens(middle) - count_tokens(context) - 4 * SEAM_TOKENS
-    fitted, tail = _fit("".join(lines[:start]), count_tokens, room, keep_start)
+    fitted, tail, snippet = _fit("".join(lines[:start]), count_tokens, room, keep_start, keep_snippet)
     text = f"{markers['prefix']}{context}{fitted}{markers['suffix']}{below}{markers['middle']}{middle}"
-    return Prompt(text=text, tail_start=tail, fim=True, middle_start=start)
+    return Prompt(text=text, tail_start=tail, fim=True, middle_start=start, snippet_start=snippet)
 
 
 def fim_opening(ctx: CursorContext, count_tokens: Callable[[str], int], budget: int, markers: dict[str, str],
@@ -121,12 +125,14 @@ FIM_SUFFIX_SHARE = 0.25
 MAX_MIDDLE_LINES = 8
 
 
-def _fit(text: str, count_tokens: Callable[[str], int], budget: int, keep_start: int | None) -> tuple[str, int | None]:
-    """``text`` if it fits ``budget`` tokens, else its middle left out (``_trim_middle``), and where its tail starts."""
+def _fit(text: str, count_tokens: Callable[[str], int], budget: int, keep_start: int | None,
+         keep_snippet: int | None = None) -> tuple[str, int | None, int | None]:
+    """``text`` if it fits ``budget`` tokens, else its middle left out (``_trim_middle``); where its tail starts
+    and its snippet's first line."""
     window = text[-budget * MAX_CHARS_PER_TOKEN :] if budget > 0 else ""
     if len(window) == len(text) and count_tokens(text) <= budget:
-        return text, None
-    return _trim_middle(text, count_tokens, budget, keep_start)
+        return text, None, None
+    return _trim_middle(text, count_tokens, budget, keep_start, keep_snippet)
 
 
 def _fit_start(text: str, count_tokens: Callable[[str], int], budget: int) -> str:
@@ -162,8 +168,8 @@ def _hold_back_indentation(prefix: str, line_prefix: str) -> tuple[str, str]:
 
 
 def _trim_middle(
-    text: str, count_tokens: Callable[[str], int], budget: int, keep_start: int | None
-) -> tuple[str, int]:
+    text: str, count_tokens: Callable[[str], int], budget: int, keep_start: int | None, keep_snippet: int | None
+) -> tuple[str, int, int | None]:
     lines = text.splitlines(keepends=True)
     imports = outline.imports(lines)
     head = {i: lines[i] for i in imports}
@@ -174,14 +180,27 @@ def _trim_middle(
     tail_budget = budget - head_tokens - SEAM_TOKENS
     # The tail may start anywhere after the imports; enclosing headers above it join the head.
     first_allowed = max(imports, default=-1) + 1
+    snippet_budget = budget // snippets.SHARE
     if keep_start is not None and first_allowed <= keep_start < len(lines):
-        kept = _joined(head, keep_start) + "".join(lines[keep_start:])
+        chosen = {}
+        if keep_snippet is not None and first_allowed <= keep_snippet < keep_start:
+            chosen = snippets.snippet_lines(lines, keep_snippet, keep_start, count_tokens, snippet_budget)
+        kept = _joined({**chosen, **head}, keep_start) + "".join(lines[keep_start:])
         if count_tokens(kept) <= budget:
-            return kept, keep_start
+            return kept, keep_start, keep_snippet if chosen else None
     start = _tail_start(lines, count_tokens, int(tail_budget * FILL), first_allowed)
     if start >= len(lines):  # not even the cursor's line fits: keep its end
-        return _joined(head, start) + _fit_end(lines[-1], count_tokens, tail_budget), len(lines) - 1
-    return _joined(head, start) + "".join(lines[start:]), start
+        return _joined(head, start) + _fit_end(lines[-1], count_tokens, tail_budget), len(lines) - 1, None
+    snippet = snippets.most_similar(lines, first_allowed, start, start)
+    chosen = {} if snippet is None else snippets.snippet_lines(lines, snippet, start, count_tokens, snippet_budget)
+    if not chosen:
+        return _joined(head, start) + "".join(lines[start:]), start, None
+    # Room for the snippet: the tail gives up as many tokens as the snippet may take, so the prompt is no longer
+    # (prefill time is what the first suggestion in a file waits for); it starts lower, below the snippet.
+    start = max(start, _tail_start(lines, count_tokens, int(tail_budget * FILL) - snippet_budget, first_allowed))
+    # As the kept prompt will compute it (the same lines, so the next prompt starts with this one).
+    head = {**snippets.snippet_lines(lines, snippet, start, count_tokens, snippet_budget), **head}
+    return _joined(head, start) + "".join(lines[start:]), start, snippet
 
 
 def _joined(head: dict[int, str], tail_start: int) -> str:
