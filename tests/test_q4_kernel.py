@@ -61,24 +61,26 @@ def test_only_what_the_kernel_can_run_goes_to_it():
     assert not q4_kernel.fits(80, 160, 32, 4, False) and not q4_kernel.fits(160, 40, 32, 4, False)
 
 
-def _session(kind: str, packed, scales, zeros, k: int, n: int, library: Path | None, perm=None):
+def _session(kind: str, packed, scales, zeros, k: int, n: int, library: Path | None, perm=None, bits: int = 4):
+    """A one-node model: phils' kernel (``ours``: Q4MatMul, or Q8MatMul for ``bits`` 8) or MatMulNBits."""
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     if kind == "ours":
-        w, s, z = q4_kernel.repack(packed, scales, zeros, k, n)
+        layout = q4_kernel.repack if bits == 4 else q4_kernel.layout8
+        w, s, z = layout(packed, scales, zeros, k, n)
         inits = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(s, "S"), numpy_helper.from_array(z, "Z")]
         inputs = ["x", "W", "S", "Z"]
         if perm is not None:  # W's columns are x's channels in this order
             inits.append(numpy_helper.from_array(perm.astype(np.int32), "P"))
             inputs.append("P")
-        node = helper.make_node("Q4MatMul", inputs, ["y"], domain=q4_kernel.DOMAIN, K=k, N=n)
+        node = helper.make_node(f"Q{bits}MatMul", inputs, ["y"], domain=q4_kernel.DOMAIN, K=k, N=n)
         domain = helper.make_opsetid(q4_kernel.DOMAIN, 1)
     else:
         inits = [numpy_helper.from_array(packed, "W"), numpy_helper.from_array(scales.astype(np.float32), "S"),
                  numpy_helper.from_array(zeros, "Z")]
-        node = helper.make_node("MatMulNBits", ["x", "W", "S", "Z"], ["y"], domain="com.microsoft", K=k, N=n, bits=4,
-                                block_size=32, accuracy_level=4)
+        node = helper.make_node("MatMulNBits", ["x", "W", "S", "Z"], ["y"], domain="com.microsoft", K=k, N=n,
+                                bits=bits, block_size=32, accuracy_level=4)
         domain = helper.make_opsetid("com.microsoft", 1)
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "M", k])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "M", n])], inits)
@@ -90,15 +92,8 @@ def _session(kind: str, packed, scales, zeros, k: int, n: int, library: Path | N
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-@needs_kernel
-def test_the_kernel_gives_what_matmulnbits_gives(tmp_path):
-    k, n = 256, 96
-    packed, scales, zeros = _quantized(k, n, seed=1)
-    library = q4_kernel.library(tmp_path)
-    assert library is not None and library.is_file()
-    ours = _session("ours", packed, scales, zeros, k, n, library)
-    mlas = _session("mlas", packed, scales, zeros, k, n, None)
-    rng = np.random.default_rng(2)
+def _assert_agrees(ours, mlas, k: int, n: int, rng) -> None:
+    """Our kernel gives MatMulNBits' results for any number of tokens, each token's row on its own."""
     for tokens in (1, 3, 8, 37):
         x = rng.standard_normal((1, tokens, k)).astype(np.float32)
         got, expected = ours.run(None, {"x": x})[0], mlas.run(None, {"x": x})[0]
@@ -107,6 +102,17 @@ def test_the_kernel_gives_what_matmulnbits_gives(tmp_path):
     # A token's row does not depend on the tokens beside it: a cached prefix gives a fresh prefill's numbers.
     x = rng.standard_normal((1, 8, k)).astype(np.float32)
     assert np.array_equal(ours.run(None, {"x": x})[0][:, 5:6], ours.run(None, {"x": x[:, 5:6]})[0])
+
+
+@needs_kernel
+def test_the_kernel_gives_what_matmulnbits_gives(tmp_path):
+    k, n = 256, 96
+    packed, scales, zeros = _quantized(k, n, seed=1)
+    library = q4_kernel.library(tmp_path)
+    assert library is not None and library.is_file()
+    ours = _session("ours", packed, scales, zeros, k, n, library)
+    mlas = _session("mlas", packed, scales, zeros, k, n, None)
+    _assert_agrees(ours, mlas, k, n, np.random.default_rng(2))
     assert q4_kernel.library(tmp_path) == library  # compiled once
 
 
@@ -151,40 +157,12 @@ def test_the_8bit_layout_holds_the_same_weights():
 
 @needs_kernel
 def test_the_8bit_kernel_gives_what_matmulnbits_gives(tmp_path):
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
-
     k, n = 256, 96
     packed, scales, zeros = _quantized8(k, n, seed=5)
     library = q4_kernel.library(tmp_path)
-
-    def session(ours: bool):
-        if ours:
-            tensors = q4_kernel.layout8(packed, scales, zeros, k, n)
-            node = helper.make_node("Q8MatMul", ["x", "W", "S", "Z"], ["y"], domain=q4_kernel.DOMAIN, K=k, N=n)
-        else:
-            tensors = (packed, scales.astype(np.float32), zeros)
-            node = helper.make_node("MatMulNBits", ["x", "W", "S", "Z"], ["y"], domain="com.microsoft", K=k, N=n,
-                                    bits=8, block_size=32, accuracy_level=4)
-        graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "M", k])],
-                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "M", n])],
-                                  [numpy_helper.from_array(t, name) for t, name in zip(tensors, "WSZ")])
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 2
-        if ours:
-            options.register_custom_ops_library(str(library))
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(node.domain, 1)])
-        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-
-    ours, mlas = session(True), session(False)
-    rng = np.random.default_rng(6)
-    for tokens in (1, 3, 8, 37):
-        x = rng.standard_normal((1, tokens, k)).astype(np.float32)
-        got, expected = ours.run(None, {"x": x})[0], mlas.run(None, {"x": x})[0]
-        assert got.shape == (1, tokens, n)
-        assert np.abs(got - expected).max() <= 3e-3 * np.abs(expected).max(), tokens
-    x = rng.standard_normal((1, 8, k)).astype(np.float32)
-    assert np.array_equal(ours.run(None, {"x": x})[0][:, 5:6], ours.run(None, {"x": x[:, 5:6]})[0])
+    ours = _session("ours", packed, scales, zeros, k, n, library, bits=8)
+    mlas = _session("mlas", packed, scales, zeros, k, n, None, bits=8)
+    _assert_agrees(ours, mlas, k, n, np.random.default_rng(6))
 
 
 @needs_kernel
