@@ -355,11 +355,7 @@ def _emit_nbits(model: Any, weight: Any, name: str, root_input: str, kwargs: dic
     if kernel and bits == 8 and q4_kernel.fits(rows, cols, block_size, bits, symmetric):
         tensors = dict(zip(("_Q8K", "_Q8K_scales", "_Q8K_zero_points"),
                            q4_kernel.layout8(*quantized(np.ascontiguousarray(dense.T)), rows, cols)))
-        for suffix, values in tensors.items():
-            model.make_initializer(values, tensor + suffix)
-        model.graph.opset_imports[q4_kernel.DOMAIN] = 1
-        model.make_node("Q8MatMul", inputs=[root_input, *(tensor + suffix for suffix in tensors)], outputs=[output],
-                        name=name + "_Q8K", domain=q4_kernel.DOMAIN, K=rows, N=cols)
+        _kernel_node(model, 8, tensors, tensor, root_input, output, name, rows, cols)
     elif kernel and bits == 4 and q4_kernel.fits(rows, cols, block_size, bits, symmetric):
         # The rows a GGUF file holds in 4 bits keep its blocks; only the others are quantized (each
         # output row's blocks are quantized on their own, so the rest come out as they would in the whole).
@@ -376,11 +372,7 @@ def _emit_nbits(model: Any, weight: Any, name: str, root_input: str, kwargs: dic
                            q4_kernel.layout(blocks.codes, blocks.scale, blocks.offset, rows, cols)))
         if blocks.perm is not None:  # the kernel reads the activations in the blocks' channel order
             tensors["_Q4K_perm"] = blocks.perm.astype(np.int32)
-        for suffix, values in tensors.items():
-            model.make_initializer(values, tensor + suffix)
-        model.graph.opset_imports[q4_kernel.DOMAIN] = 1
-        model.make_node("Q4MatMul", inputs=[root_input, *(tensor + suffix for suffix in tensors)], outputs=[output],
-                        name=name + "_Q4K", domain=q4_kernel.DOMAIN, K=rows, N=cols)
+        _kernel_node(model, 4, tensors, tensor, root_input, output, name, rows, cols)
     else:
         packed, scales, zero_points = quantized(np.ascontiguousarray(dense.T))
         inputs = [root_input, tensor + f"_Q{bits}", tensor + "_scales"]
@@ -393,6 +385,16 @@ def _emit_nbits(model: Any, weight: Any, name: str, root_input: str, kwargs: dic
         model.make_node("MatMulNBits", inputs=inputs, outputs=[output], name=name + f"_Q{bits}", domain="com.microsoft",
                         K=rows, N=cols, bits=bits, block_size=block_size, **extra)
     model.make_value(output, model.io_dtype, shape=model.make_hidden_state_shape(seq_dim=kwargs.get("seq_dim", "sequence_length"), last_dim=cols))
+
+
+def _kernel_node(model: Any, bits: int, tensors: dict[str, Any], tensor: str, root_input: str, output: str, name: str,
+                 rows: int, cols: int) -> None:
+    """phils' ``Q{bits}MatMul`` node reading ``tensors`` (initializers named ``tensor`` + each key)."""
+    for suffix, values in tensors.items():
+        model.make_initializer(values, tensor + suffix)
+    model.graph.opset_imports[q4_kernel.DOMAIN] = 1
+    model.make_node(f"Q{bits}MatMul", inputs=[root_input, *(tensor + suffix for suffix in tensors)], outputs=[output],
+                    name=name + f"_Q{bits}K", domain=q4_kernel.DOMAIN, K=rows, N=cols)
 
 
 if __name__ == "__main__":  # the child process build_int4 starts

@@ -7,8 +7,8 @@ MatMulNBits' time for eight tokens and 0.71x for one on this project's
 machine, bench/results/q4-kernel.md), ``phils.Q8MatMul`` for the 8-bit ones
 (the output head), ``phils.AttentionF16``, attention over an fp16 key/value
 cache (half the bytes ONNX Runtime's fp32 cache reads a token), and
-``phils.LastRows``, which places the head's rows in GenAI's logits buffer. The library is compiled into phils' cache the first time (about
-3 s) and ONNX Runtime GenAI loads it with the model (``custom_ops_library``).
+``phils.LastRows``, which places the head's rows in GenAI's logits buffer.
+The library is compiled into phils' cache the first time (about 3 s) and ONNX Runtime GenAI loads it with the model (``custom_ops_library``).
 Without either, the build keeps ONNX Runtime's own operators: ``library``
 says why in the log and returns None.
 """
