@@ -101,6 +101,7 @@ def _stop_index(text: str, shape: Shape) -> int | None:
         return loop
     offset = 0
     blank_run = 0
+    depth = 0  # brackets the text has opened and not closed, over its complete lines
     first_indent = None  # the first written line's indentation, for ``statement``
     # After code on the cursor's line, a suggestion that goes on with that line finishes its statement
     # (`os.path.` + `join(a, b)`, then no unrelated `def` below); one that starts on a new line is a block.
@@ -117,18 +118,42 @@ def _stop_index(text: str, shape: Shape) -> int | None:
                 return max(offset - 1, 0) if number > 0 else 0
             if (number > 0 or not shape.line_prefix.strip()) and indent_width(whole) < shape.min_indent:
                 return max(offset - 1, 0) if number > 0 else 0
-            if number >= shape.max_lines:
+            if number >= shape.max_lines and not (
+                    depth > 0 and shape.max_lines > 1 and number < shape.max_lines + MAX_CLOSING_LINES):
+                # Past max_lines only to close what the text opened: `switch (c) {` and three `case` lines
+                # cut there would leave a C file with a brace that nothing closes.
                 return offset - 1
             if first_indent is None:
                 first_indent = indent_width(whole)
-            elif statement and indent_width(whole) <= first_indent:
+            elif statement and indent_width(whole) <= first_indent and not (
+                    indent_width(whole) == first_indent and whole.lstrip()[:1] in CLOSERS):
+                # A line at the statement's depth that begins with a closer (`}`, `});`, `} else {`, a call's
+                # `)`) is the statement's own end, not the next statement.
                 return offset - 1
         elif complete and number > 0:
             blank_run += 1
             if blank_run >= 2:
                 return offset - 1 - len(lines[number - 1]) - 1
+        if complete:
+            depth = _depth_after(line, shape.line_prefix if number == 0 else "", depth)
         offset += len(line) + 1
     return None
+
+
+MAX_CLOSING_LINES = 12  # how far past max_lines a text may go to close the brackets it opened
+
+
+def _depth_after(line: str, before: str, depth: int) -> int:
+    """The text's open brackets after ``line`` (code after ``before``, the user's text on the cursor's
+    line); a closer of something opened before the text does not count."""
+    for index, char in code_chars(before + line):
+        if index < len(before):
+            continue
+        if char in OPENERS:
+            depth += 1
+        elif char in CLOSERS and depth > 0:
+            depth -= 1
+    return depth
 
 
 FENCE = "```"

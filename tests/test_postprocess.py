@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from pygls.workspace import TextDocument
 
@@ -325,3 +327,64 @@ def test_the_shape_travels_as_data():
     shape = postprocess.shape_of(context('def add(a, b):\n    """Sum."""\n    █\n    return a\n'))
     assert Shape.from_dict(shape.as_dict()) == shape
     assert "def add(a, b):" in shape.avoid and shape.resume == "return a"
+
+
+def _finish_in(name: str, marked: str, raw: str) -> str:
+    before, after = marked.split(CURSOR)
+    lines = before.split("\n")
+    ctx = cursor_context(TextDocument(f"file:///{name}", before + after), len(lines) - 1, len(lines[-1]))
+    shape = postprocess.shape_of(ctx)
+    stop = postprocess.stop_index(raw, shape)  # as the engine ends it, then the filters
+    return postprocess.apply(raw if stop is None else raw[:stop], ctx, shape)
+
+
+@pytest.mark.parametrize(
+    "name, marked, raw, expected",
+    [
+        # Seen with Qwen2.5-Coder 1.5B: the answer's own closing brace went, as if it were the `}` below.
+        ("main.go", "func reverse(s string) string {\n\trunes := []rune(s)\n\t█\n\treturn string(runes)\n}\n",
+         "for i, j := 0, len(runes)-1; i < j; i, j = i+1, j-1 {\n\t\trunes[i], runes[j] = runes[j], runes[i]\n\t}",
+         "for i, j := 0, len(runes)-1; i < j; i, j = i+1, j-1 {\n\t\trunes[i], runes[j] = runes[j], runes[i]\n\t}"),
+        ("lib.rs", "pub fn max_of(xs: &[i64]) -> Option<i64> {\n    let mut best = None;\n    for &x in xs {\n"
+         "        █\n    }\n    best\n}\n",
+         "if best.is_none() || x > best.unwrap() {\n            best = Some(x);\n        }",
+         "if best.is_none() || x > best.unwrap() {\n            best = Some(x);\n        }"),
+        # One statement mid-block: up to its own closing line, a `} else {` inside it.
+        ("a.js", "function f(xs) {\n  █\n  return xs;\n}\n",
+         "xs.forEach((x) => {\n    console.log(x);\n  });\n  if (!xs.length) {\n    throw new Error('empty');\n  }",
+         "xs.forEach((x) => {\n    console.log(x);\n  });"),
+        ("a.js", "function f(xs) {\n  █\n  return xs;\n}\n",
+         "if (!xs.length) {\n    throw new Error('empty');\n  } else {\n    log(xs);\n  }\n  xs.sort();",
+         "if (!xs.length) {\n    throw new Error('empty');\n  } else {\n    log(xs);\n  }"),
+        # Python too: a call's closing bracket at the statement's depth is the statement's.
+        ("t.py", "def f(xs):\n    █\n    return xs\n", "xs = sorted(\n        xs,\n    )\n    xs.reverse()",
+         "xs = sorted(\n        xs,\n    )"),
+        # ... while the function's own `}` below, written again at its depth, still goes.
+        ("a.js", "function f(xs) {\n  █\n}\n", "return xs.length;\n}", "return xs.length;"),
+    ],
+)
+def test_brace_languages_keep_the_answers_own_closing_lines(name, marked, raw, expected):
+    assert _finish_in(name, marked, raw) == expected
+
+
+def test_a_python_branch_of_the_answers_own_is_no_copy_of_the_branch_below():
+    marked = "def f(x):\n    if x:\n        █\n    else:\n        g()\n"
+    raw = "if x > 1:\n            h()\n        else:\n            k()"
+    assert finish(marked, raw) == raw
+
+
+def test_past_max_lines_only_to_close_the_brackets_the_answer_opened():
+    # Seen with Qwen2.5-Coder 1.5B (FIM, at most 4 lines): `switch (s[i]) {` and three `case` lines, no `}`.
+    marked = "int f(const char *s) {\n    int n = 0;\n    for (int i = 0; s[i]; i++) {\n        █\n    }\n    return n;\n}\n"
+    ctx = cursor_context(TextDocument("file:///count.c", marked.replace(CURSOR, "")), 3, 8)
+    shape = replace(postprocess.shape_of(ctx), max_lines=4)
+    switch = ("switch (s[i]) {\n            case 'a':\n            case 'e':\n            case 'i':\n"
+              "                n++;\n        }\n        n += 0;\n        n += 0;")
+    stop = postprocess.stop_index(switch, shape)
+    assert switch[:stop] == switch.rsplit("\n", 2)[0]  # through its `}`, and no further
+    flat = "n += 1;\n        n += 2;\n        n += 3;\n        n += 4;\n        n += 5;"
+    assert flat[: postprocess.stop_index(flat, shape)] == flat.rsplit("\n", 1)[0]  # nothing open: 4 lines
+    # A header whose body is already below stays one line.
+    body = cursor_context(TextDocument("file:///a.c", "void g(int x) {\n    \n        x++;\n    }\n}\n"), 1, 4)
+    header = "if (x) {\n        x--;\n    }"
+    assert header[: postprocess.stop_index(header, postprocess.shape_of(body))] == "if (x) {"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import codeop
 import io
+import re
 import tokenize
 import warnings
 from dataclasses import replace
@@ -232,12 +233,13 @@ def drop_lines_that_follow(text: str, ctx: CursorContext, shape: Shape) -> str:
     """A multi-line suggestion that ends by repeating the lines below the cursor stops before them."""
     if "\n" not in text:
         return text
-    following = [line.strip() for line in ctx.suffix.split("\n")[1:] if line.strip()]
+    following = [_indented(line) for line in ctx.suffix.split("\n")[1:] if line.strip()]
     if not following:
         return text
     lines = text.split("\n")
     for start in range(1, len(lines)):
-        tail = [line.strip() for line in lines[start:] if line.strip()]
+        # At their own depth: a Go or Rust answer's own closing `}` is not the function's `}` below it.
+        tail = [_indented(line) for line in lines[start:] if line.strip()]
         if tail and tail == following[: len(tail)]:
             return "\n".join(lines[:start]).rstrip()
     return text
@@ -269,9 +271,27 @@ def drop_lines_run_after_the_block(text: str, ctx: CursorContext, shape: Shape) 
     lines = text.split("\n")
     for number in range(1, len(lines)):
         line = lines[number]
-        if line.strip() and any(code == line.strip() and depth < indent_width(line) for depth, code in below):
+        if _runs(line) and any(code == line.strip() and depth < indent_width(line) for depth, code in below):
             return "\n".join(lines[:number]).rstrip()
     return text
+
+
+def _indented(line: str) -> tuple[int, str]:
+    return indent_width(line), line.strip()
+
+
+# A line that begins with one of these continues or closes a block's structure: it runs nothing itself.
+BLOCK_WORDS = frozenset({"else", "elif", "elsif", "elseif", "except", "finally", "catch", "end", "fi", "done",
+                         "esac", "then", "do", "case", "default", "when", "rescue", "ensure"})
+FIRST_WORD = re.compile(r"[^\W\d]\w*")
+
+
+def _runs(line: str) -> bool:
+    """A line that does something when it runs: not blank, not only brackets and punctuation (``}``, ``});``),
+    not a block's next branch or end (``} else {``, ``except:``, ``end``). Such lines close or continue the
+    suggestion's own blocks, at their own depth, and are no copy of the code below."""
+    first = FIRST_WORD.search(line)
+    return first is not None and first.group() not in BLOCK_WORDS
 
 
 def keep_parsing_lines(text: str, ctx: CursorContext, shape: Shape) -> str:
