@@ -204,6 +204,12 @@ def _eval_realcode(args: argparse.Namespace) -> int:
     return _run_eval(args, run, "completion.warmup_ms=0")  # each hole is asked once, as soon as its file opens
 
 
+def _eval_blocks(args: argparse.Namespace) -> int:
+    from .tools.eval_blocks import run
+
+    return _run_eval(args, run, "completion.warmup_ms=0")  # each hole is asked once, as soon as its file opens
+
+
 def _run_eval(args: argparse.Namespace, run, *extra_settings: str) -> int:
     """Resolve the settings with the eval's own on top, and pass the same to the servers it starts."""
     args.set = [*(args.set or []), *extra_settings]
@@ -469,6 +475,15 @@ def _parser() -> argparse.ArgumentParser:
     _llama_baselines(realcode)
     _results_args(realcode, server_settings=False)
     realcode.set_defaults(run=_eval_realcode)
+
+    blocks = with_settings(evals.add_parser(
+        "blocks", help="a small block blanked in C/C++/Go/Rust/Java/JS/TS files, the file the document"))
+    blocks.add_argument("--source", required=True, help="a folder of brace-language source files (searched deeply)")
+    blocks.add_argument("--limit", type=int, default=40, help="holes at most (two a file)")
+    _llama_baselines(blocks)
+    blocks.set_defaults(max_new_tokens=128)
+    _results_args(blocks, server_settings=False)
+    blocks.set_defaults(run=_eval_blocks)
 
     config = with_settings(commands.add_parser("config", help="print the resolved settings"))
     config.set_defaults(run=_config)

@@ -168,7 +168,8 @@ async def complete_over_lsp(server_args: list[str], workspace: Path, cases: list
             if open_uri:
                 client.text_document_did_close(types.DidCloseTextDocumentParams(types.TextDocumentIdentifier(open_uri)))
             client.text_document_did_open(types.DidOpenTextDocumentParams(
-                types.TextDocumentItem(uri=uri, language_id="python", version=version, text=case.document)))
+                types.TextDocumentItem(uri=uri, language_id=getattr(case, "language_id", "python"), version=version,
+                                       text=case.document)))
             open_uri = uri
         started = time.monotonic()
         result = await client.text_document_inline_completion_async(types.InlineCompletionParams(
