@@ -29,6 +29,9 @@ class Shape:
     line_suffix: str = ""  # what follows the cursor on its line: the text ends where it closes what that closes
     string_end: str = ""  # the cursor is in a string that this closes (a docstring's """): the text ends there
     string_end_below: bool = False  # ... and the document already closes it after the cursor: end before it
+    # Code other than Python (whose own check is its parser, in the front): a judged answer must close the
+    # brackets it opens, since `if (x) {` without its `}` breaks the file once accepted.
+    closes_brackets: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -52,6 +55,7 @@ class Shape:
                 line_suffix=str(data.get("line_suffix", "")),
                 string_end=str(data.get("string_end", "")),
                 string_end_below=bool(data.get("string_end_below", False)),
+                closes_brackets=bool(data.get("closes_brackets", False)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"bad stop rule: {exc}") from None
@@ -138,6 +142,14 @@ def _stop_index(text: str, shape: Shape) -> int | None:
             depth = _depth_after(line, shape.line_prefix if number == 0 else "", depth)
         offset += len(line) + 1
     return None
+
+
+def leaves_open(text: str) -> bool:
+    """``text`` opens a bracket it does not close (`if (x) {` without its `}`): no answer to show as it is."""
+    depth = 0
+    for line in text.split("\n"):
+        depth = _depth_after(line, "", depth)
+    return depth > 0
 
 
 MAX_CLOSING_LINES = 12  # how far past max_lines a text may go to close the brackets it opened

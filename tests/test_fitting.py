@@ -16,7 +16,7 @@ from phils.engine.decoding import fitting
 from phils.engine.decoding.fitting import line_ends
 from phils.lsp import postprocess
 from phils.lsp.documents import cursor_context
-from phils.stoprule import Shape, stop_index
+from phils.stoprule import Shape, leaves_open, stop_index
 
 torch.set_num_threads(1)
 CURSOR = "█"
@@ -181,6 +181,23 @@ def test_the_other_first_tokens_offer_one_line_each_and_every_judgement_can_be_r
     others = [j for j in judged if j["origin"] > 0]
     assert others and all("\n" not in j["text"].strip() for j in others)
     assert [j["text"] for j in judged if j["origin"] == 0] == [a for a in line_ends(greedy.text)][: len(judged) - len(others)]
+
+
+def test_outside_python_only_answers_that_close_the_brackets_they_open_are_judged(loaded, tmp_path, monkeypatch):
+    log = tmp_path / "judged.jsonl"
+    monkeypatch.setenv(fitting.JUDGE_LOG, str(log))
+    greedy = fresh(loaded).generate(request("plain"))
+    ends = line_ends(greedy.text)
+    if greedy.reason == "length":
+        ends.pop()
+    assert any(leaves_open(end) for end in ends)  # the random model's answer opens a bracket it leaves open
+    result = fresh(loaded).generate(request("doc", fit_suffix=SUFFIX, candidates=1, closes_brackets=True))
+    judged = [j["text"] for j in json.loads(log.read_text().splitlines()[-1])["judged"]]
+    assert judged == [end for end in ends if not leaves_open(end)]
+    assert result.candidates == len(judged)
+    if not judged:  # none to judge: the greedy answer, for the front's own rule
+        assert result.text == greedy.text
+    assert all(leaves_open(end) for end in ends) or not leaves_open(result.text)
 
 
 def test_a_judgement_log_that_cannot_be_written_does_not_fail_the_completion(loaded, tmp_path, monkeypatch):

@@ -52,6 +52,7 @@ def shape_of(ctx: CursorContext, multiline: bool = True, max_lines: int = 24, mi
         line_suffix=ctx.line_suffix,
         string_end=string_end,
         string_end_below=bool(string_end) and string_end in ctx.suffix,
+        closes_brackets=not is_python(ctx) and not is_prose(ctx),
     )
 
 

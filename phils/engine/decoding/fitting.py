@@ -26,6 +26,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable
 
 from ...protocol import GenerationResult
+from ...stoprule import leaves_open
 from ..limits import MAX_SUFFIX_TOKENS
 from .branch import Branch, add_counts
 from .prefix_cache import common_prefix, crop
@@ -121,7 +122,7 @@ def choose(engine: "Engine", logits: Any, kv: Any, prompt_length: int, request: 
         if reason in ("length", "deadline") and (len(ends) > 1 or origin):
             ends.pop()  # its last line was cut short
         for answer in ends:
-            if answer in seen:
+            if answer in seen or request.closes_brackets and leaves_open(answer):  # `if (x) {` alone: no answer
                 continue
             if out_of_time(timing.get("last_score_ms", 0.0)):  # a score is one pass over the suffix: don't start
                 break  # one that would end past the budget
