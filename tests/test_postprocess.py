@@ -388,3 +388,14 @@ def test_past_max_lines_only_to_close_the_brackets_the_answer_opened():
     body = cursor_context(TextDocument("file:///a.c", "void g(int x) {\n    \n        x++;\n    }\n}\n"), 1, 4)
     header = "if (x) {\n        x--;\n    }"
     assert header[: postprocess.stop_index(header, postprocess.shape_of(body))] == "if (x) {"
+
+
+def test_outside_python_a_suggestion_cut_with_a_bracket_open_ends_where_it_had_closed_all():
+    marked = "function f(x) {\n  let a;\n  █\n  return a;\n}\n"
+    cut = "if (x === 1) {\n    a = 1;\n  } else if (x === 2) {\n    a = 2;"  # the token limit stopped it here
+    assert _finish_in("a.js", marked, cut) == "if (x === 1) {\n    a = 1;\n  }"
+    assert _finish_in("a.js", marked, "xs.forEach((v) => {\n    a = v;\n  });\n  ys.map((v) => {") == (
+        "xs.forEach((v) => {\n    a = v;\n  });")
+    assert _finish_in("a.js", marked, "if (x) {\n    a = 1;") == "if (x) {\n    a = 1;"  # never closed: as it is
+    python = "def f(x):\n    █\n    return x\n"
+    assert finish(python, "y = g(\n        x,") == "y = g(\n        x,"  # Python: its parser's filters decide

@@ -16,7 +16,8 @@ import warnings
 from dataclasses import replace
 from typing import Callable
 
-from ..stoprule import CLOSERS, SEPARATORS, Shape, at_code, code_chars, indent_width, stop_index
+from ..stoprule import (CLOSERS, OPENERS, SEPARATORS, Shape, at_code, code_chars, indent_width, leaves_open,
+                        stop_index)
 from . import outline, unbound
 from .documents import CursorContext
 
@@ -295,6 +296,31 @@ def _runs(line: str) -> bool:
     return first is not None and first.group() not in BLOCK_WORDS
 
 
+def end_where_its_brackets_close(text: str, ctx: CursorContext, shape: Shape) -> str:
+    """Outside Python, a suggestion that leaves a bracket open ends where it last had closed all it opened.
+
+    The token limit or the budget cut ``if (a) {`` … ``} else if (b) {`` and its body: accepted as it is,
+    the file has a ``{`` that nothing closes; ending after the first ``}`` leaves a whole statement.
+    A text that never closed what it opened stays as it is.
+    """
+    if not shape.closes_brackets or not leaves_open(text):
+        return text
+    depth, end, offset = 0, 0, 0
+    for line in text.split("\n"):
+        for index, char in code_chars(line):
+            if char in OPENERS:
+                depth += 1
+            elif char in CLOSERS and depth > 0:
+                depth -= 1
+                if depth == 0 and char == "}":  # a block's end, as in `} else {` (not a call's `)`)
+                    end = offset + index + 1
+        offset += len(line)
+        if depth == 0 and line.strip():
+            end = offset  # a whole line that closes all: `});`
+        offset += 1
+    return text[:end].rstrip() if end else text
+
+
 def keep_parsing_lines(text: str, ctx: CursorContext, shape: Shape) -> str:
     """Keep the longest run of the suggestion's lines that leaves the file parsing.
 
@@ -398,6 +424,7 @@ FILTERS: tuple[Callable[[str, CursorContext, Shape], str], ...] = (
     balance_brackets,
     drop_lines_that_follow,
     drop_lines_run_after_the_block,
+    end_where_its_brackets_close,
     keep_parsing_lines,
     keep_valid_python,
     drop_repeat_of_next_line,
