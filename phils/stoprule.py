@@ -122,6 +122,9 @@ def _stop_index(text: str, shape: Shape) -> int | None:
                 return max(offset - 1, 0) if number > 0 else 0
             if (number > 0 or not shape.line_prefix.strip()) and indent_width(whole) < shape.min_indent:
                 return max(offset - 1, 0) if number > 0 else 0
+            if shape.closes_brackets and written and _closes_outside(line, depth):
+                # `}` of a block opened above the cursor: the code below closes it already (Python's dedent).
+                return max(offset - 1, 0) if number > 0 else 0
             if number >= shape.max_lines and not (
                     depth > 0 and shape.max_lines > 1 and number < shape.max_lines + MAX_CLOSING_LINES):
                 # Past max_lines only to close what the text opened: `switch (c) {` and three `case` lines
@@ -150,6 +153,18 @@ def leaves_open(text: str) -> bool:
     for line in text.split("\n"):
         depth = _depth_after(line, "", depth)
     return depth > 0
+
+
+def _closes_outside(line: str, depth: int) -> bool:
+    """``line`` closes a bracket that the text did not open (``depth``: the text's open brackets before it)."""
+    for _, char in code_chars(line):
+        if char in OPENERS:
+            depth += 1
+        elif char in CLOSERS:
+            if depth == 0:
+                return True
+            depth -= 1
+    return False
 
 
 MAX_CLOSING_LINES = 12  # how far past max_lines a text may go to close the brackets it opened

@@ -399,3 +399,20 @@ def test_outside_python_a_suggestion_cut_with_a_bracket_open_ends_where_it_had_c
     assert _finish_in("a.js", marked, "if (x) {\n    a = 1;") == "if (x) {\n    a = 1;"  # never closed: as it is
     python = "def f(x):\n    █\n    return x\n"
     assert finish(python, "y = g(\n        x,") == "y = g(\n        x,"  # Python: its parser's filters decide
+
+
+def test_outside_python_a_line_that_closes_a_block_opened_above_the_cursor_ends_the_text():
+    # Seen with Qwen2.5-Coder 1.5B in C++: `return …;` then the `}` of the `if` around the cursor, whose own `}`
+    # is below, then more code.
+    marked = "int f(int a) {\n    if (a) {\n        █\n    }\n    return 0;\n}\n"
+    assert _finish_in("f.cpp", marked, "a += 1;\n        return a;\n    }\n\n    if (b) {\n        return b;\n    }") == (
+        "a += 1;\n        return a;")
+    assert _finish_in("f.cpp", marked, "} else {\n        a = 2;") == ""  # begins by closing it
+    assert _finish_in("f.cpp", "int f(int a) {\n    g(█\n}\n", "a);") == "a);"  # the user's own `(` on the line
+
+
+def test_a_models_control_marker_written_as_text_ends_the_suggestion_unless_the_document_holds_it():
+    marked = "void f(int t) {\n    █\n    g(t);\n}\n"
+    assert _finish_in("n.cpp", marked, "if (t == 0) {<|cursor|>") == "if (t == 0) {"
+    held = 'MARK = "<|cursor|>"\n█\nprint(MARK)\n'
+    assert finish(held, 'x = MARK.replace("<|cursor|>", "")') == 'x = MARK.replace("<|cursor|>", "")'

@@ -179,6 +179,18 @@ def cut_at_stop(text: str, ctx: CursorContext, shape: Shape) -> str:
     return text if cut is None else text[:cut]
 
 
+CONTROL_MARKER = re.compile(r"<\|[A-Za-z_]+\|>")
+
+
+def drop_control_markers(text: str, ctx: CursorContext, shape: Shape) -> str:
+    """The text ends before a model's control marker written as text (``<|cursor|>``, ``<|endoftext|>``,
+    seen with Qwen2.5-Coder 1.5B in C++) that the document does not hold itself."""
+    for found in CONTROL_MARKER.finditer(text):
+        if found.group() not in ctx.prefix and found.group() not in ctx.suffix:
+            return text[: found.start()].rstrip()
+    return text
+
+
 def trim_trailing_whitespace(text: str, ctx: CursorContext, shape: Shape) -> str:
     return "\n".join(line.rstrip() for line in text.split("\n")).rstrip()
 
@@ -418,6 +430,7 @@ def drop_bare_comment_markers_at_end(text: str, ctx: CursorContext, shape: Shape
 
 FILTERS: tuple[Callable[[str, CursorContext, Shape], str], ...] = (
     cut_at_stop,
+    drop_control_markers,
     trim_trailing_whitespace,
     skip_leading_blank_lines,
     drop_overlap_with_line_suffix,
