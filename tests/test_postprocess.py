@@ -416,3 +416,11 @@ def test_a_models_control_marker_written_as_text_ends_the_suggestion_unless_the_
     assert _finish_in("n.cpp", marked, "if (t == 0) {<|cursor|>") == "if (t == 0) {"
     held = 'MARK = "<|cursor|>"\n█\nprint(MARK)\n'
     assert finish(held, 'x = MARK.replace("<|cursor|>", "")') == 'x = MARK.replace("<|cursor|>", "")'
+
+
+def test_a_shell_case_pattern_is_no_bracket_closed_outside_the_text():
+    marked = 'case "$1" in\n  start)\n    █\n    ;;\nesac\n'
+    assert _finish_in("run.sh", marked, 'echo starting\n    ;;\n  stop)\n    echo stopping') == "echo starting"
+    ctx = cursor_context(TextDocument("file:///run.sh", marked.replace(CURSOR, "")), 2, 4)
+    assert not postprocess.shape_of(ctx).closes_brackets
+    assert postprocess.shape_of(context("def f():\n    █\n    return 1\n")).closes_brackets is False

@@ -53,7 +53,7 @@ def shape_of(ctx: CursorContext, multiline: bool = True, max_lines: int = 24, mi
         line_suffix=ctx.line_suffix,
         string_end=string_end,
         string_end_below=bool(string_end) and string_end in ctx.suffix,
-        closes_brackets=not is_python(ctx) and not is_prose(ctx),
+        closes_brackets=pairs_brackets(ctx),
     )
 
 
@@ -89,6 +89,16 @@ def is_python(ctx: CursorContext) -> bool:
 def is_prose(ctx: CursorContext) -> bool:
     """The document is text with code in it."""
     return _language_in(ctx, PROSE_LANGUAGES, PROSE_SUFFIXES)
+
+
+# Code whose brackets need not pair up on their own (a shell `case`'s `start)`), or that has no brackets to pair.
+UNPAIRED_LANGUAGES = frozenset({"python", "shellscript", "bash", "sh", "zsh", "fish", "ksh", "makefile"})
+UNPAIRED_SUFFIXES = (".py", ".pyi", ".sh", ".bash", ".zsh", ".fish", ".ksh", "makefile")
+
+
+def pairs_brackets(ctx: CursorContext) -> bool:
+    """Code whose brackets must pair up: C, Go, Rust, Java, JavaScript… (Python has its own parser check)."""
+    return not is_prose(ctx) and not _language_in(ctx, UNPAIRED_LANGUAGES, UNPAIRED_SUFFIXES)
 
 
 def _language_in(ctx: CursorContext, languages: frozenset[str] | set[str], suffixes: tuple[str, ...]) -> bool:
