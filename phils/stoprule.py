@@ -113,6 +113,8 @@ def _stop_index(text: str, shape: Shape) -> int | None:
     for number, line in enumerate(lines):
         whole = shape.line_prefix + line if number == 0 else line
         complete = number < len(lines) - 1
+        after, closes_outside = (_depth_after(line, shape.line_prefix if number == 0 else "", depth)
+                                 if complete or shape.closes_brackets else (depth, False))
         if whole.strip():
             blank_run = 0
             written = number > 0 or not shape.line_prefix.strip()  # not the user's own text
@@ -122,7 +124,7 @@ def _stop_index(text: str, shape: Shape) -> int | None:
                 return max(offset - 1, 0) if number > 0 else 0
             if (number > 0 or not shape.line_prefix.strip()) and indent_width(whole) < shape.min_indent:
                 return max(offset - 1, 0) if number > 0 else 0
-            if shape.closes_brackets and written and _closes_outside(line, depth):
+            if shape.closes_brackets and written and closes_outside:
                 # `}` of a block opened above the cursor: the code below closes it already (Python's dedent).
                 return max(offset - 1, 0) if number > 0 else 0
             if number >= shape.max_lines and not (
@@ -142,7 +144,7 @@ def _stop_index(text: str, shape: Shape) -> int | None:
             if blank_run >= 2:
                 return offset - 1 - len(lines[number - 1]) - 1
         if complete:
-            depth = _depth_after(line, shape.line_prefix if number == 0 else "", depth)
+            depth = after
         offset += len(line) + 1
     return None
 
@@ -151,36 +153,27 @@ def leaves_open(text: str) -> bool:
     """``text`` opens a bracket it does not close (`if (x) {` without its `}`): no answer to show as it is."""
     depth = 0
     for line in text.split("\n"):
-        depth = _depth_after(line, "", depth)
+        depth = _depth_after(line, "", depth)[0]
     return depth > 0
-
-
-def _closes_outside(line: str, depth: int) -> bool:
-    """``line`` closes a bracket that the text did not open (``depth``: the text's open brackets before it)."""
-    for _, char in code_chars(line):
-        if char in OPENERS:
-            depth += 1
-        elif char in CLOSERS:
-            if depth == 0:
-                return True
-            depth -= 1
-    return False
 
 
 MAX_CLOSING_LINES = 12  # how far past max_lines a text may go to close the brackets it opened
 
 
-def _depth_after(line: str, before: str, depth: int) -> int:
+def _depth_after(line: str, before: str, depth: int) -> tuple[int, bool]:
     """The text's open brackets after ``line`` (code after ``before``, the user's text on the cursor's
-    line); a closer of something opened before the text does not count."""
+    line; ``depth``: those open before it), and whether the line closes one the text did not open (which
+    does not count)."""
+    outside = False
     for index, char in code_chars(before + line):
         if index < len(before):
             continue
         if char in OPENERS:
             depth += 1
-        elif char in CLOSERS and depth > 0:
-            depth -= 1
-    return depth
+        elif char in CLOSERS:
+            outside = outside or depth == 0
+            depth = max(depth - 1, 0)
+    return depth, outside
 
 
 FENCE = "```"

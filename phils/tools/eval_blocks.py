@@ -108,8 +108,8 @@ def make_cases(source_dir: Path, limit: int) -> list[Case]:
             continue  # huge, or indented with tabs and spaces both, which the block finder would misread
         holes = blocks_in(source)
         step = max(1, len(holes) // PER_FILE)  # spread over the file, the same on every run
+        lines = source.split("\n")
         for start, end in holes[step // 2:: step][:PER_FILE]:
-            lines = source.split("\n")
             indent = lines[start][: len(lines[start]) - len(lines[start].lstrip())]
             document = "\n".join(lines[:start] + [indent] + lines[end + 1:])
             target = [text.strip() for text in lines[start:end + 1] if text.strip()]
@@ -133,17 +133,6 @@ def score(case: Case, answer: str) -> dict[str, Any]:
     }
 
 
-def complete_with_llama_server(url: str, baseline: str, cases: list[Case], max_new_tokens: int,
-                               progress) -> list[tuple[str, float]]:
-    from .llama_baselines import complete
-
-    answers = []
-    for index, case in enumerate(cases):
-        answers.append(complete(url, baseline, case.document, case.offset, MAX_LINES, max_new_tokens))
-        progress(index, answers[-1])
-    return answers
-
-
 def run(args: Any, settings: Any, server_args: list[str]) -> int:
     source_dir = Path(args.source).expanduser().resolve()
     cases = make_cases(source_dir, args.limit)
@@ -155,7 +144,10 @@ def run(args: Any, settings: Any, server_args: list[str]) -> int:
     progress = progress_printer(len(cases))
     mode = args.baseline or "phils"
     if args.baseline:
-        answers = complete_with_llama_server(args.llama_url, args.baseline, cases, args.max_new_tokens, progress)
+        from .llama_baselines import complete_cases
+
+        answers = complete_cases(args.llama_url, args.baseline, cases, lambda case: MAX_LINES, args.max_new_tokens,
+                                 progress)
     else:
         answers = asyncio.run(complete_over_lsp(server_args, source_dir, cases, progress))
     results = [{"module": c.module, "line": c.line + 1, "target": c.target, "completion": a, "seconds": round(s, 3),

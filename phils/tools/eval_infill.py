@@ -180,17 +180,9 @@ def complete_raw(settings: Any, cases: list[Case], max_new_tokens: int, progress
     return answers
 
 
-def complete_with_llama_server(url: str, baseline: str, cases: list[Case], max_new_tokens: int,
-                               progress) -> list[tuple[str, float]]:
-    """A baseline from llama-server (``llama_baselines``): raw keeps the first line, or the span's lines."""
-    from .llama_baselines import complete
-
-    answers = []
-    for index, case in enumerate(cases):
-        lines = 1 if case.kind != "span" else len(case.original)
-        answers.append(complete(url, baseline, case.document, case.offset, lines, max_new_tokens))
-        progress(index, answers[-1])
-    return answers
+def baseline_lines(case: Case) -> int:
+    """How many lines a raw baseline answer keeps: the first line, or the span's lines."""
+    return 1 if case.kind != "span" else len(case.original)
 
 
 # --- scoring -------------------------------------------------------------------
@@ -246,7 +238,9 @@ def run(args: Any, settings: Any, server_args: list[str]) -> int:
     mode = baseline or ("raw" if args.raw else "phils")
     progress = progress_printer(len(cases))
     if baseline:
-        answers = complete_with_llama_server(args.llama_url, baseline, cases, args.max_new_tokens, progress)
+        from .llama_baselines import complete_cases
+
+        answers = complete_cases(args.llama_url, baseline, cases, baseline_lines, args.max_new_tokens, progress)
     elif args.raw:
         answers = complete_raw(settings, cases, args.max_new_tokens, progress)
     else:

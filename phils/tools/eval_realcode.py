@@ -111,17 +111,6 @@ def _case(workspace: Path, package: str, path: Path, source: str, line: int) -> 
     return Case(package, str(path.relative_to(workspace)), document, line, len(indent), original.strip(), below)
 
 
-def complete_with_llama_server(url: str, baseline: str, cases: list[Case], max_new_tokens: int,
-                               progress) -> list[tuple[str, float]]:
-    from .llama_baselines import complete
-
-    answers = []
-    for index, case in enumerate(cases):
-        answers.append(complete(url, baseline, case.document, case.offset, 1, max_new_tokens))
-        progress(index, answers[-1])
-    return answers
-
-
 def score(case: Case, answer: str) -> dict[str, Any]:
     first = first_line(answer)
     return {**line_scores(first, case.target), "empty": not first,
@@ -134,7 +123,9 @@ def run(args: Any, settings: Any, server_args: list[str]) -> int:
     with packages_workspace(args, make_cases) as (workspace, packages, cases):
         progress = progress_printer(len(cases))
         if baseline:
-            answers = complete_with_llama_server(args.llama_url, baseline, cases, args.max_new_tokens, progress)
+            from .llama_baselines import complete_cases
+
+            answers = complete_cases(args.llama_url, baseline, cases, lambda case: 1, args.max_new_tokens, progress)
         else:
             answers = asyncio.run(complete_over_lsp(server_args, workspace, cases, progress))
     results = [{"package": c.package, "module": c.module, "line": c.line + 1, "target": c.target,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-from typing import Any
+from typing import Any, Callable
 
 BASELINES = ("llama-raw", "llama-infill")
 PREFIX_LINES, SUFFIX_LINES = 256, 64  # llama.vim's n_prefix and n_suffix defaults
@@ -60,6 +60,17 @@ def complete(url: str, baseline: str, document: str, offset: int, lines: int, ma
     else:
         raise ValueError(f"unknown baseline {baseline!r} (one of {', '.join(BASELINES)})")
     return text, time.monotonic() - started
+
+
+def complete_cases(url: str, baseline: str, cases: list[Any], lines_of: Callable[[Any], int], max_new_tokens: int,
+                   progress: Callable[[int, tuple[str, float]], None]) -> list[tuple[str, float]]:
+    """The baseline's answer at each case (its ``document`` and ``offset``; ``lines_of(case)``: how many lines
+    ``raw`` keeps) and seconds, in order, as the evals' LSP path returns them."""
+    answers = []
+    for index, case in enumerate(cases):
+        answers.append(complete(url, baseline, case.document, case.offset, lines_of(case), max_new_tokens))
+        progress(index, answers[-1])
+    return answers
 
 
 def continuation(url: str, prompt: str, max_new_tokens: int, stop: list[str]) -> tuple[str, float]:
