@@ -459,6 +459,8 @@ def _parser() -> argparse.ArgumentParser:
     infill.add_argument("--kind", choices=["line", "span", "call", "both", "all"], default="both",
                         help="both: line and span; call: a call's arguments in the middle of its line; all: the three")
     infill.add_argument("--raw", action="store_true", help="the baseline: the model's plain greedy continuation")
+    infill.add_argument("--at-line-start", action="store_true",
+                        help="the cursor at column 0 of the blanked line (after Enter, before the editor indents)")
     _llama_baselines(infill)
     _results_args(infill, server_settings=False)
     infill.set_defaults(run=_eval_infill)

@@ -37,3 +37,10 @@ def test_a_calls_arguments_are_blanked_mid_line_with_the_closing_bracket_kept():
     assert call.original == ["2, n"] and call.kind == "call"
     assert score(call, "2, n")["passed"] and score(call, "2, n")["exact"]
     assert not score(call, "2, n)")["passed"]  # the bracket the editor closed, written again
+
+
+def test_at_line_start_the_cursor_is_where_enter_leaves_it_and_the_answer_writes_the_indentation():
+    (line,) = make_cases([ROW], ("line",), at_line_start=True)
+    assert line.document.split("\n")[line.line] == "" and line.character == 0
+    assert score(line, "    for k in range(2, n):")["passed"] and score(line, "    for k in range(2, n):")["exact"]
+    assert not score(line, "for k in range(2, n):")["passed"]  # at column 0: outside the function

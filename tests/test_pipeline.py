@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from pygls.workspace import TextDocument
@@ -163,3 +164,39 @@ def test_with_fim_a_new_line_keeps_the_prompt_up_to_the_middle_so_the_code_below
 def test_with_nothing_below_the_cursor_a_fim_model_gets_the_code_format_prompt():
     _, job = complete_fim('def f(x):\n    """Double x."""\n    █', "return 2 * x\n")
     assert "<PRE>" not in job.prompt and job.prompt.startswith("def f(x):")
+
+
+class LineByLineEngine(ScriptedEngine):
+    """Nothing more on a line that has code; on a new (indented) line, the next statement."""
+
+    fim = None
+
+    async def generate(self, job: EngineJob) -> GenerationResult:
+        self.text = "z = y + 1\n" if not job.prompt.rsplit("\n", 1)[-1].strip() else "\n"
+        return await super().generate(job)
+
+
+def test_where_nothing_follows_on_the_line_the_next_line_is_computed_ahead_for_enter():
+    from phils.lsp.completion import CompletionService
+
+    async def scenario() -> tuple[Any, int, int]:
+        service = CompletionService(Settings())
+        engine = LineByLineEngine("")
+        service.backend, service.state = engine, "ready"
+        shown_at = cursor_context(TextDocument("file:///t.py", "def f(x):\n    y = \n    return y\n"), 1, 8)
+        service._compute_ahead(engine, shown_at, "x")  # `x` shown after `y = `: the line ends with it
+        for _ in range(1000):
+            await asyncio.sleep(0)
+            if len(engine.jobs) == 2 and not service._ahead_running:
+                break
+        computed = len(engine.jobs)
+        # The user types `x`, presses Enter, the editor indents: answered from the work done ahead.
+        typed = TextDocument("file:///t.py", "def f(x):\n    y = x\n    \n    return y\n")
+        suggestion = await service.complete(typed, 2, 4)
+        service.cancel_all()
+        return suggestion, computed, len(engine.jobs)
+
+    suggestion, computed, after = asyncio.run(scenario())
+    assert computed == 2  # the end of `y = x` (nothing to add), then the line after it
+    assert suggestion is not None and suggestion.reason == "ahead" and suggestion.text == "z = y + 1"
+    assert after == computed  # the request itself asked the model nothing

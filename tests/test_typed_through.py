@@ -4,7 +4,7 @@ from pygls.workspace import TextDocument
 
 from phils.lsp.documents import cursor_context
 from phils.lsp.stats import Stats
-from phils.lsp.typed_through import Shown, accepted, ahead_of, rest_of
+from phils.lsp.typed_through import Shown, accepted, ahead_of, found_ahead, line_after, rest_of, worth_waiting
 
 
 def ctx_at_end(before: str, after: str = "\n"):
@@ -46,6 +46,37 @@ def test_the_suggestion_computed_ahead_answers_only_where_it_was_computed_for():
     assert ahead_of(ahead, ctx_at_end("def f():\n    return a + b", "\nmore\n")) is None
     assert ahead_of(Shown(ctx.prefix, ctx.suffix, "  "), ctx) == ""  # nothing to suggest there, known already
     assert ahead_of(None, ctx) is None
+
+
+def test_the_line_after_is_where_a_line_with_code_ends_indented_as_editors_do():
+    after = line_after(ctx_at_end("def f():\n    y = 1", "\n    return y\n"))
+    assert after is not None and after.prefix == "def f():\n    y = 1\n    " and (after.line, after.character) == (2, 4)
+    assert after.suffix == "\n    return y\n"  # what the editor's Enter leaves after the cursor
+    # After a line that opens a block: one level deeper, as deep as the block below where there is one.
+    assert line_after(ctx_at_end("def f():\n    if y:", "\n      return y\n")).prefix.endswith("if y:\n      ")
+    assert line_after(ctx_at_end("def f():\n    if y:", "\n    return y\n")).prefix.endswith("if y:\n        ")
+    assert line_after(ctx_at_end("int f() {\n\tif (y) {", "\n}\n")).prefix.endswith("{\n\t\t")
+    assert line_after(ctx_at_end("def f():\n    y = f(", ")\n")) is None  # text after the cursor on its line
+    assert line_after(ctx_at_end("def f():\n    ")) is None  # a blank line: the suggestion is for this one
+
+
+def test_the_next_line_computed_ahead_answers_after_the_editor_indents():
+    below = "\n    return y\n"
+    here = ctx_at_end("def f():\n    y = 1\n    ", below)
+    computed = [Shown("def f():\n    y = 1", below, ""), Shown(here.prefix, below, "z = y + 1")]
+    assert found_ahead(computed, here) == (computed[1], "z = y + 1")
+    assert found_ahead(computed, ctx_at_end("def f():\n    y = 1\n    z", below)) == (computed[1], " = y + 1")
+    assert found_ahead(computed, ctx_at_end("def f():\n    y = 1\n        ", below)) is None  # indented otherwise
+    assert found_ahead(computed, ctx_at_end("def f():\n    y = 1\n", below)) is None  # an editor that does not indent
+    assert found_ahead(computed, ctx_at_end("def f():\n    y = 1", below)) == (computed[0], "")
+    # An editor that indents deeper still finds it where the model wrote that indentation too.
+    deeper = [Shown(here.prefix, below, "    z = y + 1")]
+    assert found_ahead(deeper, ctx_at_end("def f():\n    y = 1\n        ", below)) == (deeper[0], "z = y + 1")
+    # Waiting for the next line's computation pays only where the editor has done nothing but indent.
+    indented = ctx_at_end("def f():\n    y = 1\n        ", below)
+    assert worth_waiting(here.prefix, below, indented) and worth_waiting(here.prefix, below, here)
+    assert not worth_waiting(here.prefix, below, ctx_at_end("def f():\n    y = 1\n    z", below))
+    assert not worth_waiting("def f():\n    y = 1", below, here)  # a line's end: Enter is not spaces
 
 
 def test_stats_report_fractions_and_percentiles():

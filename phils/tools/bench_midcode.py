@@ -9,8 +9,9 @@ send ``phils/didMoveCursor`` when it rests; ``--cursor-notify off`` for an
 editor that does not); after ``--open-pause`` seconds (the user reads before
 typing) the editor asks for a suggestion at the blank line. Then the line is typed
 back a few characters at a time, pausing after each burst as people do, and
-the editor asks again after each burst. Then the rest of the line is typed,
-Enter pressed, and the editor asks on the new line. Last, the typed text is
+the editor asks again after each burst. Then the rest of the line is typed at
+the same pace, Enter pressed (the editor indents), and the editor asks on the
+new line. Last, the typed text is
 deleted and the first request asked again: the same work with its prompt
 cached (warm), the yardstick for the first request in a fresh file.
 
@@ -164,34 +165,35 @@ async def run_mode(mode: str, command: list[str], chosen: list[Hole], args: Any)
                              "similarity": round(difflib.SequenceMatcher(
                                  None, (typed + text.split("\n")[0]).strip(), hole.original).ratio(), 4)})
 
-        await ask("first")
-        typed = ""
-        for burst in bursts(hole.original, args.burst)[: args.pauses]:
-            typed += burst
-            for ch in burst:
+        async def type_keys(keys: list[str]) -> None:
+            """Each key a change at the cursor on the hole's line, at the typing pace."""
+            nonlocal version, character
+            for key in keys:
                 version += 1
                 here = types.Position(line, character)
                 client.text_document_did_change(types.DidChangeTextDocumentParams(
                     text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
-                    content_changes=[types.TextDocumentContentChangePartial(range=types.Range(here, here), text=ch)]))
-                character += len(ch.encode("utf-16-le")) // 2
+                    content_changes=[types.TextDocumentContentChangePartial(range=types.Range(here, here), text=key)]))
+                character += len(key.encode("utf-16-le")) // 2
                 await asyncio.sleep(args.typing_ms / 1000)
+
+        await ask("first")
+        typed = ""
+        for burst in bursts(hole.original, args.burst)[: args.pauses]:
+            typed += burst
+            await type_keys(list(burst))
             await ask("typing", typed)
-        # Enter: the rest of the line typed, then a new line at its indentation, and a request there.
-        rest = hole.original[len(typed):] + "\n" + hole.indent
-        version += 1
-        here = types.Position(line, character)
-        client.text_document_did_change(types.DidChangeTextDocumentParams(
-            text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
-            content_changes=[types.TextDocumentContentChangePartial(range=types.Range(here, here), text=rest)]))
-        await asyncio.sleep(args.typing_ms / 1000)
-        await ask("enter", at=(line + 1, len(hole.indent)))
+        # Enter: the rest of the line typed at the same pace, then Enter (the editor inserts the line's
+        # indentation with the line break, in one change), and a request on the new line.
+        indented = hole.indent + ("    " if hole.original.rstrip().endswith(":") else "")  # as editors indent
+        await type_keys([*hole.original[len(typed):], "\n" + indented])
+        await ask("enter", at=(line + 1, len(indented)))
         # Warm: all typed text deleted, the same blank-line request as the first one, its prompt now cached.
         version += 1
         client.text_document_did_change(types.DidChangeTextDocumentParams(
             text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
             content_changes=[types.TextDocumentContentChangePartial(range=types.Range(
-                types.Position(line, len(hole.indent)), types.Position(line + 1, len(hole.indent))), text="")]))
+                types.Position(line, len(hole.indent)), types.Position(line + 1, len(indented))), text="")]))
         character = len(hole.indent)
         await asyncio.sleep(args.typing_ms / 1000)
         await ask("warm")
@@ -218,6 +220,7 @@ def summarize_mode(mode: str, requests: list[dict[str, Any]]) -> dict[str, Any]:
         "warm_ms": percentiles([r["ms"] for r in warm]),  # the first request again, its prompt cached
         "enter_ms": percentiles([r["ms"] for r in enter]),  # a new line after the finished line
         "enter_prefill": percentiles([r["prefill"] for r in enter]),
+        "enter_ahead": sum(r["source"] == "ahead" for r in enter),  # the new line's suggestion computed ahead
         "all_ms": percentiles([r["ms"] for r in first + typing]),
         "exact_first_line": sum(r["exact"] for r in first),
         "exact_typing": sum(r["exact"] for r in typing),
@@ -284,7 +287,7 @@ def run(args: Any) -> int:
 def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     rows = ["| mode | holes | first in a fresh file p50 / p95 ms | while typing p50 / p95 ms | all p50 / p95 ms "
-            "| first ÷ typing (p50) | same request warm p50 ms (first ÷ warm) | after Enter p50 / p95 ms (tokens computed p50) | exact: blank line / typing | blank line edit similarity | empty | from work ahead (warm-up / typed / ahead) |",
+            "| first ÷ typing (p50) | same request warm p50 ms (first ÷ warm) | after Enter p50 / p95 ms (tokens computed p50; answered from work ahead) | exact: blank line / typing | blank line edit similarity | empty | from work ahead (warm-up / typed / ahead) |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in report["modes"].values():
         s = r["sources"]
@@ -292,7 +295,7 @@ def markdown(report: dict[str, Any]) -> str:
                     f"| {r['typing_ms']['p50']} / {r['typing_ms']['p95']} | {r['all_ms']['p50']} / {r['all_ms']['p95']} "
                     f"| {r.get('first_vs_typing_p50')} | {r.get('warm_ms', {}).get('p50')} ({r.get('first_vs_warm_p50')}) "
                     f"| {r.get('enter_ms', {}).get('p50')} / {r.get('enter_ms', {}).get('p95')} "
-                    f"({r.get('enter_prefill', {}).get('p50')}) "
+                    f"({r.get('enter_prefill', {}).get('p50')}; ahead {r.get('enter_ahead', '-')}) "
                     f"| {r['exact_first_line']} / {r.get('exact_typing', '?')} | {r.get('first_similarity')} "
                     f"| {r['empty']}/{r['requests']} "
                     f"| {r['answered_from_work_ahead']} ({s['warm-up']} / {s['typed-through']} / {s['ahead']}) |")

@@ -8,7 +8,10 @@ call's arguments are blanked in the middle of its line, the cursor after its
 inserted there and the problem's tests run in the sandbox of ``eval
 humaneval``. ``--raw`` is the baseline: the same model's greedy continuation
 of the text before the cursor, cut after the first line (or as many lines as
-the span had). ``--baseline llama-raw`` / ``llama-infill`` ask a running
+the span had). ``--at-line-start``: the blanked line left empty and the cursor
+at its column 0, where Enter leaves it before the editor indents (where phils
+computes the next line ahead; the answer writes its own indentation).
+``--baseline llama-raw`` / ``llama-infill`` ask a running
 llama-server on the same GGUF instead (``llama_baselines``): the raw
 continuation from the line break, and ``/infill`` as llama.vim sends it.
 
@@ -57,18 +60,19 @@ class Case:
         return self.document[: self.offset] + completion + self.document[self.offset :]
 
 
-def make_cases(rows: list[dict[str, Any]], kinds: tuple[str, ...] = ("line", "span")) -> list[Case]:
+def make_cases(rows: list[dict[str, Any]], kinds: tuple[str, ...] = ("line", "span"),
+               at_line_start: bool = False) -> list[Case]:
     cases = []
     for number, row in enumerate(rows):
         body = row["canonical_solution"].rstrip("\n").split("\n")
         code = [i for i, line in enumerate(body) if line.strip() and not line.strip().startswith("#")]
         if "line" in kinds and len(code) >= 2:
-            cases.append(_hole(row, body, code[(len(code) - 1) // 2], 1, "line"))
+            cases.append(_hole(row, body, code[(len(code) - 1) // 2], 1, "line", at_line_start))
         if "span" in kinds and len(code) >= 4:
             size = min(2 + number % 3, len(code) - 1)  # 2, 3 or 4 code lines, at least one left below
             first = max((len(code) - size) // 2, 0)
             start, end = code[first], code[first + size - 1] + 1
-            cases.append(_hole(row, body, start, end - start, "span"))
+            cases.append(_hole(row, body, start, end - start, "span", at_line_start))
         if "call" in kinds and (case := _call_hole(row, body, code)) is not None:
             cases.append(case)
     return cases
@@ -110,8 +114,8 @@ def _first_call_arguments(line: str) -> tuple[int, int] | None:
     return None
 
 
-def _hole(row: dict[str, Any], body: list[str], start: int, size: int, kind: str) -> Case:
-    indent = body[start][: len(body[start]) - len(body[start].lstrip())]
+def _hole(row: dict[str, Any], body: list[str], start: int, size: int, kind: str, at_line_start: bool = False) -> Case:
+    indent = "" if at_line_start else body[start][: len(body[start]) - len(body[start].lstrip())]
     kept = body[:start] + [indent] + body[start + size :]
     prompt = row["prompt"] if row["prompt"].endswith("\n") else row["prompt"] + "\n"
     following = next((l for l in body[start + size :] if l.strip()), "")
@@ -233,7 +237,7 @@ def _docstring_lines(document: str) -> set[str]:
 def run(args: Any, settings: Any, server_args: list[str]) -> int:
     rows = problems(args.limit)
     kinds = tuple(k for k in KINDS if args.kind in (k, "all") or (args.kind == "both" and k != "call"))
-    cases = make_cases(rows, kinds)
+    cases = make_cases(rows, kinds, getattr(args, "at_line_start", False))
     baseline = getattr(args, "baseline", None)
     mode = baseline or ("raw" if args.raw else "phils")
     progress = progress_printer(len(cases))
