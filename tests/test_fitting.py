@@ -405,3 +405,19 @@ def test_the_engine_judges_the_line_first_only_where_code_precedes_the_cursor_on
     assert asked("    total").line_first and asked("    total").skip_when_followed
     assert not asked("    ").line_first and not asked("").line_first and not asked(None).line_first
     assert not asked("    total", early_accept=False).skip_when_followed  # judged-all: every candidate, always
+
+
+def test_another_first_line_is_written_only_from_a_token_near_the_greedy_ones_probability():
+    from types import SimpleNamespace
+
+    from phils.engine.decoding.branch import Branch
+
+    words = {0: "x", 1: " y", 2: " z", 3: " w"}
+    engine = SimpleNamespace(_torch=torch, eos_ids=set(), tokenizer=SimpleNamespace(
+        decode=lambda ids, skip_special_tokens=True: "".join(words[i] for i in ids)))
+    gap = fitting.ALTERNATIVE_MAX_GAP
+    # Greedy `x`; `y` 1 below it; `z` just inside the gap; `w` past it (under e^-gap of x's probability).
+    logits = torch.tensor([10.0, 9.0, 10.0 - gap + 0.1, 10.0 - gap - 0.1])
+    branch = Branch(generated=[], scores=[], pending="", logits=logits, kv_length=0)
+    assert fitting._alternatives(engine, branch, 3, greedy_token=0) == [1, 2]
+    assert fitting._alternatives(engine, branch, 1, greedy_token=0) == [1]
