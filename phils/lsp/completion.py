@@ -26,7 +26,7 @@ from ..protocol import EngineError, EngineJob
 from . import postprocess, project, prompt
 from .documents import CursorContext, cursor_context
 from .stats import Stats
-from .typed_through import Shown, accepted, found_ahead, line_after, rest_of, worth_waiting
+from .typed_through import Shown, accepted, ahead_of, found_ahead, line_after, rest_of, worth_waiting
 
 log = logging.getLogger(__name__)
 
@@ -188,14 +188,14 @@ class CompletionService:
 
     def _start_ahead(self, backend: Any, ctx: CursorContext, then: bool = False) -> None:
         """Compute the suggestion at ``ctx`` in the background, for a request there to find done
-        (``then``: besides those computed ahead already)."""
+        (``then``: the line after one computed ahead, kept beside it, and followed by no further one)."""
         if not then:
             self._ahead.pop(ctx.uri, None)
         if (older := self._ahead_running.get(ctx.uri)) is not None and older[2] is not asyncio.current_task():
             older[2].cancel()  # (the one that computed what this one follows is done, not cancelled)
         if (upgrade := self._upgrading.pop(ctx.uri, None)) is not None:
             upgrade.cancel()  # for a suggestion that is gone
-        task = asyncio.ensure_future(self._ahead_of(backend, ctx))
+        task = asyncio.ensure_future(self._ahead_of(backend, ctx, then))
         self._ahead_running[ctx.uri] = (ctx.prefix, ctx.suffix, task)
         task.add_done_callback(lambda t: self._ahead_running.pop(ctx.uri, None)
                                if self._ahead_running.get(ctx.uri, (0, 0, None))[2] is t else None)
@@ -221,7 +221,7 @@ class CompletionService:
         self._cancel_warmups()  # this prompt is the one that matters now
         self._start_ahead(backend, ctx)
 
-    async def _ahead_of(self, backend: Any, ctx: CursorContext) -> None:
+    async def _ahead_of(self, backend: Any, ctx: CursorContext, then: bool = False) -> None:
         try:
             suggestion = await run_pipeline(backend, ctx, self.settings, (), self._tail_starts, self.project,
                                             background=True)
@@ -235,8 +235,7 @@ class CompletionService:
             stats.ahead_computed += 1
         if suggestion is not None and suggestion.window == "near":
             self._start_upgrade(backend, ctx)
-        elif not (suggestion and suggestion.text.strip()) and len(self._ahead[ctx.uri]) == 1 \
-                and (after := line_after(ctx)) is not None:
+        elif not then and not (suggestion and suggestion.text.strip()) and (after := line_after(ctx)) is not None:
             # Nothing to add on this line: the user's next key is likely Enter. The new line, indented as
             # the editor will indent it (at column 0 the model took a blank line for nothing missing more
             # often: infill lines 56 vs 57 in FIM, 43 vs 45 in code format, Qwen2.5-Coder 1.5B).
@@ -244,8 +243,7 @@ class CompletionService:
 
     def _computed_ahead(self, ctx: CursorContext) -> int | None:
         """Which of the document's suggestions computed ahead was computed for ``ctx``, if one was."""
-        return next((n for n, shown in enumerate(self._ahead.get(ctx.uri, []))
-                     if (shown.prefix, shown.suffix) == (ctx.prefix, ctx.suffix)), None)
+        return next((n for n, shown in enumerate(self._ahead.get(ctx.uri, [])) if ahead_of(shown, ctx) is not None), None)
 
     def _start_upgrade(self, backend: Any, ctx: CursorContext) -> None:
         """The suggestion computed ahead at ``ctx`` came from the near window: compute it again from the
