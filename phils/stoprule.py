@@ -32,6 +32,9 @@ class Shape:
     # Code other than Python (whose own check is its parser, in the front): a judged answer must close the
     # brackets it opens, since `if (x) {` without its `}` breaks the file once accepted.
     closes_brackets: bool = False
+    # The language's line comment marker ("#", "//", "--"; "" where unknown): at the top level a comment after a
+    # blank line begins the next piece of work, which the suggestion leaves to the next request.
+    comment: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -56,6 +59,7 @@ class Shape:
                 string_end=str(data.get("string_end", "")),
                 string_end_below=bool(data.get("string_end_below", False)),
                 closes_brackets=bool(data.get("closes_brackets", False)),
+                comment=str(data.get("comment", "")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"bad stop rule: {exc}") from None
@@ -85,9 +89,11 @@ def _stop_index(text: str, shape: Shape) -> int | None:
     the block (the block is over); a line that resumes the code below the
     cursor, or repeats the signature or docstring; in ``statement`` mode (or
     when the text goes on with the code before the cursor on its line), a line
-    back at the first line's indentation; two blank lines in a row; ``max_lines``;
-    in code, a Markdown fence line (base models trained on textbook-like text,
-    Phi-2 among them, close the code block and go on in prose).
+    back at the first line's indentation; two blank lines in a row; at the top
+    level, a comment after a blank line once code was written (the script's next
+    step: `# compute the median` after the mean the user's comment asked for);
+    ``max_lines``; in code, a Markdown fence line (base models trained on
+    textbook-like text, Phi-2 among them, close the code block and go on in prose).
     """
     if shape.single_line:
         cut = text.find("\n")
@@ -107,6 +113,7 @@ def _stop_index(text: str, shape: Shape) -> int | None:
     blank_run = 0
     depth = 0  # brackets the text has opened and not closed, over its complete lines
     first_indent = None  # the first written line's indentation, for ``statement``
+    code_end = None  # where the last line of code written so far ends
     # After code on the cursor's line, a suggestion that goes on with that line finishes its statement
     # (`os.path.` + `join(a, b)`, then no unrelated `def` below); one that starts on a new line is a block.
     statement = shape.statement or bool(shape.line_prefix.strip() and lines[0].strip())
@@ -116,12 +123,14 @@ def _stop_index(text: str, shape: Shape) -> int | None:
         after, closes_outside = (_depth_after(line, shape.line_prefix if number == 0 else "", depth)
                                  if complete or shape.closes_brackets else (depth, False))
         if whole.strip():
-            blank_run = 0
+            blank_run_before, blank_run = blank_run, 0
             written = number > 0 or not shape.line_prefix.strip()  # not the user's own text
             if shape.code and written and whole.lstrip().startswith(FENCE):
                 return max(offset - 1, 0) if number > 0 else 0
             if complete and written and _written_already(whole, shape):
                 return max(offset - 1, 0) if number > 0 else 0
+            if _next_section(whole, shape, blank_run_before, code_end):
+                return code_end
             if (number > 0 or not shape.line_prefix.strip()) and indent_width(whole) < shape.min_indent:
                 return max(offset - 1, 0) if number > 0 else 0
             if shape.closes_brackets and written and closes_outside:
@@ -139,6 +148,8 @@ def _stop_index(text: str, shape: Shape) -> int | None:
                 # A line at the statement's depth that begins with a closer (`}`, `});`, `} else {`, a call's
                 # `)`) is the statement's own end, not the next statement.
                 return offset - 1
+            if line.strip() and not is_comment(whole, shape.comment):  # (the text's own code, not the user's line)
+                code_end = offset + len(line)
         elif complete and number > 0:
             blank_run += 1
             if blank_run >= 2:
@@ -147,6 +158,17 @@ def _stop_index(text: str, shape: Shape) -> int | None:
             depth = after
         offset += len(line) + 1
     return None
+
+
+def is_comment(line: str, marker: str) -> bool:
+    """``line`` holds only a comment (``marker`` the language's line comment; "" for none known)."""
+    return bool(marker) and line.lstrip().startswith(marker)
+
+
+def _next_section(whole: str, shape: Shape, blanks_before: int, code_end: int | None) -> bool:
+    """``whole``, a line at the top level after a blank line and code, is a comment: the next step begins."""
+    return (code_end is not None and blanks_before > 0 and shape.min_indent == 0 and indent_width(whole) == 0
+            and is_comment(whole, shape.comment))
 
 
 def leaves_open(text: str) -> bool:

@@ -236,6 +236,37 @@ def test_lines_at_the_end_that_only_open_a_comment_go():
     assert postprocess.apply("#", typed, postprocess.shape_of(typed)) == "#"
 
 
+def test_at_the_top_level_a_comment_after_a_blank_line_begins_the_next_step():
+    # Seen with Qwen2.5-Coder 1.5B after `# compute the mean of xs`: the mean, then the median and a mode comment.
+    raw = ("xs = [1, 2, 3]\nmean = statistics.mean(xs)\nprint(mean)\n\n# compute the median of xs\n"
+           "median = statistics.median(xs)\n")
+    script = "import statistics\n\n# compute the mean of xs\n█"
+    assert _finish_in("t.py", script, raw) == "xs = [1, 2, 3]\nmean = statistics.mean(xs)\nprint(mean)"
+    # In a function the comment is the body's next step: the block goes on.
+    body = "x = 1\n\n    # then y\n    y = x + 1"
+    assert _finish_in("t.py", "def f():\n    █", body) == body
+    # A comment before any code, or one that is the whole suggestion, is what was asked for.
+    assert _finish_in("t.py", "import os\n█", "\n# paths\nroot = os.getcwd()") == "# paths\nroot = os.getcwd()"
+    # Other languages by their own marker: `//` in JavaScript, while C's `#include` is code.
+    js = "const a = 1;\nconsole.log(a);\n\n// then b\nconst b = 2;"
+    assert _finish_in("a.js", "█", js) == "const a = 1;\nconsole.log(a);"
+    c = "#include <stdio.h>\n\n#include <stdlib.h>"
+    assert _finish_in("a.c", "█", c) == c
+
+
+def test_comments_that_end_a_suggestion_of_code_go():
+    # The token limit cut the text after a comment that announces code it never wrote.
+    assert _finish_in("t.py", "def f(xs):\n    █", "total = sum(xs)\n\n    # now the mean\n    ") == "total = sum(xs)"
+    assert _finish_in("a.go", "func f() {\n\t█\n}\n", "x := 1\n\t// and y") == "x := 1"
+    # A comment being written stays: on its own, or after the user's `#` on the line.
+    assert _finish_in("t.py", "def f():\n    █", "# sum the values\n    # and the squares") == \
+        "# sum the values\n    # and the squares"
+    assert _finish_in("t.py", "x = 1  # █", "the first\n# second") == "the first"  # (one line: the comment's own)
+    shape = postprocess.shape_of(context("x = █"))
+    assert shape.comment == "#" and postprocess.shape_of(cursor_context(
+        TextDocument("file:///notes.md", "# a\n"), 1, 0)).comment == ""
+
+
 def test_in_a_docstring_the_suggestion_ends_where_the_docstring_does():
     # Seen with Gemma 3 270M right after `"""`: the docstring, then a body and a run of prints (5.9 s).
     written = '\n    Calculates the area of a circle.\n    """\n    area = 2*pi*r**2\n    print(area)'

@@ -16,8 +16,8 @@ import warnings
 from dataclasses import replace
 from typing import Callable
 
-from ..stoprule import (CLOSERS, OPENERS, SEPARATORS, Shape, at_code, code_chars, indent_width, leaves_open,
-                        stop_index)
+from ..stoprule import (CLOSERS, OPENERS, SEPARATORS, Shape, at_code, code_chars, indent_width, is_comment,
+                        leaves_open, stop_index)
 from . import outline, unbound
 from .documents import CursorContext
 
@@ -54,6 +54,7 @@ def shape_of(ctx: CursorContext, multiline: bool = True, max_lines: int = 24, mi
         string_end=string_end,
         string_end_below=bool(string_end) and string_end in ctx.suffix,
         closes_brackets=pairs_brackets(ctx),
+        comment=line_comment(ctx),
     )
 
 
@@ -99,6 +100,26 @@ UNPAIRED_SUFFIXES = (".py", ".pyi", ".sh", ".bash", ".zsh", ".fish", ".ksh", "ma
 def pairs_brackets(ctx: CursorContext) -> bool:
     """Code whose brackets must pair up: C, Go, Rust, Java, JavaScript… (Python has its own parser check)."""
     return not is_prose(ctx) and not _language_in(ctx, UNPAIRED_LANGUAGES, UNPAIRED_SUFFIXES)
+
+
+# Line comment markers by language: the ones that do not use `//` (which every other code language with
+# paired brackets does: C, C++, C#, Go, Rust, Java, JavaScript, TypeScript, Kotlin, Swift…).
+HASH_COMMENT_LANGUAGES = frozenset({"python", "shellscript", "bash", "sh", "zsh", "fish", "ksh", "makefile", "ruby",
+                                    "perl", "r", "yaml", "toml", "dockerfile", "powershell", "cmake", "elixir",
+                                    "julia", "nim", "coffeescript", "graphql", "terraform"})
+HASH_COMMENT_SUFFIXES = (".py", ".pyi", ".sh", ".bash", ".zsh", ".fish", ".ksh", "makefile", ".rb", ".pl", ".r",
+                         ".yaml", ".yml", ".toml", "dockerfile", ".ps1", ".cmake", ".ex", ".exs", ".jl", ".nim")
+DASH_COMMENT_LANGUAGES = frozenset({"sql", "lua", "haskell", "elm", "ada", "vhdl"})
+DASH_COMMENT_SUFFIXES = (".sql", ".lua", ".hs", ".elm", ".adb", ".ads", ".vhd")
+
+
+def line_comment(ctx: CursorContext) -> str:
+    """The document's line comment marker, or "" where it is not known (prose, unknown languages without brackets)."""
+    if _language_in(ctx, HASH_COMMENT_LANGUAGES, HASH_COMMENT_SUFFIXES):
+        return "#"
+    if _language_in(ctx, DASH_COMMENT_LANGUAGES, DASH_COMMENT_SUFFIXES):
+        return "--"
+    return "//" if pairs_brackets(ctx) else ""
 
 
 def _language_in(ctx: CursorContext, languages: frozenset[str] | set[str], suffixes: tuple[str, ...]) -> bool:
@@ -438,6 +459,24 @@ def drop_bare_comment_markers_at_end(text: str, ctx: CursorContext, shape: Shape
     return "\n".join(lines)
 
 
+def drop_comments_at_end(text: str, ctx: CursorContext, shape: Shape) -> str:
+    """Comment lines that end a suggestion of code go, with the blank lines before them: they announce code
+    that is not there (`# compute the mode of xs` where the token limit cut it). A suggestion that is all
+    comment (the user writing one) stays."""
+    lines = text.split("\n")
+    end = len(lines)
+    while end > 1 and (not lines[end - 1].strip() or is_comment(lines[end - 1], shape.comment)):
+        end -= 1
+
+    def code(number: int) -> bool:  # the suggestion's own text on that line is code
+        whole = ctx.line_prefix + lines[0] if number == 0 else lines[number]
+        return bool(lines[number].strip()) and not is_comment(whole, shape.comment)
+
+    if end == len(lines) or not any(code(number) for number in range(end)):
+        return text
+    return "\n".join(lines[:end])
+
+
 FILTERS: tuple[Callable[[str, CursorContext, Shape], str], ...] = (
     cut_at_stop,
     drop_control_markers,
@@ -452,6 +491,7 @@ FILTERS: tuple[Callable[[str, CursorContext, Shape], str], ...] = (
     keep_valid_python,
     drop_repeat_of_next_line,
     drop_bare_comment_markers_at_end,
+    drop_comments_at_end,
 )
 
 
