@@ -267,6 +267,15 @@ def test_comments_that_end_a_suggestion_of_code_go():
         TextDocument("file:///notes.md", "# a\n"), 1, 0)).comment == ""
 
 
+def test_what_already_follows_the_cursor_is_not_inserted_again():
+    # Seen with Qwen2.5-Coder 1.5B before the `r` of `math.pi * r`: `r * r`, whose `r` the line has.
+    assert finish("import math\narea = math.pi * █r\n", "r * r") == "r * "
+    assert finish("import math\narea = math.pi * █ r\n", "r * r") == "r *"  # the rest brings its own space
+    assert finish('x = █"\n', 'hello"') == "hello"
+    assert finish("import math\narea = math.pi * █r\n", "r * ") == "r * "  # a FIM model stops before the `r`
+    assert finish("print(█)\n", "x ") == "x"  # no space before a closing bracket
+
+
 def test_in_a_docstring_the_suggestion_ends_where_the_docstring_does():
     # Seen with Gemma 3 270M right after `"""`: the docstring, then a body and a run of prints (5.9 s).
     written = '\n    Calculates the area of a circle.\n    """\n    area = 2*pi*r**2\n    print(area)'

@@ -223,7 +223,15 @@ def drop_control_markers(text: str, ctx: CursorContext, shape: Shape) -> str:
 
 
 def trim_trailing_whitespace(text: str, ctx: CursorContext, shape: Shape) -> str:
-    return "\n".join(line.rstrip() for line in text.split("\n")).rstrip()
+    """Whitespace at line ends goes, but the space the text puts before the rest of the cursor's line
+    (`math.pi * |r` + `r * `) where that rest has none of its own."""
+    trimmed = "\n".join(line.rstrip() for line in text.split("\n")).rstrip()
+    rest = ctx.line_suffix
+    if trimmed and rest.strip() and not rest[:1].isspace() and rest[0] not in CLOSERS + SEPARATORS + ".:" \
+            and text.startswith(trimmed):
+        gap = text[len(trimmed):]
+        return trimmed + gap if gap and "\n" not in gap else trimmed
+    return trimmed
 
 
 def skip_leading_blank_lines(text: str, ctx: CursorContext, shape: Shape) -> str:
@@ -249,7 +257,10 @@ def drop_overlap_with_line_suffix(text: str, ctx: CursorContext, shape: Shape) -
     """
     rest = ctx.line_suffix.strip()
     if rest and rest[0] not in CLOSERS + SEPARATORS and text.rstrip().endswith(rest):
-        return text.rstrip()[: -len(rest)].rstrip()
+        kept = text.rstrip()[: -len(rest)]
+        # The space before the rest is the text's where the rest has none of its own: `pi * |r` + `r * r`
+        # → `r * ` (not `r *`, which would make `pi * r *r`).
+        return kept.rstrip() if ctx.line_suffix[:1].isspace() or not kept.strip() else kept
     return text
 
 
