@@ -35,6 +35,9 @@ class Shape:
     # The language's line comment marker ("#", "//", "--"; "" where unknown): at the top level a comment after a
     # blank line begins the next piece of work, which the suggestion leaves to the next request.
     comment: str = ""
+    # Python at the module's or a class's level (no def around): a suggestion that begins a def or class is
+    # that one definition, ending where its body does, as a class's methods are written one at a time.
+    one_definition: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -60,6 +63,7 @@ class Shape:
                 string_end_below=bool(data.get("string_end_below", False)),
                 closes_brackets=bool(data.get("closes_brackets", False)),
                 comment=str(data.get("comment", "")),
+                one_definition=bool(data.get("one_definition", False)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"bad stop rule: {exc}") from None
@@ -92,7 +96,8 @@ def _stop_index(text: str, shape: Shape) -> int | None:
     back at the first line's indentation; two blank lines in a row; at the top
     level, a comment after a blank line once code was written (the script's next
     step: `# compute the median` after the mean the user's comment asked for);
-    ``max_lines``; in code, a Markdown fence line (base models trained on
+    at the module's or a class's level, the end of the def or class the text
+    began with (``one_definition``); ``max_lines``; in code, a Markdown fence line (base models trained on
     textbook-like text, Phi-2 among them, close the code block and go on in prose).
     """
     if shape.single_line:
@@ -113,6 +118,7 @@ def _stop_index(text: str, shape: Shape) -> int | None:
     blank_run = 0
     depth = 0  # brackets the text has opened and not closed, over its complete lines
     first_indent = None  # the first written line's indentation, for ``statement``
+    decorating = False  # the text began with decorators and their def has not come yet
     code_end = None  # where the last line of code written so far ends
     # After code on the cursor's line, a suggestion that goes on with that line finishes its statement
     # (`os.path.` + `join(a, b)`, then no unrelated `def` below); one that starts on a new line is a block.
@@ -143,6 +149,11 @@ def _stop_index(text: str, shape: Shape) -> int | None:
                 return offset - 1
             if first_indent is None:
                 first_indent = indent_width(whole)
+                statement = statement or shape.one_definition and DEFINITION.match(whole) is not None
+                decorating = whole.lstrip().startswith("@")
+            elif decorating and indent_width(whole) == first_indent and DEFINITION.match(whole):
+                decorating = False  # the def or class its decorators are for: from here on, one definition
+                statement = statement or shape.one_definition
             elif statement and indent_width(whole) <= first_indent and not (
                     indent_width(whole) == first_indent and whole.lstrip()[:1] in CLOSERS):
                 # A line at the statement's depth that begins with a closer (`}`, `});`, `} else {`, a call's
@@ -158,6 +169,9 @@ def _stop_index(text: str, shape: Shape) -> int | None:
             depth = after
         offset += len(line) + 1
     return None
+
+
+DEFINITION = re.compile(r"\s*(async\s+def|def|class)\s")
 
 
 def is_comment(line: str, marker: str) -> bool:

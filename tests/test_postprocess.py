@@ -276,6 +276,22 @@ def test_what_already_follows_the_cursor_is_not_inserted_again():
     assert finish("print(█)\n", "x ") == "x"  # no space before a closing bracket
 
 
+def test_at_a_class_or_module_level_a_suggestion_is_one_definition():
+    # Seen with Qwen2.5-Coder 1.5B after a Stack's push: pop, then peek, in one suggestion.
+    stack = "class Stack:\n    def __init__(self):\n        self.items = []\n\n    █"
+    pop = "def pop(self):\n        if not self.items:\n            raise IndexError('empty')\n        return self.items.pop()"
+    assert _finish_in("t.py", stack, pop + "\n\n    def peek(self):\n        return self.items[-1]") == pop
+    size = "@property\n    def size(self):\n        return len(self.items)"
+    assert _finish_in("t.py", stack, size + "\n\n    @property\n    def top(self):\n        return 0") == size
+    two = "def a():\n    return 1\n\n\ndef b():\n    return 2"
+    assert _finish_in("t.py", "import os\n\n\n█", two) == "def a():\n    return 1"
+    # In a function, a helper is the first step of the body: what follows it is kept.
+    body = "def helper(x):\n        return x * 2\n\n    return [helper(x) for x in xs]"
+    assert _finish_in("t.py", "def f(xs):\n    █", body) == body
+    # Code other than a definition at the top level goes on as before.
+    assert _finish_in("t.py", "import os\n█", "a = 1\nb = 2") == "a = 1\nb = 2"
+
+
 def test_in_a_docstring_the_suggestion_ends_where_the_docstring_does():
     # Seen with Gemma 3 270M right after `"""`: the docstring, then a body and a run of prints (5.9 s).
     written = '\n    Calculates the area of a circle.\n    """\n    area = 2*pi*r**2\n    print(area)'

@@ -55,6 +55,8 @@ def shape_of(ctx: CursorContext, multiline: bool = True, max_lines: int = 24, mi
         string_end_below=bool(string_end) and string_end in ctx.suffix,
         closes_brackets=pairs_brackets(ctx),
         comment=line_comment(ctx),
+        one_definition=is_python(ctx) and outline.enclosing_def_indent(
+            ctx.prefix[-MAX_OUTLINE_CHARS:].splitlines(keepends=True), min_indent) is None,
     )
 
 
