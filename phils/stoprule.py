@@ -103,7 +103,7 @@ def _stop_index(text: str, shape: Shape) -> int | None:
     if shape.single_line:
         cut = text.find("\n")
         line = text if cut < 0 else text[:cut]
-        closed = _reaches_line_suffix(shape.line_prefix, line, shape.line_suffix)
+        closed = _reaches_line_suffix(shape.line_prefix, line, shape.line_suffix, shape.comment)
         if closed is not None:
             return closed
         if cut >= 0:
@@ -126,7 +126,7 @@ def _stop_index(text: str, shape: Shape) -> int | None:
     for number, line in enumerate(lines):
         whole = shape.line_prefix + line if number == 0 else line
         complete = number < len(lines) - 1
-        after, closes_outside = (_depth_after(line, shape.line_prefix if number == 0 else "", depth)
+        after, closes_outside = (_depth_after(line, shape.line_prefix if number == 0 else "", depth, shape.comment)
                                  if complete or shape.closes_brackets else (depth, False))
         if whole.strip():
             blank_run_before, blank_run = blank_run, 0
@@ -185,23 +185,23 @@ def _next_section(whole: str, shape: Shape, blanks_before: int, code_end: int | 
             and is_comment(whole, shape.comment))
 
 
-def leaves_open(text: str) -> bool:
+def leaves_open(text: str, comment: str = "") -> bool:
     """``text`` opens a bracket it does not close (`if (x) {` without its `}`): no answer to show as it is."""
     depth = 0
     for line in text.split("\n"):
-        depth = _depth_after(line, "", depth)[0]
+        depth = _depth_after(line, "", depth, comment)[0]
     return depth > 0
 
 
 MAX_CLOSING_LINES = 12  # how far past max_lines a text may go to close the brackets it opened
 
 
-def _depth_after(line: str, before: str, depth: int) -> tuple[int, bool]:
+def _depth_after(line: str, before: str, depth: int, comment: str = "") -> tuple[int, bool]:
     """The text's open brackets after ``line`` (code after ``before``, the user's text on the cursor's
     line; ``depth``: those open before it), and whether the line closes one the text did not open (which
     does not count)."""
     outside = False
-    for index, char in code_chars(before + line):
+    for index, char in code_chars(before + line, comment):
         if index < len(before):
             continue
         if char in OPENERS:
@@ -266,7 +266,7 @@ OPENERS, CLOSERS = "([{", ")]}"
 SEPARATORS = ",;"
 
 
-def _reaches_line_suffix(line_prefix: str, line: str, line_suffix: str) -> int | None:
+def _reaches_line_suffix(line_prefix: str, line: str, line_suffix: str, comment: str = "") -> int | None:
     """Where ``line`` writes the bracket or separator the rest of the cursor's line begins with.
 
     ``print(|)`` + ``"hi") + str(x)``: the ``)`` after the cursor already closes
@@ -278,7 +278,7 @@ def _reaches_line_suffix(line_prefix: str, line: str, line_suffix: str) -> int |
     if not first or first not in CLOSERS + SEPARATORS:
         return None
     depth, start = 0, len(line_prefix)
-    for index, char in code_chars(line_prefix + line):
+    for index, char in code_chars(line_prefix + line, comment):
         if index < start:
             continue
         index -= start
@@ -293,13 +293,16 @@ def _reaches_line_suffix(line_prefix: str, line: str, line_suffix: str) -> int |
     return None
 
 
-def at_code(line_prefix: str) -> bool:
+def at_code(line_prefix: str, comment: str = "") -> bool:
     """The end of ``line_prefix`` is code: not inside a string literal or a comment."""
-    return any(index == len(line_prefix) for index, _ in code_chars(line_prefix + "\0"))
+    return any(index == len(line_prefix) for index, _ in code_chars(line_prefix + "\0", comment))
 
 
-def code_chars(line: str) -> Iterator[tuple[int, str]]:
-    """The characters of a line of code outside its string literals, up to a comment, with their offsets."""
+def code_chars(line: str, comment: str = "") -> Iterator[tuple[int, str]]:
+    """The characters of a line of code outside its string literals, up to a comment (``comment``, the
+    language's marker; "" for Python's ``#``), with their offsets. (`#` is code in C's `#include`, JavaScript's
+    `#field`, Rust's `#[derive]`; a `// (see below` there opens nothing.)"""
+    marker = comment or "#"
     quote, escaped = "", False
     for index, char in enumerate(line):
         if quote:
@@ -311,7 +314,7 @@ def code_chars(line: str) -> Iterator[tuple[int, str]]:
                 quote = ""
         elif char in "'\"":
             quote = char
-        elif char == "#":
+        elif char == marker[0] and line.startswith(marker, index):
             return
         else:
             yield index, char

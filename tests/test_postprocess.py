@@ -292,6 +292,17 @@ def test_at_a_class_or_module_level_a_suggestion_is_one_definition():
     assert _finish_in("t.py", "import os\n█", "a = 1\nb = 2") == "a = 1\nb = 2"
 
 
+def test_brackets_are_counted_in_code_by_the_languages_own_comments():
+    from phils.stoprule import code_chars, leaves_open
+
+    assert not leaves_open("foo();  // (see below", "//") and leaves_open("foo();  # (see below", "//")
+    assert not leaves_open("if (this.#ready()) return;", "//")  # a private field, not a comment
+    assert "".join(c for _, c in code_chars("x = f(a)  # g(", "#")) == "x = f(a)  "
+    # A JavaScript answer whose comment holds a bracket still closes what it opens.
+    body = "if (!xs.length) { // nothing (yet\n    return [];\n  }"
+    assert _finish_in("a.js", "function f(xs) {\n  █\n  return xs;\n}\n", body) == body
+
+
 def test_in_a_docstring_the_suggestion_ends_where_the_docstring_does():
     # Seen with Gemma 3 270M right after `"""`: the docstring, then a body and a run of prints (5.9 s).
     written = '\n    Calculates the area of a circle.\n    """\n    area = 2*pi*r**2\n    print(area)'

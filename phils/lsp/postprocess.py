@@ -276,10 +276,10 @@ def balance_brackets(text: str, ctx: CursorContext, shape: Shape) -> str:
     """
     if "\n" in text or not ctx.line_suffix.strip():
         return text
-    in_code = at_code(ctx.line_prefix)  # else the brackets being balanced are a string's
+    in_code = at_code(ctx.line_prefix, shape.comment)  # else the brackets being balanced are a string's
     while text and text[-1] in _PAIRS:
         line = ctx.line_prefix + text + ctx.line_suffix
-        code = "".join(char for _, char in code_chars(line)) if in_code else line
+        code = "".join(char for _, char in code_chars(line, shape.comment)) if in_code else line
         closer = text[-1]
         if code.count(closer) <= code.count(_PAIRS[closer]):
             break
@@ -359,11 +359,11 @@ def end_where_its_brackets_close(text: str, ctx: CursorContext, shape: Shape) ->
     the file has a ``{`` that nothing closes; ending after the first ``}`` leaves a whole statement.
     A text that never closed what it opened stays as it is.
     """
-    if not shape.closes_brackets or not leaves_open(text):
+    if not shape.closes_brackets or not leaves_open(text, shape.comment):
         return text
     depth, end, offset = 0, 0, 0
     for line in text.split("\n"):
-        for index, char in code_chars(line):
+        for index, char in code_chars(line, shape.comment):
             if char in OPENERS:
                 depth += 1
             elif char in CLOSERS and depth > 0:

@@ -57,7 +57,7 @@ def depth_change(text: str) -> tuple[int, bool]:
     opened (a bracket of the code around it)."""
     depth, under = 0, False
     for line in text.split("\n"):
-        for _, char in code_chars(line.split("//")[0]):
+        for _, char in code_chars(line, "//"):
             if char in OPENERS:
                 depth += 1
             elif char in CLOSERS:

@@ -127,8 +127,8 @@ def choose(engine: "Engine", logits: Any, kv: Any, prompt_length: int, request: 
         if reason in ("length", "deadline") and (len(ends) > 1 or origin):
             ends.pop()  # its last line was cut short
         for answer in ends:
-            if answer in seen or request.closes_brackets and leaves_open(answer):  # `if (x) {` alone: no answer
-                continue
+            if answer in seen or request.closes_brackets and leaves_open(answer, request.comment):
+                continue  # (`if (x) {` alone: no answer)
             if out_of_time(timing.get("last_score_ms", 0.0)):  # a score is one pass over the suffix: don't start
                 break  # one that would end past the budget
             scored = time.monotonic()

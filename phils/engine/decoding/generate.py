@@ -58,6 +58,7 @@ class GenerationRequest:
     samples: int = 0  # with fit_suffix: answers sampled from the model, judged with the others
     skip_when_followed: bool = True  # with fit_suffix: no other candidates when the greedy answer already fits
     closes_brackets: bool = False  # with fit_suffix: judge only answers that close the brackets they open
+    comment: str = ""  # the language's line comment marker, for counting those brackets ("": Python's #)
     line_first: bool = False  # with skip_when_followed, mid-line: a first line that fits is the answer on its own
     near_prompt: str = ""  # the same request in a short window: answered from when it spares most of the prefill
 
