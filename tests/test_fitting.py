@@ -359,9 +359,9 @@ def test_mid_line_a_first_line_that_fits_is_the_answer_without_writing_further_l
     monkeypatch.setenv(fitting.JUDGE_LOG, str(log))
     score, fed = fitting._Judge.score, []
 
-    def always_fits(self, text, first_line_only=False):
+    def always_fits(self, text, first_line_only=False, bound=None):
         fed.append(first_line_only)
-        return score(self, text, first_line_only)[0], True
+        return score(self, text, first_line_only, bound)[0], True
 
     monkeypatch.setattr(fitting._Judge, "score", always_fits)
     whole = fresh(loaded).generate(request("a", MID_LINE, fit_suffix=SUFFIX, candidates=3))
@@ -381,8 +381,8 @@ def test_mid_line_a_first_line_that_does_not_fit_is_judged_as_without_line_first
     """Where the first line does not fit, the greedy answer is written on from where it stopped: the same
     candidates and the same choice as judging everything at once, and an exact cache."""
     score = fitting._Judge.score
-    monkeypatch.setattr(fitting._Judge, "score", lambda self, text, first_line_only=False: (
-        score(self, text, first_line_only)[0], False))
+    monkeypatch.setattr(fitting._Judge, "score", lambda self, text, first_line_only=False, bound=None: (
+        score(self, text, first_line_only, bound)[0], False))
     whole = fresh(loaded).generate(request("a", MID_LINE, fit_suffix=SUFFIX, candidates=3))
     cached, uncached = fresh(loaded), fresh(loaded, cache_bytes=0)
     resumed = cached.generate(request("a", MID_LINE, fit_suffix=SUFFIX, candidates=3, line_first=True))
@@ -421,3 +421,42 @@ def test_another_first_line_is_written_only_from_a_token_near_the_greedy_ones_pr
     branch = Branch(generated=[], scores=[], pending="", logits=logits, kv_length=0)
     assert fitting._alternatives(engine, branch, 3, greedy_token=0) == [1, 2]
     assert fitting._alternatives(engine, branch, 1, greedy_token=0) == [1]
+
+
+@torch.inference_mode()
+def test_a_candidate_that_cannot_beat_the_best_stops_being_scored_and_the_rest_stays_exact(loaded, monkeypatch):
+    """Log-probabilities are at most 0: once an answer's first suffix tokens put it at or below the best so far,
+    the rest of the suffix cannot lift it. The partial score is returned, and the cache stays exact."""
+    monkeypatch.setenv(fitting.JUDGE_LOG, "/dev/null")  # (per-token detail kept for the comparison)
+    engine = fresh(loaded)
+    suffix = SUFFIX + "\nprint(add(3, 4))\nprint(add(5, 6))\n"
+    ids = engine.encode(PROMPT)
+
+    def judge():
+        kv = engine.runtime.new_kv(4096)
+        engine._forward(ids, kv)
+        return fitting._Judge(engine, kv, len(ids), "", suffix)
+
+    whole = judge()
+    assert len(whole.suffix_ids) > fitting.BOUND_TOKENS + 4
+    first, _ = whole.score("total += 1")
+    head = sum(p for p, _ in whole.detail[: fitting.BOUND_TOKENS])
+    second, _ = whole.score("return total")
+
+    bounded = judge()
+    partial, followed = bounded.score("total += 1", bound=0.0)  # nothing is above 0: stops after the head
+    assert bounded.pruned and not followed and partial == pytest.approx(head, abs=1e-3)
+    assert bounded.score("return total")[0] == pytest.approx(second, abs=1e-3)  # after a pruned one: exact
+    assert not bounded.pruned
+    unbeaten, _ = bounded.score("total += 1", bound=-1e9)  # far below: scored whole, in two passes
+    assert not bounded.pruned and unbeaten == pytest.approx(first, abs=1e-3)
+
+
+def test_with_the_bound_the_same_answer_is_chosen(loaded, monkeypatch):
+    suffix = SUFFIX + "\nprint(add(3, 4))\nprint(add(5, 6))\n"
+    bounded = fresh(loaded).generate(request("a", fit_suffix=suffix, candidates=3))
+    score = fitting._Judge.score
+    monkeypatch.setattr(fitting._Judge, "score", lambda self, text, first_line_only=False, bound=None: score(
+        self, text, first_line_only))
+    whole = fresh(loaded).generate(request("a", fit_suffix=suffix, candidates=3))
+    assert (bounded.text, bounded.candidates) == (whole.text, whole.candidates) and whole.candidates > 1
