@@ -303,6 +303,19 @@ def test_brackets_are_counted_in_code_by_the_languages_own_comments():
     assert _finish_in("a.js", "function f(xs) {\n  █\n  return xs;\n}\n", body) == body
 
 
+def test_at_column_0_after_a_blank_line_a_new_top_level_statement_may_begin():
+    # Seen with Qwen2.5-Coder 1.5B two blank lines under a test: its `def test_add_negative():` went, taken for
+    # a dedent out of the test above, and the suggestion was empty.
+    tests = "from calc import add\n\n\ndef test_add():\n    assert add(1, 2) == 3\n\n\n█"
+    answer = "def test_sub():\n    assert add(1, -1) == 0"
+    assert _finish_in("t.py", tests, answer + "\n\n\ndef test_mul():\n    pass") == answer
+    assert _finish_in("t.py", tests, "    assert add(0, 0) == 0") == "    assert add(0, 0) == 0"  # or the body goes on
+    # Right under the body, or with the body going on below, the cursor is still in it.
+    assert finish("def f():\n    x = 1\n█", "y = 2") == ""
+    assert finish("def f():\n    x = 1\n\n█\n    return x\n", "y = 2") == ""
+    assert finish("def f():\n\n█", "return 1") == ""  # an empty body: its code is indented
+
+
 def test_in_a_docstring_the_suggestion_ends_where_the_docstring_does():
     # Seen with Gemma 3 270M right after `"""`: the docstring, then a body and a run of prints (5.9 s).
     written = '\n    Calculates the area of a circle.\n    """\n    area = 2*pi*r**2\n    print(area)'

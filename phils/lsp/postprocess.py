@@ -546,8 +546,17 @@ def _block_indent(ctx: CursorContext) -> int:
     if ctx.line_prefix.strip():
         line = ctx.line_prefix
     else:
-        line = _last_code_line(ctx.prefix[: len(ctx.prefix) - len(ctx.line_prefix)])
+        above = ctx.prefix[: len(ctx.prefix) - len(ctx.line_prefix)]
+        line = _last_code_line(above)
         if line is None:
+            return 0
+        previous = above[:-1].rsplit("\n", 1)[-1]  # the line before the cursor's
+        if (not ctx.line_prefix and not previous.strip() and not line.rstrip().endswith(":")
+                and indent_width(ctx.next_line) == 0):
+            # Column 0 after a blank line, with nothing indented below: where a new top-level statement goes
+            # (PEP 8's two blank lines before a def; Neovim's `o` after a blank line lands there), or the
+            # block above goes on: the model says which. (A test file's next test was empty: its `def` was
+            # taken for a dedent out of the function above.)
             return 0
     indent = indent_width(line)
     return indent + 1 if line.rstrip().endswith(":") else indent
