@@ -135,7 +135,11 @@ def _stop_index(text: str, shape: Shape) -> int | None:
                 return max(offset - 1, 0) if number > 0 else 0
             if complete and written and _written_already(whole, shape):
                 return max(offset - 1, 0) if number > 0 else 0
-            if _next_section(whole, shape, blank_run_before, code_end):
+            if _next_section(whole, shape, blank_run_before, code_end) or (
+                    shape.one_definition and blank_run_before and code_end is not None and first_indent is not None
+                    and indent_width(whole) == first_indent and (DEFINITION.match(whole) or whole.lstrip()[:1] == "@")):
+                # (and at a class's or the module's level, a def, class or decorator after a blank line: a
+                # dataclass's fields, then no `__repr__` of the model's own)
                 return code_end
             if (number > 0 or not shape.line_prefix.strip()) and indent_width(whole) < shape.min_indent:
                 return max(offset - 1, 0) if number > 0 else 0

@@ -285,6 +285,10 @@ def test_at_a_class_or_module_level_a_suggestion_is_one_definition():
     assert _finish_in("t.py", stack, size + "\n\n    @property\n    def top(self):\n        return 0") == size
     two = "def a():\n    return 1\n\n\ndef b():\n    return 2"
     assert _finish_in("t.py", "import os\n\n\n█", two) == "def a():\n    return 1"
+    # A dataclass's fields, then a blank line and a method of the model's own: the fields.
+    fields = "age: int\n    email: str"
+    user = "from dataclasses import dataclass\n\n\n@dataclass\nclass User:\n    name: str\n    █"
+    assert _finish_in("t.py", user, fields + "\n\n    def __repr__(self):\n        return self.name") == fields
     # In a function, a helper is the first step of the body: what follows it is kept.
     body = "def helper(x):\n        return x * 2\n\n    return [helper(x) for x in xs]"
     assert _finish_in("t.py", "def f(xs):\n    █", body) == body
