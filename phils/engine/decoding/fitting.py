@@ -346,6 +346,12 @@ def _alternatives(engine: "Engine", branch: Branch, count: int, greedy_token: in
     return chosen
 
 
+def _logprobs_of(torch: Any, logits: Any, tokens: list[int]) -> Any:
+    """Each of ``tokens``' log-probability under the row of ``logits`` that predicts it."""
+    target = torch.tensor(tokens, device=logits.device)
+    return torch.log_softmax(logits.float(), dim=-1).gather(1, target[:, None])[:, 0]
+
+
 class _Judge:
     """Scores answers by the log-likelihood of the suffix after them, keeping track of the KV cache."""
 
@@ -392,21 +398,18 @@ class _Judge:
         head = suffix[:BOUND_TOKENS] if staged else suffix
         rows = self.engine._forward_keep(feed + head, self.kv, len(head) + 1)  # the last predicts what follows
         self.held = answer + head
-        logprobs = torch.log_softmax(rows[:-1].float(), dim=-1)
-        per_token = logprobs.gather(1, torch.tensor(head, device=rows.device)[:, None])[:, 0]
-        if staged and float(per_token.sum()) <= bound:
-            self.pruned = True
-            self.detail = []
-            return float(per_token.sum()), False
-        if staged:  # the rest of the suffix, after the head already in the cache
-            rows = torch.cat([rows, self.engine._forward_keep(suffix[len(head):], self.kv, len(suffix) - len(head))])
+        per_token = _logprobs_of(torch, rows[:-1], head)
+        if staged:
+            if float(per_token.sum()) <= bound:
+                self.pruned, self.detail = True, []
+                return float(per_token.sum()), False
+            rest = suffix[len(head):]  # after the head already in the cache
+            rows = torch.cat([rows, self.engine._forward_keep(rest, self.kv, len(rest))])
+            per_token = torch.cat([per_token, _logprobs_of(torch, rows[len(head):-1], rest)])
             self.held = answer + suffix
-            logprobs = torch.log_softmax(rows[:-1].float(), dim=-1)
-        logits = rows[:-1]
-        target = torch.tensor(suffix, device=logits.device)
-        per_token = logprobs.gather(1, target[:, None])[:, 0]
         if os.environ.get(JUDGE_LOG):  # per suffix token: its log-probability, and whether greedy would write it
-            self.detail = [[round(float(p), 3), bool(g)] for p, g in zip(per_token, logits.argmax(-1) == target)]
+            greedy = rows[:-1].argmax(-1) == torch.tensor(suffix, device=rows.device)
+            self.detail = [[round(float(p), 3), bool(g)] for p, g in zip(per_token, greedy)]
         followed = bool(self.first_line) and float(per_token[: self.first_line].mean()) >= EARLY_ACCEPT_LOGPROB
         return float(per_token.sum()), followed
 
