@@ -44,6 +44,9 @@ def load(path: str) -> list[dict]:
         if r < len(records) and code_lines(records[r]["suffix"])[:2] == code_lines(case.document[case.offset:])[:2]:
             judged = records[r]["judged"]
             r += 1
+            if any(c.get("pruned") for c in judged):  # a partial score (fitting.BOUND_TOKENS): not every rule's
+                print(f"{case.task_id}: candidates scored in part, left out", file=sys.stderr)
+                judged = []
             for c in judged:
                 c["passed"] = score(case, c["text"])["passed"]
                 c["lines"] = len(code_lines(c["text"]))

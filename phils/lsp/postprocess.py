@@ -37,6 +37,7 @@ def shape_of(ctx: CursorContext, multiline: bool = True, max_lines: int = 24, mi
     enclosing signature or docstring again.
     """
     min_indent = _block_indent(ctx)
+    above = ctx.prefix[-MAX_OUTLINE_CHARS:].splitlines(keepends=True)  # (the outline's lines: read twice below)
     following = ctx.next_line
     string_end = open_triple_quote(ctx.prefix) if is_python(ctx) else ""
     below = indent_width(following) if following.strip() else -1
@@ -47,7 +48,7 @@ def shape_of(ctx: CursorContext, multiline: bool = True, max_lines: int = 24, mi
         max_lines=1 if below > min_indent else max_lines,
         resume=following.strip(),
         resume_indent=indent_width(following) if following.strip() else -1,
-        avoid=_enclosing_lines(ctx),
+        avoid=_enclosing_lines(above),
         statement=below == min_indent and mid_block == "statement",
         code=not is_prose(ctx),
         line_suffix=ctx.line_suffix,
@@ -55,8 +56,7 @@ def shape_of(ctx: CursorContext, multiline: bool = True, max_lines: int = 24, mi
         string_end_below=bool(string_end) and string_end in ctx.suffix,
         closes_brackets=pairs_brackets(ctx),
         comment=line_comment(ctx),
-        one_definition=is_python(ctx) and outline.enclosing_def_indent(
-            ctx.prefix[-MAX_OUTLINE_CHARS:].splitlines(keepends=True), min_indent) is None,
+        one_definition=is_python(ctx) and outline.enclosing_def_indent(above, min_indent) is None,
     )
 
 
@@ -185,9 +185,9 @@ def names_to_define(ctx: CursorContext, shape: Shape) -> tuple[str, ...]:
     return tuple(unbound.names_to_bind(before, ctx.suffix, 0 if function is None else function + 1))
 
 
-def _enclosing_lines(ctx: CursorContext) -> tuple[str, ...]:
-    """The enclosing def/class headers and docstrings, stripped: not to be written again."""
-    lines = ctx.prefix[-MAX_OUTLINE_CHARS:].splitlines(keepends=True)
+def _enclosing_lines(lines: list[str]) -> tuple[str, ...]:
+    """The enclosing def/class headers and docstrings around the end of ``lines``, stripped: not to be written
+    again."""
     kept = []
     for line in outline.enclosing_headers(lines).values():
         stripped = line.strip()
