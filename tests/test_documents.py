@@ -51,3 +51,27 @@ def test_out_of_range_positions_give_none():
 def test_next_line_skips_blank_lines():
     ctx = cursor_context(doc("def f():\n    \n\n    return 1\n"), 1, 4)
     assert ctx.next_line == "    return 1"
+
+
+def test_the_selected_widget_item_accepted_replaces_its_range_and_puts_the_cursor_after_it():
+    from phils.lsp.documents import with_item_accepted
+
+    # `os.pa|th_x = 1`: the widget's `path` replaces `pa` (range 3..5) before the cursor.
+    ctx = cursor_context(doc("import os\nos.pa = 1\n"), 1, 5)
+    after = with_item_accepted(ctx, 3, 5, "path")
+    assert after.prefix == "import os\nos.path" and after.suffix == " = 1\n"
+    assert (after.line, after.character, after.line_prefix, after.line_suffix) == (1, 7, "os.path", " = 1")
+    # A range that runs past the cursor (the word's end) replaces that part too.
+    ctx = cursor_context(doc("x = os.pa_old(1)\n"), 0, 9)
+    after = with_item_accepted(ctx, 7, 13, "path")
+    assert after.line_prefix == "x = os.path" and after.line_suffix == "(1)"
+    # UTF-16 columns: the emoji is two units.
+    ctx = cursor_context(doc('s = "😀" + na\n'), 0, 13)
+    assert with_item_accepted(ctx, 11, 13, "name").line_prefix == 's = "😀" + name'
+    # Not around the cursor, or splitting a surrogate pair: no context.
+    assert with_item_accepted(ctx, 14, 15, "name") is None
+    assert with_item_accepted(ctx, 6, 13, "x") is None
+    # An item of several lines leaves the cursor on its last.
+    ctx = cursor_context(doc("def f():\n    ret\n"), 1, 7)
+    after = with_item_accepted(ctx, 4, 7, "return (\n        1")
+    assert (after.line, after.character, after.line_prefix) == (2, 9, "        1")

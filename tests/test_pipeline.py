@@ -200,3 +200,23 @@ def test_where_nothing_follows_on_the_line_the_next_line_is_computed_ahead_for_e
     assert computed == 2  # the end of `y = x` (nothing to add), then the line after it
     assert suggestion is not None and suggestion.reason == "ahead" and suggestion.text == "z = y + 1"
     assert after == computed  # the request itself asked the model nothing
+
+
+def test_with_an_item_selected_in_the_completion_widget_the_suggestion_follows_that_item():
+    """VS Code shows an inline suggestion while its completion widget is open only if it extends the
+    selected item: the prompt is the document with that item accepted."""
+    from phils.lsp.completion import CompletionService
+
+    async def scenario() -> tuple[Any, ScriptedEngine]:
+        service = CompletionService(Settings())
+        engine = ScriptedEngine(".join(root, name)\n")
+        service.backend, service.state = engine, "ready"
+        typed = TextDocument("file:///t.py", "import os\n\n\ndef f(root, name):\n    return os.pa\n")
+        suggestion = await service.complete(typed, 4, 16, (14, 16, "path"))
+        service.cancel_all()
+        return suggestion, engine
+
+    suggestion, engine = asyncio.run(scenario())
+    assert engine.jobs[0].prompt.endswith("    return os.path")
+    assert suggestion.text == ".join(root, name)"
+    assert (suggestion.line, suggestion.character) == (4, 18)  # after the item, where the text goes

@@ -35,6 +35,31 @@ async def test_capabilities_and_inline_completion_at_the_cursor(tiny_model):
         assert item.insert_text.strip()
 
 
+async def test_with_the_completion_widget_open_the_suggestion_extends_its_selected_item(tiny_model):
+    async with phils_server("--model", str(tiny_model), "--set", "engine.ignore_stops=true", "--set", "completion.python_syntax=false",
+                            "--set", "engine.max_new_tokens=6") as client:
+        open_doc(client, URI, SOURCE + "return a")
+        selected = types.Range(start=types.Position(line=9, character=11), end=types.Position(line=9, character=12))
+
+        async def ask(item_range: types.Range) -> types.InlineCompletionList:
+            context = types.InlineCompletionContext(
+                trigger_kind=types.InlineCompletionTriggerKind.Automatic,
+                selected_completion_info=types.SelectedCompletionInfo(range=item_range, text="abs"))
+            return await client.text_document_inline_completion_async(types.InlineCompletionParams(
+                text_document=types.TextDocumentIdentifier(uri=URI), position=types.Position(line=9, character=12),
+                context=context))
+
+        result = await ask(selected)
+        # The editor shows it only over the item's range and beginning with the item's text.
+        assert len(result.items) == 1
+        assert result.items[0].range == selected
+        assert result.items[0].insert_text.startswith("abs") and len(result.items[0].insert_text) > 3
+        # An item on another line than the cursor's cannot be extended there: nothing, and the server goes on.
+        elsewhere = types.Range(start=types.Position(line=8, character=0), end=types.Position(line=8, character=1))
+        assert not (await ask(elsewhere)).items
+        assert len((await inline(client, URI, 9, 12)).items) == 1
+
+
 async def test_completion_fallback_gives_the_same_suggestion_as_a_text_edit(tiny_model):
     async with phils_server("--model", str(tiny_model), "--set", "engine.ignore_stops=true", "--set", "completion.python_syntax=false",
                             "--set", "engine.max_new_tokens=6", "--set", "completion.multiline=false") as client:

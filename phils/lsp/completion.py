@@ -24,7 +24,7 @@ from ..config import Settings
 from ..machine import process_figures
 from ..protocol import EngineError, EngineJob
 from . import postprocess, project, prompt
-from .documents import CursorContext, cursor_context
+from .documents import CursorContext, cursor_context, with_item_accepted
 from .stats import Stats
 from .typed_through import Shown, accepted, ahead_of, found_ahead, line_after, rest_of, worth_waiting
 
@@ -113,14 +113,20 @@ class CompletionService:
 
     # --- completions -------------------------------------------------------
 
-    async def complete(self, doc: Any, line: int, character: int) -> Suggestion | None:
-        """The suggestion at (line, character) of a pygls document, or None."""
+    async def complete(self, doc: Any, line: int, character: int,
+                       item: tuple[int, int, str] | None = None) -> Suggestion | None:
+        """The suggestion at (line, character) of a pygls document, or None. ``item``: the editor's
+        completion widget shows an item selected, (start, end, text) on the cursor's line; the suggestion
+        is what follows once it is accepted, at the place that puts the cursor."""
         backend = self.backend
         if not self.settings.completion.enabled or self.state != "ready" or backend is None:
             return None
         ctx = cursor_context(doc, line, character)
+        if ctx is not None and item is not None:
+            ctx = with_item_accepted(ctx, *item)
         if ctx is None:
             return None
+        line, character = ctx.line, ctx.character
         asked = time.monotonic()
         if (running := self._ahead_running.get(ctx.uri)) and worth_waiting(running[0], running[1], ctx):
             with contextlib.suppress(Exception, asyncio.CancelledError):  # it was computing just this: wait

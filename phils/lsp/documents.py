@@ -6,7 +6,7 @@ pygls owns the text and the UTF-16 arithmetic; this module only reads them.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pygls.workspace import TextDocument, Workspace
@@ -102,6 +102,33 @@ def cursor_context(doc: TextDocument, line: int, character: int) -> CursorContex
         line_suffix=content[len(line_prefix):],
         language_id=doc.language_id,
     )
+
+
+def with_item_accepted(ctx: CursorContext, start: int, end: int, text: str) -> CursorContext | None:
+    """The context once the item selected in the editor's completion widget is accepted: ``text`` in place
+    of columns [``start``, ``end``) of the cursor's line (UTF-16), the cursor after it; None where that
+    range is not around the cursor."""
+    if not 0 <= start <= ctx.character <= end:
+        return None
+    before = _chars_for_units(ctx.line_prefix[::-1], ctx.character - start)
+    after = _chars_for_units(ctx.line_suffix, end - ctx.character)
+    if before is None or after is None:
+        return None
+    line_prefix = (ctx.line_prefix[: len(ctx.line_prefix) - before] + text).rsplit("\n", 1)[-1]
+    return replace(ctx, version=None, line=ctx.line + text.count("\n"),
+                   character=len(line_prefix.encode("utf-16-le")) // 2,
+                   prefix=ctx.prefix[: len(ctx.prefix) - before] + text, suffix=ctx.suffix[after:],
+                   line_prefix=line_prefix, line_suffix=ctx.line_suffix[after:])
+
+
+def _chars_for_units(text: str, units: int) -> int | None:
+    """How many characters from the start of ``text`` make ``units`` UTF-16 units; None if none do."""
+    count = 0
+    for chars, ch in enumerate(text):
+        if count >= units:
+            return chars if count == units else None
+        count += 2 if ord(ch) > 0xFFFF else 1
+    return len(text) if count == units else None
 
 
 def _prefix_in_line(doc: TextDocument, content: str, character: int) -> str:

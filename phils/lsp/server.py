@@ -290,8 +290,17 @@ def create_server(settings: Settings, warnings: list[str] | None = None) -> Phil
 
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def inline_completion(ls: PhilsServer, params: types.InlineCompletionParams) -> types.InlineCompletionList:
-        suggestion = await _suggest(ls, params.text_document.uri, params.position)
-        return types.InlineCompletionList(items=[_inline_item(suggestion)] if suggestion else [])
+        selected = params.context.selected_completion_info if params.context is not None else None
+        if selected is None:
+            suggestion = await _suggest(ls, params.text_document.uri, params.position)
+            return types.InlineCompletionList(items=[_inline_item(suggestion)] if suggestion else [])
+        # The widget's item is selected: the editor shows only what extends it, over its range.
+        item = _selected_item(selected, params.position)
+        suggestion = await _suggest(ls, params.text_document.uri, params.position, item) if item else None
+        if suggestion is None:
+            return types.InlineCompletionList(items=[])
+        return types.InlineCompletionList(items=[types.InlineCompletionItem(
+            insert_text=selected.text + suggestion.text, range=selected.range)])
 
     @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(resolve_provider=False))
     async def completion(ls: PhilsServer, params: types.CompletionParams) -> types.CompletionList:
@@ -309,11 +318,20 @@ def create_server(settings: Settings, warnings: list[str] | None = None) -> Phil
     return server
 
 
-async def _suggest(ls: PhilsServer, uri: str, position: types.Position) -> Suggestion | None:
+async def _suggest(ls: PhilsServer, uri: str, position: types.Position,
+                   item: tuple[int, int, str] | None = None) -> Suggestion | None:
     doc = ls.open_document(uri)
     if doc is None:
         return None
-    return await ls.service.complete(doc, position.line, position.character)
+    return await ls.service.complete(doc, position.line, position.character, item)
+
+
+def _selected_item(selected: types.SelectedCompletionInfo, position: types.Position) -> tuple[int, int, str] | None:
+    """(start, end, text) of the completion widget's selected item, where its range is on the cursor's line."""
+    where = selected.range
+    if where.start.line != position.line or where.end.line != position.line:
+        return None
+    return where.start.character, where.end.character, selected.text
 
 
 def workspace_roots(workspace: Any) -> list[Path]:
