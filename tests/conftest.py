@@ -104,6 +104,9 @@ async def phils_server(
     client.status = status  # type: ignore[attr-defined]
     await client.start_io(sys.executable, "-m", "phils", "serve", *args, env=env or server_env())
     capabilities = client_capabilities("visual-studio-code")
+    # vscode-languageclient syncs notebooks by their cells when the server asks for them (LSP 3.17).
+    capabilities.notebook_document = types.NotebookDocumentClientCapabilities(
+        synchronization=types.NotebookDocumentSyncClientCapabilities())
     if not progress:
         capabilities.window = types.WindowClientCapabilities(work_done_progress=False)
     result = await client.initialize_session(

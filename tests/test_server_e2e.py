@@ -60,6 +60,39 @@ async def test_with_the_completion_widget_open_the_suggestion_extends_its_select
         assert len((await inline(client, URI, 9, 12)).items) == 1
 
 
+async def test_a_notebook_cell_is_completed_with_the_cells_above_it_in_its_prompt(tiny_model):
+    """VS Code sends Jupyter notebooks as cells (LSP 3.17 notebook sync), when the server asks for them."""
+    async with phils_server("--model", str(tiny_model), "--set", "engine.ignore_stops=true", "--set", "completion.python_syntax=false",
+                            "--set", "engine.max_new_tokens=6", "--set", "completion.warmup_ms=0") as client:
+        assert client.init_result.capabilities.notebook_document_sync is not None
+        cells = ["import os\nimport sys\n\n\ndef add(a, b):\n    return a + b\n", "total = add("]
+        uris = [f"vscode-notebook-cell:/work/nb.ipynb#W{n}sZmlsZQ%3D%3D" for n in range(2)]
+        client.notebook_document_did_open(types.DidOpenNotebookDocumentParams(
+            notebook_document=types.NotebookDocument(uri="file:///work/nb.ipynb", notebook_type="jupyter-notebook", version=1,
+                cells=[types.NotebookCell(kind=types.NotebookCellKind.Code, document=uri) for uri in uris]),
+            cell_text_documents=[types.TextDocumentItem(uri=uri, language_id="python", version=1, text=text)
+                                 for uri, text in zip(uris, cells)]))
+        result = await inline(client, uris[1], 0, len(cells[1]))
+        assert len(result.items) == 1 and result.items[0].range.start == types.Position(line=0, character=len(cells[1]))
+        alone = len(cells[1])  # the cell's own text has at most this many tokens; with the cell above, more
+        assert (await stats(client))["prompt_tokens"] > alone + 10
+        # Typing in the cell: the next request sees the edit (pygls applies the cell's change).
+        client.notebook_document_did_change(types.DidChangeNotebookDocumentParams(
+            notebook_document=types.VersionedNotebookDocumentIdentifier(version=2, uri="file:///work/nb.ipynb"),
+            change=types.NotebookDocumentChangeEvent(cells=types.NotebookDocumentCellChanges(text_content=[
+                types.NotebookDocumentCellContentChanges(
+                    document=types.VersionedTextDocumentIdentifier(uri=uris[1], version=2),
+                    changes=[types.TextDocumentContentChangePartial(
+                        range=types.Range(start=types.Position(line=0, character=12), end=types.Position(line=0, character=12)),
+                        text="1, ")])]))))
+        result = await inline(client, uris[1], 0, 15)
+        assert len(result.items) == 1 and result.items[0].range.start.character == 15
+        client.notebook_document_did_close(types.DidCloseNotebookDocumentParams(
+            notebook_document=types.NotebookDocumentIdentifier(uri="file:///work/nb.ipynb"),
+            cell_text_documents=[types.TextDocumentIdentifier(uri=uri) for uri in uris]))
+        assert not (await inline(client, uris[1], 0, 15)).items  # closed: no longer completed
+
+
 async def test_completion_fallback_gives_the_same_suggestion_as_a_text_edit(tiny_model):
     async with phils_server("--model", str(tiny_model), "--set", "engine.ignore_stops=true", "--set", "completion.python_syntax=false",
                             "--set", "engine.max_new_tokens=6", "--set", "completion.multiline=false") as client:

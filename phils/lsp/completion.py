@@ -24,7 +24,7 @@ from ..config import Settings
 from ..machine import process_figures
 from ..protocol import EngineError, EngineJob
 from . import postprocess, project, prompt
-from .documents import CursorContext, cursor_context, with_item_accepted
+from .documents import CursorContext, cursor_context, with_item_accepted, with_surroundings
 from .stats import Stats
 from .typed_through import Shown, accepted, ahead_of, found_ahead, line_after, rest_of, worth_waiting
 
@@ -69,6 +69,8 @@ class CompletionService:
         self._opened: Any = None  # the document opened last: pre-filled once the model is ready, if not before
         self._rested: tuple[Any, int, int] | None = None  # where the cursor rests (phils/didMoveCursor), likewise
         self.project: project.ProjectIndex | None = None  # the workspace's modules, set at initialize
+        # (uri, comment marker) -> the text around a document (a notebook's other cells), or None; set by the server
+        self.surroundings: Callable[[str, str], tuple[str, str] | None] = lambda uri, comment: None
         self.stats = Stats()
         self.doc_stats: dict[str, Stats] = defaultdict(Stats)
 
@@ -113,6 +115,13 @@ class CompletionService:
 
     # --- completions -------------------------------------------------------
 
+    def context_at(self, doc: Any, line: int, character: int) -> CursorContext | None:
+        """The cursor's context in a pygls document, with the text around it (a notebook's other cells)."""
+        ctx = cursor_context(doc, line, character)
+        if ctx is not None and (around := self.surroundings(ctx.uri, postprocess.line_comment(ctx))) is not None:
+            ctx = with_surroundings(ctx, *around)
+        return ctx
+
     async def complete(self, doc: Any, line: int, character: int,
                        item: tuple[int, int, str] | None = None) -> Suggestion | None:
         """The suggestion at (line, character) of a pygls document, or None. ``item``: the editor's
@@ -121,7 +130,7 @@ class CompletionService:
         backend = self.backend
         if not self.settings.completion.enabled or self.state != "ready" or backend is None:
             return None
-        ctx = cursor_context(doc, line, character)
+        ctx = self.context_at(doc, line, character)
         if ctx is not None and item is not None:
             ctx = with_item_accepted(ctx, *item)
         if ctx is None:
@@ -218,7 +227,7 @@ class CompletionService:
 
     def _speculate(self, doc: Any, line: int, character: int) -> None:
         backend = self.backend
-        ctx = cursor_context(doc, line, character)
+        ctx = self.context_at(doc, line, character)
         if backend is None or self._in_flight or ctx is None:
             return
         running = self._ahead_running.get(ctx.uri)
@@ -325,7 +334,7 @@ class CompletionService:
         opening = line < 0
         if opening:  # just opened: as far into the file as one prompt reaches
             line, character = opening_position(doc.lines, backend.context_tokens - self.settings.engine.max_new_tokens)
-        ctx = cursor_context(doc, line, character)  # a snapshot: the loop owns the text
+        ctx = self.context_at(doc, line, character)  # a snapshot: the loop owns the text
         if ctx is None:
             return
         task = asyncio.ensure_future(self._warm(backend, ctx, opening))

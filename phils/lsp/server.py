@@ -21,6 +21,7 @@ from pygls.protocol import LanguageServerProtocol
 from .. import __version__
 from .completion import CompletionService, Suggestion
 from ..config import Settings, client_settings, merge
+from . import notebooks
 from .documents import use_lsp_line_breaks
 from .project import ProjectIndex, path_of
 
@@ -32,6 +33,7 @@ STATS_REQUEST = "phils/stats"
 # has them). LSP tells a server where the cursor is only when the editor asks for something; with this, the
 # suggestion there is computed while the user reads, before the first keystroke.
 CURSOR_NOTIFICATION = "phils/didMoveCursor"
+NOTEBOOKS = types.NotebookDocumentSyncOptions(notebook_selector=[types.NotebookDocumentFilterWithNotebook(notebook="*")])
 
 
 class PhilsProtocol(LanguageServerProtocol):
@@ -60,11 +62,13 @@ class PhilsProtocol(LanguageServerProtocol):
 
 class PhilsServer(LanguageServer):
     def __init__(self, settings: Settings, warnings: list[str] | None = None):
-        super().__init__("phils", __version__, protocol_cls=PhilsProtocol)
+        # Notebooks come as cells with their order (LSP 3.17), so a cell's prompt has the cells above it.
+        super().__init__("phils", __version__, protocol_cls=PhilsProtocol, notebook_document_sync=NOTEBOOKS)
         self.base_settings = settings  # defaults + profile + file + command line
         self.client_options: dict[str, Any] = {}  # the editor's layer on top
         self.pending_warnings = list(warnings or [])
         self.service = CompletionService(settings, on_status=self._status_from_any_thread)
+        self.service.surroundings = lambda uri, comment: notebooks.surroundings(self.workspace, uri, comment)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._progress_ids = itertools.count(1)
         self._progress_token: str | None = None
@@ -283,6 +287,18 @@ def create_server(settings: Settings, warnings: list[str] | None = None) -> Phil
     def did_move_cursor(ls: PhilsServer, params: Any) -> None:
         if (where := _text_position(params)) is not None and (doc := ls.open_document(where[0])) is not None:
             ls.service.cursor_rests(doc, where[1], where[2])
+
+    @server.feature(types.NOTEBOOK_DOCUMENT_DID_CHANGE)
+    def did_change_notebook(ls: PhilsServer, params: types.DidChangeNotebookDocumentParams) -> None:
+        edited = params.change.cells.text_content if params.change.cells else None
+        if edited and (doc := ls.open_document(edited[-1].document.uri)) is not None:
+            if (cursor := _cursor_after(doc, edited[-1].changes)) is not None:
+                ls.service.schedule_warmup(doc, *cursor)
+
+    @server.feature(types.NOTEBOOK_DOCUMENT_DID_CLOSE)
+    def did_close_notebook(ls: PhilsServer, params: types.DidCloseNotebookDocumentParams) -> None:
+        for cell in params.cell_text_documents:
+            ls.service.forget(cell.uri)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: PhilsServer, params: types.DidCloseTextDocumentParams) -> None:

@@ -63,9 +63,12 @@ function serverOptions(c: vscode.WorkspaceConfiguration): ServerOptions {
 function clientOptions(c: vscode.WorkspaceConfiguration): LanguageClientOptions {
   const languages = c.get<string[]>("languages", ["python"]);
   return {
+    // Notebook cells too: the server asks for notebooks by their cells (LSP 3.17), so a cell's
+    // prompt has the cells above it.
     documentSelector: languages.flatMap((language) => [
       { scheme: "file", language },
       { scheme: "untitled", language },
+      { scheme: "vscode-notebook-cell", language },
     ]),
     initializationOptions: serverSettings(c),
     outputChannel: log,
