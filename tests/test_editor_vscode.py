@@ -25,6 +25,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from lsprotocol import types
 
 from conftest import ROOT, inline, open_doc, phils_server
 
@@ -79,9 +80,10 @@ def tool_env(home: Path) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def running_code_server(tmp_path: Path, server_args: list[str], source: str):
+def running_code_server(tmp_path: Path, server_args: list[str], source: str, files: dict[str, str] | None = None):
     """code-server with the packaged extension, phils started with ``server_args``, ``sample.py`` holding
-    ``source``; yields (the URL that opens the workspace, the workspace, the tools' environment)."""
+    ``source`` (and ``files``: more, by name); yields (the URL that opens the workspace, the workspace, the
+    tools' environment)."""
     home, user_data, extensions, workspace = (tmp_path / d for d in ("home", "user-data", "extensions", "workspace"))
     for d in (home, user_data / "User", extensions, workspace):
         d.mkdir(parents=True)
@@ -101,6 +103,8 @@ def running_code_server(tmp_path: Path, server_args: list[str], source: str):
     }
     (user_data / "User" / "settings.json").write_text(json.dumps(settings))
     (workspace / "sample.py").write_text(source)
+    for name, text in (files or {}).items():
+        (workspace / name).write_text(text)
     port = free_port()
     process = subprocess.Popen(
         [str(CODE_SERVER), *common, "--auth", "none", "--bind-addr", f"127.0.0.1:{port}",
@@ -152,6 +156,60 @@ async def test_ghost_text_in_vscode_is_accepted_with_tab_and_saved(code_server, 
     assert screenshot.stat().st_size > 10_000
     saved = (workspace / "sample.py").read_text()
     assert saved == SOURCE + TYPED + expected
+
+
+NOTEBOOK_CELLS = [("markdown", "# Sums"), ("code", "import math\n\n\ndef add(a, b):\n    return a + b"), ("code", "total = add(")]
+
+
+def notebook_json() -> str:
+    cells = [{"cell_type": kind, "metadata": {}, "source": text.splitlines(keepends=True),
+              **({"execution_count": None, "outputs": []} if kind == "code" else {})} for kind, text in NOTEBOOK_CELLS]
+    return json.dumps({"cells": cells, "nbformat": 4, "nbformat_minor": 5, "metadata": {
+        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+        "language_info": {"name": "python"}}})
+
+
+async def notebook_suggestion(tiny_model: Path, typed: str, with_cells: bool) -> str:
+    """The server's suggestion at the end of the last cell, asked over LSP as a notebook or as the cell alone."""
+    texts = [text for _, text in NOTEBOOK_CELLS]
+    texts[-1] += typed
+    uris = [f"vscode-notebook-cell:/workspace/analysis.ipynb#W{n}sZmlsZQ%3D%3D" for n in range(len(texts))]
+    async with phils_server("--model", str(tiny_model), *SERVER_FLAGS) as client:
+        if with_cells:
+            client.notebook_document_did_open(types.DidOpenNotebookDocumentParams(
+                notebook_document=types.NotebookDocument(
+                    uri="file:///workspace/analysis.ipynb", notebook_type="jupyter-notebook", version=1,
+                    cells=[types.NotebookCell(kind=types.NotebookCellKind.Markup if kind == "markdown" else
+                                              types.NotebookCellKind.Code, document=uri)
+                           for (kind, _), uri in zip(NOTEBOOK_CELLS, uris)]),
+                cell_text_documents=[types.TextDocumentItem(uri=uri, version=1, text=text,
+                                                            language_id="markdown" if kind == "markdown" else "python")
+                                     for (kind, _), uri, text in zip(NOTEBOOK_CELLS, uris, texts)]))
+        else:
+            open_doc(client, uris[-1], texts[-1])
+        answer = await inline(client, uris[-1], 0, len(texts[-1]))
+        return answer.items[0].insert_text
+
+
+async def test_ghost_text_in_a_notebook_cell_follows_the_cells_above(tmp_path, tiny_model):
+    """A Jupyter notebook in VS Code: the extension asks for its cells, the server gets them by notebook
+    sync, and the ghost text is the suggestion with the cells above in the prompt."""
+    typed = "1"
+    with running_code_server(tmp_path, ["--model", str(tiny_model), *SERVER_FLAGS], SOURCE,
+                             {"analysis.ipynb": notebook_json()}) as (url, workspace, env):
+        run = subprocess.run(
+            [str(NODE_BIN / "node"), str(DRIVER), url, "analysis.ipynb", str(ARTIFACTS / "vscode-notebook.png"),
+             str(tmp_path / "chromium")],
+            env={**env, "PHILS_DRIVE_NOTEBOOK": "1", "PHILS_DRIVE_TYPE": typed, "PHILS_DRIVE_ANCHOR": "total"},
+            capture_output=True, text=True, timeout=400,
+        )
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    log = tmp_path / "server.log"
+    assert "error" not in seen, f"{seen}\n{run.stderr[-2000:]}\n{log.read_text()[-3000:] if log.exists() else ''}"
+    with_cells = await notebook_suggestion(tiny_model, typed, with_cells=True)
+    alone = await notebook_suggestion(tiny_model, typed, with_cells=False)
+    assert with_cells != alone  # (the random model answers differently with the cells above)
+    assert seen["ghost"] == with_cells
 
 
 def test_vsix_declares_the_settings_the_server_reads():

@@ -3,6 +3,7 @@
 // with Tab and save. Prints one JSON line with what it saw.
 // Usage: node drive_vscode.mjs URL FILE_NAME SCREENSHOT_PATH PROFILE_DIR
 // PHILS_DRIVE_TYPE: what to type at the file's end (" a"); PHILS_DRIVE_ANCHOR: text the open file shows ("return").
+// PHILS_DRIVE_NOTEBOOK=1: the file is a notebook; type at the end of its last cell, and do not accept.
 import { createRequire } from "node:module";
 
 // playwright-core lives with the editor tools (NODE_PATH), not beside this file.
@@ -14,6 +15,7 @@ const seen = { status: null, ghost: null, steps: [] };
 const step = (name) => seen.steps.push(name);
 const typed = process.env.PHILS_DRIVE_TYPE ?? " a";
 const anchor = process.env.PHILS_DRIVE_ANCHOR ?? "return";
+const notebook = process.env.PHILS_DRIVE_NOTEBOOK === "1";
 
 const context = await chromium.launchPersistentContext(profileDir, {
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
@@ -28,8 +30,12 @@ try {
   await page.goto(url);
   await page.locator(".monaco-workbench").waitFor();
   step("workbench");
+  // A notebook opened before the extensions are up opens as JSON text: wait for them first.
+  if (notebook) await page.locator(".statusbar-item", { hasText: "phils: ready" }).waitFor();
   await page.locator(".explorer-folders-view .monaco-list-row", { hasText: fileName }).dblclick();
-  const editor = page.locator(".editor-instance .monaco-editor").first();
+  const editor = notebook
+    ? page.locator(".notebook-editor .cell-editor-container .monaco-editor").last()
+    : page.locator(".editor-instance .monaco-editor").first();
   await editor.locator(".view-lines", { hasText: anchor }).waitFor();
   step("file open");
   const ready = page.locator(".statusbar-item", { hasText: "phils: ready" });
@@ -42,15 +48,18 @@ try {
   const ghost = editor.locator(".ghost-text-decoration").first();
   await ghost.waitFor();
   await page.waitForTimeout(300); // let the decoration settle before the picture
-  seen.ghost = (await ghost.textContent()).replace(/\u00a0/g, " ");
+  // (VS Code draws one line of ghost text in several pieces where it holds brackets)
+  seen.ghost = (await editor.locator(".ghost-text-decoration").allTextContents()).join("").replace(/\u00a0/g, " ");
   await page.screenshot({ path: screenshot });
   step("ghost text");
-  await page.keyboard.press("Tab");
-  await editor.locator(".ghost-text-decoration").first().waitFor({ state: "detached" }).catch(() => {});
-  await page.keyboard.press("Control+S");
-  await page.locator(".tab.active.dirty").waitFor({ state: "detached", timeout: 10_000 }).catch(() => {});
-  await page.waitForTimeout(500);
-  step("accepted and saved");
+  if (!notebook) {
+    await page.keyboard.press("Tab");
+    await editor.locator(".ghost-text-decoration").first().waitFor({ state: "detached" }).catch(() => {});
+    await page.keyboard.press("Control+S");
+    await page.locator(".tab.active.dirty").waitFor({ state: "detached", timeout: 10_000 }).catch(() => {});
+    await page.waitForTimeout(500);
+    step("accepted and saved");
+  }
 } catch (err) {
   seen.error = String(err);
   await page.screenshot({ path: screenshot.replace(/\.png$/, "-failure.png") }).catch(() => {});
