@@ -38,7 +38,8 @@ CELLS = (("markdown", "# Sales\nLoad the sales table."), ("python", "import pand
 
 
 def test_the_cells_above_are_the_code_before_and_markdown_is_comments():
-    before, after = surroundings(notebook(*CELLS), cell_uri(2), "#")
+    before, after, uri = surroundings(notebook(*CELLS), cell_uri(2), "#")
+    assert uri == NOTEBOOK
     assert before == "# # Sales\n# Load the sales table.\n\nimport pandas as pd\n\ndf = pd.read_csv('sales.csv')\n\n"
     assert after == "\n\ndf.plot()"  # the R cell is another language's code: left out
 
@@ -78,4 +79,5 @@ def test_a_request_in_a_cell_reads_the_cells_above_it():
 
     suggestion, job = asyncio.run(scenario())
     assert "df = pd.read_csv('sales.csv')\n\ndf." in job.prompt
+    assert job.document == NOTEBOOK  # one KV cache for the notebook: another cell reuses the cells above
     assert (suggestion.line, suggestion.character, suggestion.text) == (0, 3, "groupby('region').sum()")

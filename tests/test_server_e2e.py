@@ -65,8 +65,8 @@ async def test_a_notebook_cell_is_completed_with_the_cells_above_it_in_its_promp
     async with phils_server("--model", str(tiny_model), "--set", "engine.ignore_stops=true", "--set", "completion.python_syntax=false",
                             "--set", "engine.max_new_tokens=6", "--set", "completion.warmup_ms=0") as client:
         assert client.init_result.capabilities.notebook_document_sync is not None
-        cells = ["import os\nimport sys\n\n\ndef add(a, b):\n    return a + b\n", "total = add("]
-        uris = [f"vscode-notebook-cell:/work/nb.ipynb#W{n}sZmlsZQ%3D%3D" for n in range(2)]
+        cells = ["import os\nimport sys\n\n\ndef add(a, b):\n    return a + b\n", "total = add(", "x = "]
+        uris = [f"vscode-notebook-cell:/work/nb.ipynb#W{n}sZmlsZQ%3D%3D" for n in range(3)]
         client.notebook_document_did_open(types.DidOpenNotebookDocumentParams(
             notebook_document=types.NotebookDocument(uri="file:///work/nb.ipynb", notebook_type="jupyter-notebook", version=1,
                 cells=[types.NotebookCell(kind=types.NotebookCellKind.Code, document=uri) for uri in uris]),
@@ -75,7 +75,12 @@ async def test_a_notebook_cell_is_completed_with_the_cells_above_it_in_its_promp
         result = await inline(client, uris[1], 0, len(cells[1]))
         assert len(result.items) == 1 and result.items[0].range.start == types.Position(line=0, character=len(cells[1]))
         alone = len(cells[1])  # the cell's own text has at most this many tokens; with the cell above, more
-        assert (await stats(client))["prompt_tokens"] > alone + 10
+        before = await stats(client)
+        assert before["prompt_tokens"] > alone + 10
+        # Another cell: the cells above it that the last prompt had are not computed again (one cache per notebook).
+        assert len((await inline(client, uris[2], 0, 4)).items) == 1
+        after = await stats(client)
+        assert after["reused_tokens"] - before["reused_tokens"] > 10
         # Typing in the cell: the next request sees the edit (pygls applies the cell's change).
         client.notebook_document_did_change(types.DidChangeNotebookDocumentParams(
             notebook_document=types.VersionedNotebookDocumentIdentifier(version=2, uri="file:///work/nb.ipynb"),

@@ -69,8 +69,9 @@ class CompletionService:
         self._opened: Any = None  # the document opened last: pre-filled once the model is ready, if not before
         self._rested: tuple[Any, int, int] | None = None  # where the cursor rests (phils/didMoveCursor), likewise
         self.project: project.ProjectIndex | None = None  # the workspace's modules, set at initialize
-        # (uri, comment marker) -> the text around a document (a notebook's other cells), or None; set by the server
-        self.surroundings: Callable[[str, str], tuple[str, str] | None] = lambda uri, comment: None
+        # (uri, comment marker) -> the text around a document and the URI of what it is part of (a notebook's
+        # other cells, the notebook), or None; set by the server
+        self.surroundings: Callable[[str, str], tuple[str, str, str] | None] = lambda uri, comment: None
         self.stats = Stats()
         self.doc_stats: dict[str, Stats] = defaultdict(Stats)
 

@@ -121,9 +121,10 @@ def with_item_accepted(ctx: CursorContext, start: int, end: int, text: str) -> C
                    line_prefix=line_prefix, line_suffix=ctx.line_suffix[after:])
 
 
-def with_surroundings(ctx: CursorContext, before: str, after: str) -> CursorContext:
-    """The context with the text the editor shows around the document (a notebook's other cells)."""
-    return replace(ctx, prefix=before + ctx.prefix, suffix=ctx.suffix + after)
+def with_surroundings(ctx: CursorContext, before: str, after: str, uri: str) -> CursorContext:
+    """The context with the text the editor shows around the document (a notebook's other cells), as
+    part of the document at ``uri`` (the notebook)."""
+    return replace(ctx, uri=uri, prefix=before + ctx.prefix, suffix=ctx.suffix + after)
 
 
 def _chars_for_units(text: str, units: int) -> int | None:

@@ -4,8 +4,11 @@ Editors that speak LSP 3.17's notebook sync (VS Code's Jupyter notebooks) send
 a notebook as cells, each a text document of its own. A cell alone is a poor
 prompt: its imports and the data it reads were defined in the cells above. As
 Copilot does, the code cells above the cursor's cell are the code before it,
-the cells below the code after it, and markdown cells are comments there. pygls
-owns the notebook and its cells' text; this module only reads them.
+the cells below the code after it, and markdown cells are comments there. The
+notebook's URI names the document for the engine (its KV cache) and for the
+front's per-document state, so moving to another cell reuses the cells above
+it instead of computing them again. pygls owns the notebook and its cells'
+text; this module only reads them.
 """
 
 from __future__ import annotations
@@ -18,10 +21,10 @@ from lsprotocol import types
 CELL_SEPARATOR = "\n\n"
 
 
-def surroundings(workspace: Any, uri: str, comment: str) -> tuple[str, str] | None:
-    """(text before, text after) the cell at ``uri`` from its notebook's other cells, or None when it is no
-    cell of an open notebook. Code cells in the cell's language as they are, markdown cells as ``comment``
-    lines (left out without a comment marker), other cells left out."""
+def surroundings(workspace: Any, uri: str, comment: str) -> tuple[str, str, str] | None:
+    """(text before, text after, the notebook's URI) for the cell at ``uri`` from its notebook's other
+    cells, or None when it is no cell of an open notebook. Code cells in the cell's language as they are,
+    markdown cells as ``comment`` lines (left out without a comment marker), other cells left out."""
     notebook = workspace.get_notebook_document(cell_uri=uri)
     if notebook is None:
         return None
@@ -33,7 +36,7 @@ def surroundings(workspace: Any, uri: str, comment: str) -> tuple[str, str] | No
     texts = [_as_code(workspace, cell, language, comment) for cell in notebook.cells]
     before = "".join(text + CELL_SEPARATOR for text in texts[:here] if text)
     after = "".join(CELL_SEPARATOR + text for text in texts[here + 1:] if text)
-    return before, after
+    return before, after, notebook.uri
 
 
 def _language(workspace: Any, uri: str) -> str | None:

@@ -297,8 +297,9 @@ def create_server(settings: Settings, warnings: list[str] | None = None) -> Phil
 
     @server.feature(types.NOTEBOOK_DOCUMENT_DID_CLOSE)
     def did_close_notebook(ls: PhilsServer, params: types.DidCloseNotebookDocumentParams) -> None:
+        ls.service.forget(params.notebook_document.uri)  # its cells' requests are kept under the notebook's URI
         for cell in params.cell_text_documents:
-            ls.service.forget(cell.uri)
+            ls.service.forget(cell.uri)  # (and what waits for a typing pause, under the cell's)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: PhilsServer, params: types.DidCloseTextDocumentParams) -> None:
