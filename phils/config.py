@@ -116,6 +116,9 @@ class CompletionSettings:
     # With fit_suffix: when, after the greedy answer's first line, the code below's first line is likely
     # (mean log-probability a token at least -0.5), judge only the greedy answer's own line ends.
     early_accept: bool = True
+    # When the editor asks explicitly (VS Code's Alt+\ or its "next suggestion"; LSP's Invoked trigger):
+    # up to this many other answers after the best, to cycle through (0: only the best).
+    alternatives: int = _int(2, 0, 8)
     # Models trained with fill-in-the-middle tokens (Qwen2.5-Coder, StarCoder, DeepSeek-Coder) read the
     # code below the cursor in their prompt: "auto" writes the prompt with them where the engine reports
     # them (no judging then: the model sees the code below); "off": Phi-2's code format for every model.

@@ -7,7 +7,7 @@ with a ``GenerationResult``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .stoprule import Shape
@@ -34,6 +34,7 @@ class EngineJob:
     define: tuple[str, ...] = ()  # with fit_suffix: names the code below reads that only the answer can define
     samples: int = 0  # with fit_suffix: answers sampled from the model, judged with the others
     early_accept: bool = True  # with fit_suffix: no other candidates when the greedy answer already fits
+    alternatives: int = 0  # up to this many other answers, best first (an explicit request's to cycle through)
     background: bool = False  # computed ahead (after accepting the shown suggestion): yields to any other job
     # The same request in a short window around the cursor: the engine answers from it instead when the
     # prompt's uncomputed part is much longer than this one's (a document just opened), and computes the
@@ -71,6 +72,7 @@ class GenerationResult:
     cut: str = ""  # what the time budget cut short: "answer" (the greedy answer), "judging" (other candidates)
     second_choice: str = ""  # the stop rule emptied the greedy answer and the next best were tried: "answered" or "empty"
     window: str = ""  # "near": answered from the job's near_prompt (the whole prompt was not computed yet)
+    alternatives: list[str] = field(default_factory=list)  # other answers, best first (EngineJob.alternatives)
 
     @classmethod
     def from_dict(cls, text: str, data: Any) -> "GenerationResult":
@@ -81,6 +83,9 @@ class GenerationResult:
                 value = data.get(f.name)
                 if f.name != "text" and value is not None and isinstance(value, (int, float, str)):
                     setattr(result, f.name, value)
+            answers = data.get("alternatives")
+            if isinstance(answers, list):
+                result.alternatives = [a for a in answers if isinstance(a, str)]
         return result
 
 

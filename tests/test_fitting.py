@@ -460,3 +460,24 @@ def test_with_the_bound_the_same_answer_is_chosen(loaded, monkeypatch):
         self, text, first_line_only))
     whole = fresh(loaded).generate(request("a", fit_suffix=suffix, candidates=3))
     assert (bounded.text, bounded.candidates) == (whole.text, whole.candidates) and whole.candidates > 1
+
+
+def test_an_explicit_request_gets_the_best_judged_answer_of_each_other_first_line(loaded, tmp_path, monkeypatch):
+    """The judged candidates that lost are the alternatives to cycle through: by score, one per first line."""
+    from phils.engine.decoding.second_choice import first_line_key
+
+    log = tmp_path / "judged.jsonl"
+    monkeypatch.setenv(fitting.JUDGE_LOG, str(log))
+    asked = fresh(loaded).generate(request("doc", fit_suffix=SUFFIX, candidates=3, skip_when_followed=False,
+                                           alternatives=2))
+    judged = json.loads(log.read_text().splitlines()[-1])["judged"]
+    plain = fresh(loaded).generate(request("doc", fit_suffix=SUFFIX, candidates=3, skip_when_followed=False))
+    assert asked.text == plain.text and not plain.alternatives
+    assert asked.alternatives  # the tiny model's other first tokens give other first lines
+    keys = [first_line_key(text) for text in (asked.text, *asked.alternatives)]
+    assert len(set(keys)) == len(keys)
+    score = {j["text"]: j["written"] + j["suffix"] for j in judged}
+    for text in asked.alternatives:  # each the best of the judged answers with its first line
+        assert score[text] == max(s for t, s in score.items() if first_line_key(t) == first_line_key(text)
+                                  and not t.rstrip().endswith(fitting.OPENS_A_BLOCK))
+    assert [score[t] for t in asked.alternatives] == sorted((score[t] for t in asked.alternatives), reverse=True)

@@ -348,6 +348,11 @@ def test_python_that_no_continuation_can_repair_goes():
     # Code before the cursor that is broken already, or code after it, is not the suggestion's fault.
     assert finish("print 'x'\ny = █", "1") == "1"
     assert finish("y = █\nx = = 2\n", "1") == "1"
+    # After a header's keyword the code up to the cursor is unfinished, not broken (`elif x` lacks only its
+    # colon): an answer that no continuation repairs goes there too (Qwen2.5-Coder's runner-up `x >   :`).
+    sign = 'def sign(x):\n    if x < 0:\n        return "negative"\n    elif █'
+    assert finish(sign, 'x >   :\n        return "zero"') == ""
+    assert finish(sign, 'x > 0:\n        return "positive"') == 'x > 0:\n        return "positive"'
     js = cursor_context(TextDocument("file:///a.js", "import "), 0, 7)
     assert postprocess.apply("{ a } from 'b';", js, postprocess.shape_of(js)) == "{ a } from 'b';"
 

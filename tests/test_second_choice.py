@@ -125,3 +125,21 @@ def test_an_answer_that_begins_below_the_cursors_line_gets_no_second_choice(load
     here = engine.encode_plain("total += 1\n")
     assert _places(engine, below, rows, "") == []
     assert _places(engine, here, rows, "")  # the same kind of answer on the cursor's line has places
+
+
+def test_an_explicit_request_gets_other_answers_each_with_another_first_line(loaded):
+    """The editor's "next suggestion" (LSP's Invoked trigger): the next best answers at the answer's least
+    certain tokens, none with the answer's first line or another's, and the answer itself unchanged."""
+    from phils.engine.decoding.second_choice import first_line_key as first_line
+
+    plain = ask(fresh(loaded), "doc", refusing("\x00"), candidates=1)
+    engine = fresh(loaded)
+    request = GenerationRequest("doc", PROMPT, max_new_tokens=32, stop=refusing("\x00"), heal=False, alternatives=2)
+    answer = engine.generate(request)
+    assert answer.text == plain.text and plain.alternatives == []
+    assert len(answer.alternatives) == 2
+    lines = [first_line(text) for text in (answer.text, *answer.alternatives)]
+    assert len(set(lines)) == 3 and all(text.strip() for text in answer.alternatives)
+    # The cache holds the prompt as before: the next request reuses it and answers as a fresh engine.
+    again = ask(engine, "doc", refusing("\x00"), candidates=1)
+    assert again.reused_tokens > 0 and again.text == plain.text

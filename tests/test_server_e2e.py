@@ -98,6 +98,22 @@ async def test_a_notebook_cell_is_completed_with_the_cells_above_it_in_its_promp
         assert not (await inline(client, uris[1], 0, 15)).items  # closed: no longer completed
 
 
+async def test_an_explicit_request_gets_alternatives_to_cycle_through(tiny_model):
+    """VS Code's Alt+\\ and "next suggestion" ask with the Invoked trigger: the suggestion, then others."""
+    async with phils_server("--model", str(tiny_model), "--set", "completion.python_syntax=false",
+                            "--set", "engine.max_new_tokens=8", "--set", "completion.multiline=false") as client:
+        open_doc(client, URI, SOURCE)
+        automatic = await inline(client, URI, 9, 4)
+        invoked = await client.text_document_inline_completion_async(types.InlineCompletionParams(
+            text_document=types.TextDocumentIdentifier(uri=URI), position=types.Position(line=9, character=4),
+            context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked)))
+        assert len(automatic.items) == 1
+        texts = [item.insert_text for item in invoked.items]
+        assert texts[0] == automatic.items[0].insert_text  # the best first, as the automatic request shows it
+        assert 2 <= len(texts) <= 3 and len(set(texts)) == len(texts) and all(t.strip() for t in texts)
+        assert all(item.range == automatic.items[0].range for item in invoked.items)
+
+
 async def test_completion_fallback_gives_the_same_suggestion_as_a_text_edit(tiny_model):
     async with phils_server("--model", str(tiny_model), "--set", "engine.ignore_stops=true", "--set", "completion.python_syntax=false",
                             "--set", "engine.max_new_tokens=6", "--set", "completion.multiline=false") as client:

@@ -166,6 +166,7 @@ class PhilsEngineBackend:
                 "ignore_stops": job.ignore_stops, "deadline_ms": job.deadline_ms,
                 "fit_suffix": job.fit_suffix, "candidates": job.candidates, "define": list(job.define),
                 "samples": job.samples, "early_accept": job.early_accept, "near_prompt": job.near_prompt,
+                "alternatives": job.alternatives,
             },
         }
         try:

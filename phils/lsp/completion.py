@@ -46,6 +46,7 @@ class Suggestion:
     new_tokens: int = 0
     total_ms: float = 0.0
     window: str = ""  # "near": computed from the near window (the whole prompt was not computed yet)
+    alternatives: tuple[str, ...] = ()  # other suggestions, best first (an explicit request's, to cycle through)
 
 
 class CompletionService:
@@ -123,11 +124,12 @@ class CompletionService:
             ctx = with_surroundings(ctx, *around)
         return ctx
 
-    async def complete(self, doc: Any, line: int, character: int,
-                       item: tuple[int, int, str] | None = None) -> Suggestion | None:
+    async def complete(self, doc: Any, line: int, character: int, item: tuple[int, int, str] | None = None,
+                       invoked: bool = False) -> Suggestion | None:
         """The suggestion at (line, character) of a pygls document, or None. ``item``: the editor's
         completion widget shows an item selected, (start, end, text) on the cursor's line; the suggestion
-        is what follows once it is accepted, at the place that puts the cursor."""
+        is what follows once it is accepted, at the place that puts the cursor. ``invoked``: the user asked
+        explicitly; computed now, with ``completion.alternatives`` other suggestions."""
         backend = self.backend
         if not self.settings.completion.enabled or self.state != "ready" or backend is None:
             return None
@@ -136,31 +138,18 @@ class CompletionService:
             ctx = with_item_accepted(ctx, *item)
         if ctx is None:
             return None
-        line, character = ctx.line, ctx.character
         asked = time.monotonic()
-        if (running := self._ahead_running.get(ctx.uri)) and worth_waiting(running[0], running[1], ctx):
-            with contextlib.suppress(Exception, asyncio.CancelledError):  # it was computing just this: wait
-                await asyncio.shield(running[2])
-        if (found := found_ahead(self._ahead.get(ctx.uri, []), ctx)) is not None:
-            shown, ahead = found
-            self._ahead[ctx.uri].remove(shown)  # used once; the next line's, computed after it, stays
-            for stats in (self.stats, self.doc_stats[ctx.uri]):
-                stats.record_ahead(bool(ahead), (time.monotonic() - asked) * 1000)
-            if not ahead:
-                return None  # computed ahead too: nothing to suggest here
-            self._shown[ctx.uri] = shown
-            self._compute_ahead(backend, ctx, ahead)
-            return Suggestion(text=ahead, line=line, character=character, reason="ahead")
-        if (rest := rest_of(self._shown.get(ctx.uri), ctx)) is not None:
-            for stats in (self.stats, self.doc_stats[ctx.uri]):
-                stats.record_typed_through()
-            return Suggestion(text=rest, line=line, character=character, reason="typed-through")
+        alternatives = self.settings.completion.alternatives if invoked else 0
+        if not alternatives:  # (work done ahead has none: an explicit request computes them)
+            answered, suggestion = await self._from_work_ahead(backend, ctx, asked)
+            if answered:
+                return suggestion
         self._preempt_warmups()
         if (older := self._in_flight.get(ctx.uri)) is not None:
             older.cancel()  # a newer request supersedes it, and closing its stream stops the engine
         run = asyncio.ensure_future(
             run_pipeline(backend, ctx, self.settings, (self.stats, self.doc_stats[ctx.uri]), self._tail_starts,
-                         self.project)
+                         self.project, alternatives=alternatives)
         )
         self._in_flight[ctx.uri] = run
         try:
@@ -187,6 +176,28 @@ class CompletionService:
             self._shown[ctx.uri] = Shown(ctx.prefix, ctx.suffix, suggestion.text)
             self._compute_ahead(backend, ctx, suggestion.text)
         return suggestion
+
+    async def _from_work_ahead(self, backend: Any, ctx: CursorContext, asked: float) -> tuple[bool, Suggestion | None]:
+        """(answered, the suggestion) from work done before the request: computed ahead for this place (waited
+        for if it is being computed), or the rest of the suggestion shown that the user is typing through."""
+        if (running := self._ahead_running.get(ctx.uri)) and worth_waiting(running[0], running[1], ctx):
+            with contextlib.suppress(Exception, asyncio.CancelledError):  # it was computing just this: wait
+                await asyncio.shield(running[2])
+        if (found := found_ahead(self._ahead.get(ctx.uri, []), ctx)) is not None:
+            shown, ahead = found
+            self._ahead[ctx.uri].remove(shown)  # used once; the next line's, computed after it, stays
+            for stats in (self.stats, self.doc_stats[ctx.uri]):
+                stats.record_ahead(bool(ahead), (time.monotonic() - asked) * 1000)
+            if not ahead:
+                return True, None  # computed ahead too: nothing to suggest here
+            self._shown[ctx.uri] = shown
+            self._compute_ahead(backend, ctx, ahead)
+            return True, Suggestion(text=ahead, line=ctx.line, character=ctx.character, reason="ahead")
+        if (rest := rest_of(self._shown.get(ctx.uri), ctx)) is not None:
+            for stats in (self.stats, self.doc_stats[ctx.uri]):
+                stats.record_typed_through()
+            return True, Suggestion(text=rest, line=ctx.line, character=ctx.character, reason="typed-through")
+        return False, None
 
     # --- ahead: the suggestion after accepting the one shown ------------------
 
@@ -559,12 +570,13 @@ async def run_pipeline(
     index: project.ProjectIndex | None = None,
     background: bool = False,
     near: bool = True,
+    alternatives: int = 0,
 ) -> Suggestion | None:
     """One completion, start to end: context → prompt → engine → filters (``background``: computed ahead;
-    ``near``: the engine may answer from the near window)."""
+    ``near``: the engine may answer from the near window; ``alternatives``: up to this many other suggestions)."""
     try:
         return await _pipeline(backend, ctx, settings, stats, {} if tail_starts is None else tail_starts, index,
-                               background, near)
+                               background, near, alternatives)
     except asyncio.CancelledError:  # superseded or $/cancelRequest, at any stage
         for counters in stats:
             counters.record_cancelled()
@@ -573,7 +585,7 @@ async def run_pipeline(
 
 async def _pipeline(
     backend: Any, ctx: CursorContext, settings: Settings, stats: tuple[Stats, ...], tail_starts: dict[str, int | None],
-    index: project.ProjectIndex | None, background: bool = False, allow_near: bool = True,
+    index: project.ProjectIndex | None, background: bool = False, allow_near: bool = True, alternatives: int = 0,
 ) -> Suggestion | None:
     started = time.monotonic()
     # Off the event loop (counting tokens may ask the engine), on the one prompt thread.
@@ -603,7 +615,8 @@ async def _pipeline(
         candidates=settings.completion.candidates,
         define=define,
         samples=settings.completion.samples if judged else 0,
-        early_accept=settings.completion.early_accept,
+        early_accept=settings.completion.early_accept and not alternatives,  # (the others are the alternatives)
+        alternatives=alternatives,
         background=background,
         near_prompt=model_prompt(near, backend.heals, ctx.line_prefix)[0] if near else "",
     )
@@ -614,6 +627,12 @@ async def _pipeline(
     if result.reason in ("length", "deadline") and not shape.single_line:
         text = postprocess.drop_unfinished_line(text)
     text, emptied_by = postprocess.apply_explained(text, ctx, shape, settings.completion.python_syntax)
+    others: list[str] = []
+    for answer in result.alternatives:  # through the same filters; each unlike the others
+        other = postprocess.apply_explained(built.forced + prompt.heal(answer, strip), ctx, shape,
+                                            settings.completion.python_syntax)[0]
+        if other and other != text and other not in others:
+            others.append(other)
     total_ms = (time.monotonic() - started) * 1000
     suggestion = None
     if text and result.reason != "cancelled":
@@ -627,6 +646,7 @@ async def _pipeline(
             new_tokens=result.new_tokens,
             total_ms=total_ms,
             window=result.window,
+            alternatives=tuple(others),
         )
     empty_reason = "" if suggestion is not None or result.reason == "cancelled" else (
         emptied_by or ("eos" if result.reason == "eos" else "stop rule" if result.reason == "stop" else result.reason))

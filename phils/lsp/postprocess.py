@@ -426,10 +426,15 @@ def keep_valid_python(text: str, ctx: CursorContext, shape: Shape) -> str:
 
     if keeps(len(lines)):  # the usual case: one compile (about 3 ms for 10 000 characters here)
         return text
-    if _invalid_python(ctx.prefix + "x" + ctx.line_suffix) and _invalid_python(ctx.prefix):
+    if all(_invalid_python(ctx.prefix + probe + ctx.line_suffix) for probe in BROKEN_BEFORE_PROBES):
         return text  # broken before the suggestion: nothing to judge it by
     end = _most_lines(len(lines), keeps)  # (all of them, tried again, still break it)
     return "" if end is None else _first_lines(lines, end)
+
+
+# Code before the cursor that no continuation can make valid is broken before the suggestion (as far as these
+# tell): nothing, a name, or a header's end (``elif `` needs ``x:pass``: ``elif x`` alone lacks its colon).
+BROKEN_BEFORE_PROBES = ("", "x", "x:pass")
 
 
 def _invalid_python(source: str) -> bool:

@@ -307,17 +307,18 @@ def create_server(settings: Settings, warnings: list[str] | None = None) -> Phil
 
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def inline_completion(ls: PhilsServer, params: types.InlineCompletionParams) -> types.InlineCompletionList:
-        selected = params.context.selected_completion_info if params.context is not None else None
+        context = params.context
+        invoked = context is not None and context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
+        selected = context.selected_completion_info if context is not None else None
         if selected is None:
-            suggestion = await _suggest(ls, params.text_document.uri, params.position)
-            return types.InlineCompletionList(items=[_inline_item(suggestion)] if suggestion else [])
+            suggestion = await _suggest(ls, params.text_document.uri, params.position, invoked=invoked)
+            return types.InlineCompletionList(items=_inline_items(suggestion, "", _at_cursor(suggestion))
+                                              if suggestion else [])
         # The widget's item is selected: the editor shows only what extends it, over its range.
         item = _selected_item(selected, params.position)
-        suggestion = await _suggest(ls, params.text_document.uri, params.position, item) if item else None
-        if suggestion is None:
-            return types.InlineCompletionList(items=[])
-        return types.InlineCompletionList(items=[types.InlineCompletionItem(
-            insert_text=selected.text + suggestion.text, range=selected.range)])
+        suggestion = await _suggest(ls, params.text_document.uri, params.position, item, invoked) if item else None
+        return types.InlineCompletionList(items=_inline_items(suggestion, selected.text, selected.range)
+                                          if suggestion else [])
 
     @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(resolve_provider=False))
     async def completion(ls: PhilsServer, params: types.CompletionParams) -> types.CompletionList:
@@ -336,11 +337,11 @@ def create_server(settings: Settings, warnings: list[str] | None = None) -> Phil
 
 
 async def _suggest(ls: PhilsServer, uri: str, position: types.Position,
-                   item: tuple[int, int, str] | None = None) -> Suggestion | None:
+                   item: tuple[int, int, str] | None = None, invoked: bool = False) -> Suggestion | None:
     doc = ls.open_document(uri)
     if doc is None:
         return None
-    return await ls.service.complete(doc, position.line, position.character, item)
+    return await ls.service.complete(doc, position.line, position.character, item, invoked)
 
 
 def _selected_item(selected: types.SelectedCompletionInfo, position: types.Position) -> tuple[int, int, str] | None:
@@ -385,8 +386,9 @@ def _cursor_after(doc: Any, changes: Any) -> tuple[int, int] | None:
     return start.line + len(inserted) - 1, doc.position_codec.client_num_units(inserted[-1])
 
 
-def _inline_item(s: Suggestion) -> types.InlineCompletionItem:
-    return types.InlineCompletionItem(insert_text=s.text, range=_at_cursor(s))
+def _inline_items(s: Suggestion, before: str, where: types.Range) -> list[types.InlineCompletionItem]:
+    """The suggestion and its alternatives (the editor cycles through them), each after ``before`` over ``where``."""
+    return [types.InlineCompletionItem(insert_text=before + text, range=where) for text in (s.text, *s.alternatives)]
 
 
 def _completion_item(s: Suggestion) -> types.CompletionItem:

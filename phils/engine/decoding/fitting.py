@@ -30,6 +30,7 @@ from ...stoprule import leaves_open
 from ..limits import MAX_SUFFIX_TOKENS
 from .branch import Branch, add_counts
 from .prefix_cache import common_prefix, crop
+from .second_choice import first_line_key
 
 if TYPE_CHECKING:
     from .generate import Engine, GenerationRequest
@@ -57,6 +58,7 @@ ALTERNATIVE_MAX_GAP = 5.0
 # the infill eval and 40 of the mid-code bench, checking after 8 costs 0.87x and 0.95x of scoring whole,
 # 4 or 12 less well, two checks (8, 16) no better (scripts/judge-cost.py, bench/results/judge-cost-*.md).
 BOUND_TOKENS = 8
+OPENS_A_BLOCK = (":", "{", "(", "[")  # a line end after these is no alternative to show (its body is missing)
 
 
 class CannotRewind(Exception):
@@ -235,6 +237,14 @@ def choose(engine: "Engine", logits: Any, kv: Any, prompt_length: int, request: 
     result.text = best[1]
     if best[1] != greedy_text:
         result.reason = "stop"
+    if request.alternatives:  # the best of each other first line judged, by score
+        first_lines = {first_line_key(best[1])}
+        for entry in sorted(judged, key=lambda entry: entry["written"] + entry["suffix"], reverse=True):
+            if len(result.alternatives) < request.alternatives and entry["text"].strip() \
+                    and not entry["text"].rstrip().endswith(OPENS_A_BLOCK) \
+                    and first_line_key(entry["text"]) not in first_lines:  # (a header without its body: no answer)
+                first_lines.add(first_line_key(entry["text"]))
+                result.alternatives.append(entry["text"])
 
 
 def _cut_short(result: GenerationResult) -> bool:

@@ -61,6 +61,7 @@ class GenerationRequest:
     comment: str = ""  # the language's line comment marker, for counting those brackets ("": Python's #)
     line_first: bool = False  # with skip_when_followed, mid-line: a first line that fits is the answer on its own
     near_prompt: str = ""  # the same request in a short window: answered from when it spares most of the prefill
+    alternatives: int = 0  # up to this many other answers, best first, in result.alternatives
 
 
 def greedy(logits: Any) -> int:
@@ -163,6 +164,7 @@ class Engine:
             else:
                 generated = self._decode(logits, kv, request, result, max_new)
                 second_choice.retry(self, logits, kv, len(ids), request, result, generated, max_new)
+                second_choice.alternatives(self, logits, kv, len(ids), request, result, generated, max_new)
             result.decode_ms = (time.monotonic() - decode_started) * 1000
             self._store(request.key, ids, kv)
         return result

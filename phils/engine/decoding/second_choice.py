@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ...protocol import GenerationResult
+from ...stoprule import leaves_open
 from .branch import Branch, add_counts
 from .prefix_cache import crop
 
@@ -67,6 +68,40 @@ def retry(engine: "Engine", first_logits: Any, kv: Any, prompt_length: int, requ
     result.second_choice = "answered" if result.text.strip() else "empty"
     log.debug("second choice: %d places tried in %.0f ms, %s", len(places), (time.monotonic() - started) * 1000,
               "an answer" if result.text.strip() else "still empty")
+
+
+def alternatives(engine: "Engine", first_logits: Any, kv: Any, prompt_length: int, request: "GenerationRequest",
+                 result: GenerationResult, generated: list[int], max_new: int) -> None:
+    """Up to ``request.alternatives`` other answers for an explicit request, in ``result.alternatives``: at
+    the answer's least certain tokens in its first line, the next best token, written on greedily under the
+    same stop rule (the way ``retry`` finds one), each first line unlike the others'."""
+    wanted = request.alternatives
+    if (wanted <= 0 or not result.text.strip() or result.second_choice or result.reason in ("cancelled", "deadline")
+            or not generated or _no_time(request) or not crop(kv, prompt_length)):
+        return
+    rows = engine._forward_keep(generated, kv, len(generated))
+    logits_at = [first_logits, *rows[:-1]]
+    places = sorted(_places(engine, generated, logits_at, result.healed), key=lambda place: place.margin)
+    first_lines = {first_line_key(result.text)}
+    for place in places:
+        if len(result.alternatives) >= wanted or _no_time(request) or not crop(kv, prompt_length + place.index):
+            break
+        branch = Branch(generated[: place.index], [], "", logits_at[place.index], prompt_length + place.index)
+        other = GenerationResult(text="", reason="", healed=result.healed)
+        engine._decode(branch.logits, kv, request, other, max_new, start=branch, force=[place.token])
+        add_counts(result, other)
+        text = other.text
+        if other.reason == "length" and "\n" in text.rstrip():
+            text = text.rsplit("\n", 1)[0]  # whole lines only, as the front keeps of an answer cut short
+        if text.strip() and other.reason not in ("cancelled", "deadline") and not leaves_open(text, request.comment) \
+                and first_line_key(text) not in first_lines:
+            first_lines.add(first_line_key(text))
+            result.alternatives.append(text)
+
+
+def first_line_key(text: str) -> str:
+    """``text``'s first line as alternatives are told apart: without its spaces, one kind of quote."""
+    return "".join(text.strip().split("\n", 1)[0].split()).replace("'", '"')
 
 
 def _no_time(request: "GenerationRequest") -> bool:

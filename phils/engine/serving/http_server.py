@@ -41,6 +41,7 @@ STATE = web.AppKey("state", dict)
 FINISH_REASONS = {"stop": "stop", "eos": "stop", "length": "length", "deadline": "length"}
 MAX_DEFINE = 4  # names to define a candidate for (each costs a few lines of decoding)
 MAX_SAMPLES = 8  # sampled answers a request may ask for (likewise)
+MAX_ALTERNATIVES = 8  # other answers a request may ask for (likewise)
 
 
 class BadRequest(ValueError):
@@ -93,6 +94,7 @@ def parse_job(body: Any, service: EngineService) -> tuple[EngineJob, bool]:
         early_accept=bool(extra.get("early_accept", True)),
         background=bool(extra.get("background", False)),
         near_prompt=_string(extra.get("near_prompt", ""), "phils.near_prompt"),
+        alternatives=min(_non_negative_int(extra.get("alternatives", 0), "phils.alternatives"), MAX_ALTERNATIVES),
     )
     return job, bool(body.get("stream", False))
 
