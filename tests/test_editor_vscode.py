@@ -212,6 +212,28 @@ async def test_ghost_text_in_a_notebook_cell_follows_the_cells_above(tmp_path, t
     assert seen["ghost"] == with_cells
 
 
+async def test_alt_bracket_in_vscode_shows_the_next_suggestion(code_server, tiny_model, tmp_path):
+    """Alt+] asks again with the Invoked trigger; the server's alternatives are what VS Code cycles to."""
+    url, workspace, env = code_server
+    run = subprocess.run(
+        [str(NODE_BIN / "node"), str(DRIVER), url, "sample.py", str(ARTIFACTS / "vscode-cycle.png"),
+         str(tmp_path / "chromium")],
+        env={**env, "PHILS_DRIVE_CYCLE": "1"}, capture_output=True, text=True, timeout=400,
+    )
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    log = tmp_path / "server.log"
+    assert "error" not in seen, f"{seen}\n{run.stderr[-2000:]}\n{log.read_text()[-3000:] if log.exists() else ''}"
+    async with phils_server("--model", str(tiny_model), *SERVER_FLAGS) as client:
+        uri = "file:///workspace/sample.py"
+        open_doc(client, uri, SOURCE + TYPED)
+        invoked = await client.text_document_inline_completion_async(types.InlineCompletionParams(
+            text_document=types.TextDocumentIdentifier(uri=uri), position=types.Position(line=1, character=len("    return" + TYPED)),
+            context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked)))
+    texts = [item.insert_text for item in invoked.items]
+    assert len(texts) >= 2 and seen["ghost"] == texts[0]
+    assert seen["next"] in texts[1:]
+
+
 def test_vsix_declares_the_settings_the_server_reads():
     """The packaged manifest's settings and commands are the ones the docs name."""
     manifest = json.loads((ROOT / "editor-clients" / "vscode" / "package.json").read_text())

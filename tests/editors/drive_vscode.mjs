@@ -4,6 +4,7 @@
 // Usage: node drive_vscode.mjs URL FILE_NAME SCREENSHOT_PATH PROFILE_DIR
 // PHILS_DRIVE_TYPE: what to type at the file's end (" a"); PHILS_DRIVE_ANCHOR: text the open file shows ("return").
 // PHILS_DRIVE_NOTEBOOK=1: the file is a notebook; type at the end of its last cell, and do not accept.
+// PHILS_DRIVE_CYCLE=1: after the ghost text, Alt+] (the next suggestion); record it, and do not accept.
 import { createRequire } from "node:module";
 
 // playwright-core lives with the editor tools (NODE_PATH), not beside this file.
@@ -16,6 +17,7 @@ const step = (name) => seen.steps.push(name);
 const typed = process.env.PHILS_DRIVE_TYPE ?? " a";
 const anchor = process.env.PHILS_DRIVE_ANCHOR ?? "return";
 const notebook = process.env.PHILS_DRIVE_NOTEBOOK === "1";
+const cycle = process.env.PHILS_DRIVE_CYCLE === "1";
 
 const context = await chromium.launchPersistentContext(profileDir, {
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
@@ -52,7 +54,15 @@ try {
   seen.ghost = (await editor.locator(".ghost-text-decoration").allTextContents()).join("").replace(/\u00a0/g, " ");
   await page.screenshot({ path: screenshot });
   step("ghost text");
-  if (!notebook) {
+  if (cycle) {
+    const ghostText = async () =>
+      (await editor.locator(".ghost-text-decoration").allTextContents()).join("").replace(/\u00a0/g, " ");
+    await page.keyboard.press("Alt+BracketRight");
+    for (let i = 0; i < 300 && (await ghostText()) === seen.ghost; i++) await page.waitForTimeout(100);
+    seen.next = await ghostText();
+    await page.screenshot({ path: screenshot.replace(/\.png$/, "-next.png") });
+    step("next suggestion");
+  } else if (!notebook) {
     await page.keyboard.press("Tab");
     await editor.locator(".ghost-text-decoration").first().waitFor({ state: "detached" }).catch(() => {});
     await page.keyboard.press("Control+S");
