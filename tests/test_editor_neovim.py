@@ -123,6 +123,28 @@ def test_ghost_text_shows_the_servers_suggestion_and_tab_accepts_it(nvim, python
     assert python_file.read_text() == "def add(a, b):\n    return a" + shown + "\n"
 
 
+def test_next_suggestion_asks_explicitly_and_shows_the_servers_next_one(nvim, python_file):
+    nvim.input("A c")
+    shown = wait_for(lambda: ghost(nvim), what="ghost text")
+    nvim.input("<M-]>")
+    following = wait_for(lambda: (text := ghost(nvim)) != shown and text, what="the next suggestion")
+    others = nvim.exec_lua(
+        """
+        local client = vim.lsp.get_clients({ bufnr = 0, name = 'phils' })[1]
+        local params = vim.lsp.util.make_position_params(0, client.offset_encoding)
+        params.context = { triggerKind = 1 }
+        local answer = vim.lsp.buf_request_sync(0, 'textDocument/inlineCompletion', params, 20000)
+        local texts = {}
+        for _, item in ipairs(answer[client.id].result.items) do table.insert(texts, item.insertText) end
+        return texts
+        """
+    )
+    assert others[0] == shown and following in others[1:]
+    nvim.input("<M-[>")  # and back
+    wait_for(lambda: ghost(nvim) == shown, 5, "the first suggestion again")
+    nvim.input("<Esc>")
+
+
 def test_dismiss_leaves_the_buffer_unchanged(nvim, python_file):
     nvim.input("A b")
     wait_for(lambda: ghost(nvim), what="ghost text")

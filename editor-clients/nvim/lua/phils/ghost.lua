@@ -154,8 +154,8 @@ local function present(buf, index)
   show(buf, s.items[s.index])
 end
 
---- Ask the server now, for the cursor in the current window.
-function M.request_now(buf, trigger_kind)
+--- Ask the server now, for the cursor in the current window; show its item number `first` (1).
+function M.request_now(buf, trigger_kind, first)
   buf = buf or api.nvim_get_current_buf()
   if buf ~= api.nvim_get_current_buf() or not api.nvim_get_mode().mode:match("^i") or not config.options.enabled then
     return
@@ -193,7 +193,7 @@ function M.request_now(buf, trigger_kind)
       end
     end
     s.items = items
-    present(buf, 1)
+    present(buf, first or 1)
   end, buf)
   if ok then
     s.pending = { client = client, id = id }
@@ -257,13 +257,15 @@ function M.accept(kind)
   return true
 end
 
+--- The next (`step` 1) or previous (-1) suggestion. With one or none at hand, ask explicitly: the
+--- server then sends its other suggestions too (completion.alternatives), and the next one shows.
 function M.cycle(step)
   local buf = api.nvim_get_current_buf()
   local s = buffers[buf]
   if s and #s.items > 1 then
     present(buf, s.index + step)
-  elseif not M.visible(buf) then
-    M.request_now(buf, TRIGGER_INVOKED)
+  else
+    M.request_now(buf, TRIGGER_INVOKED, M.visible(buf) and 1 + step or 1)
   end
 end
 
