@@ -92,8 +92,10 @@ async def phils_server(
     wait: str | None = "ready",
     env: dict[str, str] | None = None,
     root: Path | None = None,
+    inline: bool = False,
 ):
-    """Start ``phils serve ARGS`` over stdio and initialize a session with it (in workspace ``root``)."""
+    """Start ``phils serve ARGS`` over stdio and initialize a session with it (in workspace ``root``;
+    ``inline``: the client declares LSP 3.18 inline completions, as vscode-languageclient 10 does)."""
     from lsprotocol import types
     from pytest_lsp import client_capabilities
     from pytest_lsp.client import make_test_lsp_client
@@ -107,6 +109,8 @@ async def phils_server(
     # vscode-languageclient syncs notebooks by their cells when the server asks for them (LSP 3.17).
     capabilities.notebook_document = types.NotebookDocumentClientCapabilities(
         synchronization=types.NotebookDocumentSyncClientCapabilities())
+    if inline:
+        capabilities.text_document.inline_completion = types.InlineCompletionClientCapabilities()
     if not progress:
         capabilities.window = types.WindowClientCapabilities(work_done_progress=False)
     result = await client.initialize_session(

@@ -114,6 +114,21 @@ async def test_an_explicit_request_gets_alternatives_to_cycle_through(tiny_model
         assert all(item.range == automatic.items[0].range for item in invoked.items)
 
 
+async def test_a_client_that_shows_inline_completions_gets_no_completion_item_to_race_them(tiny_model):
+    """VS Code asks for completion items at every identifier keystroke, beside the inline request: answered
+    from the model, the later of the two would supersede the other and the ghost text would show nothing."""
+    async with phils_server("--model", str(tiny_model), "--set", "engine.ignore_stops=true",
+                            "--set", "completion.python_syntax=false", "--set", "engine.max_new_tokens=12",
+                            inline=True) as client:
+        open_doc(client, URI, SOURCE)
+        ghost = asyncio.ensure_future(inline(client, URI, 9, 4))
+        await asyncio.sleep(0.005)
+        listed = await client.text_document_completion_async(types.CompletionParams(
+            text_document=types.TextDocumentIdentifier(uri=URI), position=types.Position(line=9, character=4)))
+        assert not listed.items and listed.is_incomplete is False
+        assert len((await ghost).items) == 1
+
+
 async def test_completion_fallback_gives_the_same_suggestion_as_a_text_edit(tiny_model):
     async with phils_server("--model", str(tiny_model), "--set", "engine.ignore_stops=true", "--set", "completion.python_syntax=false",
                             "--set", "engine.max_new_tokens=6", "--set", "completion.multiline=false") as client:

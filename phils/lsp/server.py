@@ -74,6 +74,9 @@ class PhilsServer(LanguageServer):
         self._progress_token: str | None = None
         self._last_status: tuple | None = None
         self.load_needed = True
+        # The client shows LSP 3.18 inline completions: its completion requests (VS Code asks at every
+        # identifier keystroke) get no item, or each would supersede the inline request made at the same time.
+        self.shows_inline = False
 
     # --- settings ----------------------------------------------------------
 
@@ -252,6 +255,8 @@ def create_server(settings: Settings, warnings: list[str] | None = None) -> Phil
     @server.feature(types.INITIALIZE)
     def initialize(ls: PhilsServer, params: types.InitializeParams) -> None:
         ls.loop = asyncio.get_running_loop()
+        text_document = params.capabilities.text_document
+        ls.shows_inline = bool(text_document and text_document.inline_completion is not None)
         use_lsp_line_breaks(ls.workspace)
         ls.service.project = ProjectIndex(workspace_roots(ls.workspace), ls.open_text)
         changed = ls.apply_client_options(params.initialization_options or {}, "initializationOptions")
@@ -322,6 +327,8 @@ def create_server(settings: Settings, warnings: list[str] | None = None) -> Phil
 
     @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(resolve_provider=False))
     async def completion(ls: PhilsServer, params: types.CompletionParams) -> types.CompletionList:
+        if ls.shows_inline:  # the suggestion is the ghost text's
+            return types.CompletionList(is_incomplete=False, items=[])
         suggestion = await _suggest(ls, params.text_document.uri, params.position)
         return types.CompletionList(is_incomplete=True, items=[_completion_item(suggestion)] if suggestion else [])
 
