@@ -80,7 +80,8 @@ def tool_env(home: Path) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def running_code_server(tmp_path: Path, server_args: list[str], source: str, files: dict[str, str] | None = None):
+def running_code_server(tmp_path: Path, server_args: list[str], source: str, files: dict[str, str] | None = None,
+                        user_settings: dict | None = None):
     """code-server with the packaged extension, phils started with ``server_args``, ``sample.py`` holding
     ``source`` (and ``files``: more, by name); yields (the URL that opens the workspace, the workspace, the
     tools' environment)."""
@@ -100,6 +101,7 @@ def running_code_server(tmp_path: Path, server_args: list[str], source: str, fil
         "editor.wordBasedSuggestions": "off",
         "workbench.startupEditor": "none",
         "telemetry.telemetryLevel": "off",
+        **(user_settings or {}),
     }
     (user_data / "User" / "settings.json").write_text(json.dumps(settings))
     (workspace / "sample.py").write_text(source)
@@ -232,6 +234,41 @@ async def test_alt_bracket_in_vscode_shows_the_next_suggestion(code_server, tiny
     texts = [item.insert_text for item in invoked.items]
     assert len(texts) >= 2 and seen["ghost"] == texts[0]
     assert seen["next"] in texts[1:]
+
+
+async def test_with_the_completion_list_open_vscode_shows_the_ghost_text_too(tmp_path, tiny_model):
+    """VS Code's defaults: word suggestions open the completion list as the user types a name; the ghost text
+    still shows (the server extends the selected item, and sends no completion item to race the inline request)."""
+    defaults = {"editor.quickSuggestions": {"other": "on", "comments": "off", "strings": "off"},
+                "editor.suggestOnTriggerCharacters": True, "editor.wordBasedSuggestions": "matchingDocuments"}
+    with running_code_server(tmp_path, ["--model", str(tiny_model), *SERVER_FLAGS], SOURCE,
+                             user_settings=defaults) as (url, workspace, env):
+        run = subprocess.run(
+            [str(NODE_BIN / "node"), str(DRIVER), url, "sample.py", str(ARTIFACTS / "vscode-widget.png"),
+             str(tmp_path / "chromium")],
+            env=env, capture_output=True, text=True,
+            timeout=400,
+        )
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    log = tmp_path / "server.log"
+    assert "error" not in seen, f"{seen}\n{run.stderr[-2000:]}\n{log.read_text()[-3000:] if log.exists() else ''}"
+    assert seen["widget"] and seen["selected"].startswith(TYPED.strip()), seen  # the list open, an item selected
+    # The ghost text is the selected item's rest, then the server's suggestion after the item.
+    item = seen["selected"]
+    async with phils_server("--model", str(tiny_model), *SERVER_FLAGS) as client:
+        uri = "file:///workspace/sample.py"
+        open_doc(client, uri, SOURCE + TYPED)
+        end = len("    return" + TYPED)
+        word = types.Range(start=types.Position(line=1, character=end - len(TYPED.strip())),
+                           end=types.Position(line=1, character=end))
+        answer = await client.text_document_inline_completion_async(types.InlineCompletionParams(
+            text_document=types.TextDocumentIdentifier(uri=uri), position=types.Position(line=1, character=end),
+            context=types.InlineCompletionContext(
+                trigger_kind=types.InlineCompletionTriggerKind.Automatic,
+                selected_completion_info=types.SelectedCompletionInfo(range=word, text=item))))
+    extended = answer.items[0].insert_text
+    assert extended.startswith(item) and len(extended) > len(item)
+    assert seen["ghost"] == extended[len(TYPED.strip()):]
 
 
 def test_vsix_declares_the_settings_the_server_reads():

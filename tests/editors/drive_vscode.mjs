@@ -50,13 +50,18 @@ try {
   const ghost = editor.locator(".ghost-text-decoration").first();
   await ghost.waitFor();
   await page.waitForTimeout(300); // let the decoration settle before the picture
-  // (VS Code draws one line of ghost text in several pieces where it holds brackets)
-  seen.ghost = (await editor.locator(".ghost-text-decoration").allTextContents()).join("").replace(/\u00a0/g, " ");
+  // (VS Code draws one line of ghost text in several pieces: around brackets, and the completion list's
+  // selected item before the rest)
+  const pieces = editor.locator(".ghost-text-decoration, .ghost-text-decoration-preview");
+  seen.ghost = (await pieces.allTextContents()).join("").replace(/\u00a0/g, " ");
+  seen.widget = await page.locator(".suggest-widget.visible").isVisible().catch(() => false);
+  if (seen.widget) {
+    seen.selected = (await page.locator(".suggest-widget .monaco-list-row.focused .label-name").first().textContent()).trim();
+  }
   await page.screenshot({ path: screenshot });
   step("ghost text");
   if (cycle) {
-    const ghostText = async () =>
-      (await editor.locator(".ghost-text-decoration").allTextContents()).join("").replace(/\u00a0/g, " ");
+    const ghostText = async () => (await pieces.allTextContents()).join("").replace(/\u00a0/g, " ");
     await page.keyboard.press("Alt+BracketRight");
     for (let i = 0; i < 300 && (await ghostText()) === seen.ghost; i++) await page.waitForTimeout(100);
     seen.next = await ghostText();
