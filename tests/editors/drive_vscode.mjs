@@ -67,7 +67,7 @@ try {
     seen.next = await ghostText();
     await page.screenshot({ path: screenshot.replace(/\.png$/, "-next.png") });
     step("next suggestion");
-  } else if (!notebook) {
+  } else if (!notebook && !seen.widget) { // (with the completion list open, Tab takes its item)
     await page.keyboard.press("Tab");
     await editor.locator(".ghost-text-decoration").first().waitFor({ state: "detached" }).catch(() => {});
     await page.keyboard.press("Control+S");
