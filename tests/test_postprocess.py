@@ -353,6 +353,10 @@ def test_python_that_no_continuation_can_repair_goes():
     sign = 'def sign(x):\n    if x < 0:\n        return "negative"\n    elif █'
     assert finish(sign, 'x >   :\n        return "zero"') == ""
     assert finish(sign, 'x > 0:\n        return "positive"') == 'x > 0:\n        return "positive"'
+    # A notebook's cells above with IPython's magics and shell lines: still judged.
+    notebook = "%matplotlib inline\n!pip install numpy\nimport numpy as np\n\nxs = █"
+    assert finish(notebook, "np.arange(10) }") == ""
+    assert finish(notebook, "np.arange(10)") == "np.arange(10)"
     js = cursor_context(TextDocument("file:///a.js", "import "), 0, 7)
     assert postprocess.apply("{ a } from 'b';", js, postprocess.shape_of(js)) == "{ a } from 'b';"
 

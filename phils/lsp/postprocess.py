@@ -420,18 +420,22 @@ def keep_valid_python(text: str, ctx: CursorContext, shape: Shape) -> str:
     if not is_python(ctx) or not text.strip() or len(ctx.prefix) > MAX_PARSE_CHARS:
         return text
     lines = text.split("\n")
+    prefix = IPYTHON_LINE.sub(r"\1pass", ctx.prefix)  # a notebook's magics and shell lines are not Python's
 
     def keeps(end: int) -> bool:  # the first ``end`` lines leave the code valid or unfinished
-        return not _invalid_python(ctx.prefix + _first_lines(lines, end) + (ctx.line_suffix if end == 1 else ""))
+        return not _invalid_python(prefix + _first_lines(lines, end) + (ctx.line_suffix if end == 1 else ""))
 
     if keeps(len(lines)):  # the usual case: one compile (about 3 ms for 10 000 characters here)
         return text
-    if all(_invalid_python(ctx.prefix + probe + ctx.line_suffix) for probe in BROKEN_BEFORE_PROBES):
+    if all(_invalid_python(prefix + probe + ctx.line_suffix) for probe in BROKEN_BEFORE_PROBES):
         return text  # broken before the suggestion: nothing to judge it by
     end = _most_lines(len(lines), keeps)  # (all of them, tried again, still break it)
     return "" if end is None else _first_lines(lines, end)
 
 
+# IPython's magics and shell escapes (`%matplotlib inline`, `!pip install x`) at the start of a line: invalid
+# Python everywhere, so read as `pass` by the syntax filter (a notebook's cells above would break every check).
+IPYTHON_LINE = re.compile(r"(?m)^([ \t]*)(?:%|!(?!=)).*$")
 # Code before the cursor that no continuation can make valid is broken before the suggestion (as far as these
 # tell): nothing, a name, or a header's end (``elif `` needs ``x:pass``: ``elif x`` alone lacks its colon).
 BROKEN_BEFORE_PROBES = ("", "x", "x:pass")
