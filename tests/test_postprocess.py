@@ -517,3 +517,18 @@ def test_a_shell_case_pattern_is_no_bracket_closed_outside_the_text():
     ctx = cursor_context(TextDocument("file:///run.sh", marked.replace(CURSOR, "")), 2, 4)
     assert not postprocess.shape_of(ctx).closes_brackets
     assert postprocess.shape_of(context("def f():\n    █\n    return 1\n")).closes_brackets is False
+
+
+def test_a_line_cut_short_ends_where_it_last_had_closed_what_it_opened():
+    # Qwen2.5-Coder 1.5B in SQL, cut by the token limit inside a string.
+    cut = "email LIKE '%@gmail.com' OR email LIKE '%@yahoo.com' OR email LIKE '%@"
+    assert postprocess.closed_end(cut, "--") == "email LIKE '%@gmail.com' OR email LIKE '%@yahoo.com'"
+    assert postprocess.closed_end("total(items) + len(xs, ys", "#") == "total(items)"
+    # A string and a bracket opened before the answer (`print("hello `): the answer closes them.
+    assert postprocess.closed_end('world"), len(x', "#", 'print("hello ') == 'world")'
+    assert postprocess.closed_end('world"), len(x', "#") == 'world"), len(x'  # (read alone: never closed)
+    # Nothing left open, never closed, or past a comment: as it is.
+    for text in ("sum(x) + 1", "compute(a, b", '"unfinished', "x = 1  # see (note", 'f("""doc'):
+        assert postprocess.closed_end(text, "#") == text
+    # Lines above an unfinished one are whole: only a one-line answer is cut back.
+    assert postprocess.closed_end("a = f(1)\nb = g(", "#") == "a = f(1)\nb = g("

@@ -624,8 +624,9 @@ async def _pipeline(
     if result.candidates or not judged:  # the engine judged the lengths (or nothing was to be judged): keep its shape
         shape = fit_shape
     text = built.forced + prompt.heal(result.text, strip)
-    if result.reason in ("length", "deadline") and not shape.single_line:
-        text = postprocess.drop_unfinished_line(text)
+    if result.reason in ("length", "deadline"):
+        text = postprocess.closed_end(text if shape.single_line else postprocess.drop_unfinished_line(text),
+                                      shape.comment, ctx.line_prefix)
     text, emptied_by = postprocess.apply_explained(text, ctx, shape, settings.completion.python_syntax)
     others: list[str] = []
     for answer in result.alternatives:  # through the same filters; each unlike the others

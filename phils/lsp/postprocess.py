@@ -204,6 +204,40 @@ def drop_unfinished_line(text: str) -> str:
     return text.rsplit("\n", 1)[0] if "\n" in text.rstrip() else text
 
 
+def closed_end(text: str, comment: str = "", before: str = "") -> str:
+    """A one-line answer cut short, back to where it last had closed every bracket and string it opened
+    (SQL's `... OR email LIKE '%@icloud.com' OR email LIKE '%@` ends after `'%@icloud.com'`); as it is
+    where nothing is left open, or where it never had closed them (`compute(a, b`: the rest comes later).
+    ``before``: the cursor's line up to the answer (a string open there is the answer's to close)."""
+    line = before + text
+    if "\n" in text.strip() or '"""' in line or "'''" in line:
+        return text
+    marker = comment or "#"
+    depth, quote, escaped, closed = 0, "", False, None
+    for index, char in enumerate(line):
+        ours = index >= len(before)
+        if quote:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == quote:
+                quote = ""
+                closed = index + 1 if ours and depth == 0 else closed
+        elif char in "'\"":
+            quote = char
+        elif char == marker[0] and line.startswith(marker, index):
+            return text  # the rest is a comment: nothing of it is left open
+        elif ours and char in OPENERS:
+            depth += 1
+        elif ours and char in CLOSERS:
+            depth = max(depth - 1, 0)  # (a bracket opened before the answer closes at 0)
+            closed = index + 1 if depth == 0 else closed
+    if not quote and depth == 0 or closed is None:
+        return text
+    return line[len(before):closed]
+
+
 # --- the filters, in order --------------------------------------------------
 
 
