@@ -314,16 +314,16 @@ def create_server(settings: Settings, warnings: list[str] | None = None) -> Phil
     async def inline_completion(ls: PhilsServer, params: types.InlineCompletionParams) -> types.InlineCompletionList:
         context = params.context
         invoked = context is not None and context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
+        # With the completion list open, the editor shows only what extends its selected item, over its range.
         selected = context.selected_completion_info if context is not None else None
-        if selected is None:
-            suggestion = await _suggest(ls, params.text_document.uri, params.position, invoked=invoked)
-            return types.InlineCompletionList(items=_inline_items(suggestion, "", _at_cursor(suggestion))
-                                              if suggestion else [])
-        # The widget's item is selected: the editor shows only what extends it, over its range.
-        item = _selected_item(selected, params.position)
-        suggestion = await _suggest(ls, params.text_document.uri, params.position, item, invoked) if item else None
-        return types.InlineCompletionList(items=_inline_items(suggestion, selected.text, selected.range)
-                                          if suggestion else [])
+        item = _selected_item(selected, params.position) if selected is not None else None
+        if selected is not None and item is None:
+            return types.InlineCompletionList(items=[])  # an item on another line: nothing here extends it
+        suggestion = await _suggest(ls, params.text_document.uri, params.position, item, invoked)
+        if suggestion is None:
+            return types.InlineCompletionList(items=[])
+        before, where = (selected.text, selected.range) if selected is not None else ("", _at_cursor(suggestion))
+        return types.InlineCompletionList(items=_inline_items(suggestion, before, where))
 
     @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(resolve_provider=False))
     async def completion(ls: PhilsServer, params: types.CompletionParams) -> types.CompletionList:
