@@ -112,6 +112,7 @@ async def test_an_explicit_request_gets_alternatives_to_cycle_through(tiny_model
         assert texts[0] == automatic.items[0].insert_text  # the best first, as the automatic request shows it
         assert 2 <= len(texts) <= 3 and len(set(texts)) == len(texts) and all(t.strip() for t in texts)
         assert all(item.range == automatic.items[0].range for item in invoked.items)
+        assert (await stats(client))["alternatives"] >= len(texts) - 1  # counted in phils/stats
 
 
 async def test_a_client_that_shows_inline_completions_gets_no_completion_item_to_race_them(tiny_model):

@@ -36,6 +36,7 @@ class Stats:
     near_windows: int = 0  # answered from the near window (the whole prompt not computed yet)
     near_upgrades: int = 0  # suggestions computed ahead from the near window, replaced by the whole prompt's
     second_choices: dict = field(default_factory=dict)  # greedy answers the stop rule emptied: "answered" by the next best, or "empty"
+    alternatives: int = 0  # other answers the engine wrote for explicit requests (completion.alternatives)
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=2000))
     first_token_ms: deque = field(default_factory=lambda: deque(maxlen=2000))
 
@@ -53,6 +54,7 @@ class Stats:
             self.budget_cuts[cut] = self.budget_cuts.get(cut, 0) + 1
         if outcome := getattr(result, "second_choice", ""):
             self.second_choices[outcome] = self.second_choices.get(outcome, 0) + 1
+        self.alternatives += len(getattr(result, "alternatives", ()))
         if getattr(result, "window", "") == "near":
             self.near_windows += 1
         if result.reason == "cancelled":
