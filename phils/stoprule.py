@@ -306,6 +306,12 @@ def code_chars(line: str, comment: str = "") -> Iterator[tuple[int, str]]:
     """The characters of a line of code outside its string literals, up to a comment (``comment``, the
     language's marker; "" for Python's ``#``), with their offsets. (`#` is code in C's `#include`, JavaScript's
     `#field`, Rust's `#[derive]`; a `// (see below` there opens nothing.)"""
+    return ((index, char) for index, char, kind in lexed(line, comment) if kind == "code")
+
+
+def lexed(line: str, comment: str = "") -> Iterator[tuple[int, str, str]]:
+    """Each character of a line of code up to its comment (as ``code_chars`` reads them) with what it is:
+    "code", "string" (in a string literal, its opening quote too) or "close" (the quote that ends one)."""
     marker = comment or "#"
     quote, escaped = "", False
     for index, char in enumerate(line):
@@ -316,12 +322,16 @@ def code_chars(line: str, comment: str = "") -> Iterator[tuple[int, str]]:
                 escaped = True
             elif char == quote:
                 quote = ""
+                yield index, char, "close"
+                continue
+            yield index, char, "string"
         elif char in "'\"":
             quote = char
+            yield index, char, "string"
         elif char == marker[0] and line.startswith(marker, index):
             return
         else:
-            yield index, char
+            yield index, char, "code"
 
 
 # A line that ends with the same text over and over (`unittest.mock.mock_tools.mock_tools…`,

@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import Callable
 
 from ..stoprule import (CLOSERS, OPENERS, SEPARATORS, Shape, at_code, code_chars, indent_width, is_comment,
-                        leaves_open, stop_index)
+                        leaves_open, lexed, stop_index)
 from . import outline, unbound
 from .documents import CursorContext
 
@@ -212,28 +212,21 @@ def closed_end(text: str, comment: str = "", before: str = "") -> str:
     line = before + text
     if "\n" in text.strip() or '"""' in line or "'''" in line:
         return text
-    marker = comment or "#"
-    depth, quote, escaped, closed = 0, "", False, None
-    for index, char in enumerate(line):
-        ours = index >= len(before)
-        if quote:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == quote:
-                quote = ""
-                closed = index + 1 if ours and depth == 0 else closed
-        elif char in "'\"":
-            quote = char
-        elif char == marker[0] and line.startswith(marker, index):
-            return text  # the rest is a comment: nothing of it is left open
-        elif ours and char in OPENERS:
+    depth, in_string, closed, read = 0, False, None, 0
+    for index, char, kind in lexed(line, comment):
+        read, in_string = index + 1, kind == "string"
+        if index < len(before):
+            continue
+        if kind == "close" and depth == 0:
+            closed = index + 1
+        elif kind == "code" and char in OPENERS:
             depth += 1
-        elif ours and char in CLOSERS:
+        elif kind == "code" and char in CLOSERS:
             depth = max(depth - 1, 0)  # (a bracket opened before the answer closes at 0)
             closed = index + 1 if depth == 0 else closed
-    if not quote and depth == 0 or closed is None:
+    if read < len(line):
+        return text  # it ends in a comment: nothing of it is left open
+    if not in_string and depth == 0 or closed is None:
         return text
     return line[len(before):closed]
 
