@@ -10,7 +10,8 @@ from pygls.workspace import Workspace
 from phils.config import Settings
 from phils.lsp.completion import CompletionService
 from phils.lsp.notebooks import surroundings
-from phils.protocol import EngineJob, GenerationResult
+
+from test_pipeline import ScriptedEngine
 
 NOTEBOOK = "file:///work/analysis.ipynb"
 
@@ -50,27 +51,12 @@ def test_no_surroundings_for_a_document_that_is_no_cell():
     assert surroundings(Workspace(None), cell_uri(2), "#") is None
 
 
-class Engine:
-    heals, warms, fits, context_tokens = True, True, True, 2048
-
-    def __init__(self):
-        self.jobs: list[EngineJob] = []
-
-    @staticmethod
-    def count_tokens(text: str) -> int:
-        return len(text) // 3
-
-    async def generate(self, job: EngineJob) -> GenerationResult:
-        self.jobs.append(job)
-        return GenerationResult(text="groupby('region').sum()", reason="stop")
-
-
 def test_a_request_in_a_cell_reads_the_cells_above_it():
     workspace = notebook(*CELLS)
 
     async def scenario():
         service = CompletionService(Settings())
-        engine = Engine()
+        engine = ScriptedEngine("groupby('region').sum()")
         service.backend, service.state = engine, "ready"
         service.surroundings = lambda uri, comment: surroundings(workspace, uri, comment)
         suggestion = await service.complete(workspace.text_documents[cell_uri(2).replace("%3D", "=")], 0, 3)

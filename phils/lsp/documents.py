@@ -104,6 +104,13 @@ def cursor_context(doc: TextDocument, line: int, character: int) -> CursorContex
     )
 
 
+def accepted(ctx: CursorContext, text: str) -> CursorContext:
+    """The cursor's context once ``text`` is inserted at it (the suggestion accepted)."""
+    prefix_line = (ctx.line_prefix + text).rsplit("\n", 1)[-1]
+    return replace(ctx, version=None, line=ctx.line + text.count("\n"), prefix=ctx.prefix + text,
+                   line_prefix=prefix_line, character=len(prefix_line.encode("utf-16-le")) // 2)
+
+
 def with_item_accepted(ctx: CursorContext, start: int, end: int, text: str) -> CursorContext | None:
     """The context once the item selected in the editor's completion widget is accepted: ``text`` in place
     of columns [``start``, ``end``) of the cursor's line (UTF-16), the cursor after it; None where that
@@ -114,11 +121,9 @@ def with_item_accepted(ctx: CursorContext, start: int, end: int, text: str) -> C
     after = _chars_for_units(ctx.line_suffix, end - ctx.character)
     if before is None or after is None:
         return None
-    line_prefix = (ctx.line_prefix[: len(ctx.line_prefix) - before] + text).rsplit("\n", 1)[-1]
-    return replace(ctx, version=None, line=ctx.line + text.count("\n"),
-                   character=len(line_prefix.encode("utf-16-le")) // 2,
-                   prefix=ctx.prefix[: len(ctx.prefix) - before] + text, suffix=ctx.suffix[after:],
-                   line_prefix=line_prefix, line_suffix=ctx.line_suffix[after:])
+    cleared = replace(ctx, prefix=ctx.prefix[: len(ctx.prefix) - before], suffix=ctx.suffix[after:],
+                      line_prefix=ctx.line_prefix[: len(ctx.line_prefix) - before], line_suffix=ctx.line_suffix[after:])
+    return accepted(cleared, text)  # (the range's text gone, the item's in its place)
 
 
 def with_surroundings(ctx: CursorContext, before: str, after: str, uri: str) -> CursorContext:

@@ -10,9 +10,9 @@ pressing Enter (the editor indents) finds its suggestion done.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-from .documents import CursorContext
+from .documents import CursorContext, accepted
 
 OPENS_A_BLOCK = ":{(["  # a line ending so is followed by a deeper one (Python's colon, brackets)
 
@@ -24,13 +24,6 @@ class Shown:
     prefix: str
     suffix: str
     text: str
-
-
-def accepted(ctx: CursorContext, text: str) -> CursorContext:
-    """The cursor's context once ``text`` is inserted at it (the suggestion accepted)."""
-    prefix_line = (ctx.line_prefix + text).rsplit("\n", 1)[-1]
-    return replace(ctx, version=None, line=ctx.line + text.count("\n"), prefix=ctx.prefix + text,
-                   line_prefix=prefix_line, character=len(prefix_line.encode("utf-16-le")) // 2)
 
 
 def ahead_of(shown: Shown | None, ctx: CursorContext) -> str | None:

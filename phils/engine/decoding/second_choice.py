@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from ...protocol import GenerationResult
 from ...stoprule import leaves_open
@@ -51,45 +51,27 @@ def retry(engine: "Engine", first_logits: Any, kv: Any, prompt_length: int, requ
         return
     if not crop(kv, prompt_length):
         return  # a cache that cannot be cut back (sliding-window layers): the empty answer stands
-    started = time.monotonic()
-    rows = engine._forward_keep(generated, kv, len(generated))
-    logits_at = [first_logits, *rows[:-1]]  # logits_at[i] chose generated[i]
-    places = sorted(_places(engine, generated, logits_at, result.healed), key=lambda place: place.margin)[:tries]
-    for place in places:
-        if _no_time(request) or not crop(kv, prompt_length + place.index):
-            break
-        branch = Branch(generated[: place.index], [], "", logits_at[place.index], prompt_length + place.index)
-        other = GenerationResult(text="", reason="", healed=result.healed)
-        engine._decode(branch.logits, kv, request, other, max_new, start=branch, force=[place.token])
-        add_counts(result, other)
+    started, tried = time.monotonic(), 0
+    for other in _next_best(engine, first_logits, kv, prompt_length, request, result, generated, max_new, tries):
+        tried += 1
         if other.text.strip() and other.reason != "cancelled":
             result.text, result.reason = other.text, other.reason
             break
     result.second_choice = "answered" if result.text.strip() else "empty"
-    log.debug("second choice: %d places tried in %.0f ms, %s", len(places), (time.monotonic() - started) * 1000,
+    log.debug("second choice: %d places tried in %.0f ms, %s", tried, (time.monotonic() - started) * 1000,
               "an answer" if result.text.strip() else "still empty")
 
 
 def alternatives(engine: "Engine", first_logits: Any, kv: Any, prompt_length: int, request: "GenerationRequest",
                  result: GenerationResult, generated: list[int], max_new: int) -> None:
-    """Up to ``request.alternatives`` other answers for an explicit request, in ``result.alternatives``: at
-    the answer's least certain tokens in its first line, the next best token, written on greedily under the
-    same stop rule (the way ``retry`` finds one), each first line unlike the others'."""
+    """Up to ``request.alternatives`` other answers for an explicit request, in ``result.alternatives``: the
+    next best answers as ``retry`` finds them, each first line unlike the others'."""
     wanted = request.alternatives
     if (wanted <= 0 or not result.text.strip() or result.second_choice or result.reason in ("cancelled", "deadline")
             or not generated or _no_time(request) or not crop(kv, prompt_length)):
         return
-    rows = engine._forward_keep(generated, kv, len(generated))
-    logits_at = [first_logits, *rows[:-1]]
-    places = sorted(_places(engine, generated, logits_at, result.healed), key=lambda place: place.margin)
     first_lines = {first_line_key(result.text)}
-    for place in places:
-        if len(result.alternatives) >= wanted or _no_time(request) or not crop(kv, prompt_length + place.index):
-            break
-        branch = Branch(generated[: place.index], [], "", logits_at[place.index], prompt_length + place.index)
-        other = GenerationResult(text="", reason="", healed=result.healed)
-        engine._decode(branch.logits, kv, request, other, max_new, start=branch, force=[place.token])
-        add_counts(result, other)
+    for other in _next_best(engine, first_logits, kv, prompt_length, request, result, generated, max_new):
         text = other.text
         if other.reason == "length" and "\n" in text.rstrip():
             text = text.rsplit("\n", 1)[0]  # whole lines only, as the front keeps of an answer cut short
@@ -97,6 +79,28 @@ def alternatives(engine: "Engine", first_logits: Any, kv: Any, prompt_length: in
                 and first_line_key(text) not in first_lines:
             first_lines.add(first_line_key(text))
             result.alternatives.append(text)
+            if len(result.alternatives) >= wanted:
+                break
+
+
+def _next_best(engine: "Engine", first_logits: Any, kv: Any, prompt_length: int, request: "GenerationRequest",
+               result: GenerationResult, generated: list[int], max_new: int,
+               limit: int | None = None) -> Iterator[GenerationResult]:
+    """The answers at ``generated``'s least certain tokens of its first line (up to ``limit`` places, least
+    certain first): there the next best token, written on greedily under the request's stop rule, each
+    one's counts added to ``result``; none once time runs out or where the cache cannot be cut back. The
+    cache holds the prompt alone (cut back to ``prompt_length``)."""
+    rows = engine._forward_keep(generated, kv, len(generated))
+    logits_at = [first_logits, *rows[:-1]]  # logits_at[i] chose generated[i]
+    places = sorted(_places(engine, generated, logits_at, result.healed), key=lambda place: place.margin)[:limit]
+    for place in places:
+        if _no_time(request) or not crop(kv, prompt_length + place.index):
+            return
+        branch = Branch(generated[: place.index], [], "", logits_at[place.index], prompt_length + place.index)
+        other = GenerationResult(text="", reason="", healed=result.healed)
+        engine._decode(branch.logits, kv, request, other, max_new, start=branch, force=[place.token])
+        add_counts(result, other)
+        yield other
 
 
 def first_line_key(text: str) -> str:
