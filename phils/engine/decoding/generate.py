@@ -164,7 +164,8 @@ class Engine:
             else:
                 generated = self._decode(logits, kv, request, result, max_new)
                 second_choice.retry(self, logits, kv, len(ids), request, result, generated, max_new)
-                second_choice.alternatives(self, logits, kv, len(ids), request, result, generated, max_new)
+                second_choice.alternatives(self, logits, kv, len(ids), request, result, generated, max_new,
+                                           time.monotonic() - decode_started)
             result.decode_ms = (time.monotonic() - decode_started) * 1000
             self._store(request.key, ids, kv)
         return result
