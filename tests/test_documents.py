@@ -28,11 +28,16 @@ def test_utf16_columns_count_astral_characters_twice():
     assert cursor_context(doc(text, types.PositionEncodingKind.Utf32), 0, 7).line_prefix == 's = "😀"'
 
 
-def test_crlf_line_endings():
-    ctx = cursor_context(doc("a = 1\r\nb = 2\r\n"), 1, 5)
+def test_crlf_line_endings_are_read_as_newlines_and_remembered():
+    ctx = cursor_context(doc("a = 1\r\nb = 2\r\nc = 3\r\n"), 1, 5)
     assert ctx.line_prefix == "b = 2"
     assert ctx.line_suffix == ""
-    assert ctx.prefix == "a = 1\r\nb = 2"
+    assert ctx.prefix == "a = 1\nb = 2"  # the model and the filters read "\n" (a CRLF file's prompt as any other)
+    assert ctx.suffix == "\nc = 3\n"
+    assert ctx.next_line == "c = 3"  # no "\r" left to tell it from the same line written by the model
+    assert ctx.eol == "\r\n"
+    assert cursor_context(doc("a = 1\nb = 2\n"), 1, 5).eol == "\n"
+    assert cursor_context(doc("a = 1\rb = 2"), 1, 5).prefix == "a = 1\nb = 2"  # (a lone CR breaks a line in LSP)
 
 
 def test_the_empty_line_after_a_final_newline_is_a_valid_position():

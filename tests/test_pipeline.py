@@ -220,3 +220,27 @@ def test_with_an_item_selected_in_the_completion_widget_the_suggestion_follows_t
     assert engine.jobs[0].prompt.endswith("    return os.path")
     assert suggestion.text == ".join(root, name)"
     assert (suggestion.line, suggestion.character) == (4, 18)  # after the item, where the text goes
+
+
+def test_in_a_crlf_file_the_prompt_reads_newlines_and_the_suggestion_is_sent_with_crlf():
+    """Windows files: the model reads the "\n" it was trained on; the editor gets the file's own line breaks
+    (an editor that inserts text as it comes would otherwise mix line endings in the file)."""
+    from phils.lsp.completion import CompletionService
+
+    async def scenario() -> tuple[Any, ScriptedEngine]:
+        service = CompletionService(Settings())
+        engine = ScriptedEngine("for name in names:\n        print(name)\n")
+        service.backend, service.state = engine, "ready"
+        text = "def show(names):\r\n    \r\n    return None\r\n"
+        suggestion = await service.complete(TextDocument("file:///t.py", text), 1, 4)
+        service.cancel_all()
+        return suggestion, engine
+
+    suggestion, engine = asyncio.run(scenario())
+    assert "\r" not in engine.jobs[0].prompt and "\r" not in engine.jobs[0].fit_suffix
+    assert suggestion.text == "for name in names:\n        print(name)"
+    from lsprotocol import types
+    from phils.lsp.server import _inline_items
+
+    here = types.Range(start=types.Position(line=1, character=4), end=types.Position(line=1, character=4))
+    assert _inline_items(suggestion, "", here)[0].insert_text == "for name in names:\r\n        print(name)"

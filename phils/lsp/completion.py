@@ -47,6 +47,11 @@ class Suggestion:
     total_ms: float = 0.0
     window: str = ""  # "near": computed from the near window (the whole prompt was not computed yet)
     alternatives: tuple[str, ...] = ()  # other suggestions, best first (an explicit request's, to cycle through)
+    eol: str = "\n"  # the document's line break (the texts above break lines with "\n")
+
+    def in_document(self, text: str) -> str:
+        """``text`` (the suggestion or an alternative) with the document's line breaks, as the editor inserts it."""
+        return text if self.eol == "\n" else text.replace("\n", self.eol)
 
 
 class CompletionService:
@@ -192,11 +197,12 @@ class CompletionService:
                 return True, None  # computed ahead too: nothing to suggest here
             self._shown[ctx.uri] = shown
             self._compute_ahead(backend, ctx, ahead)
-            return True, Suggestion(text=ahead, line=ctx.line, character=ctx.character, reason="ahead")
+            return True, Suggestion(text=ahead, line=ctx.line, character=ctx.character, reason="ahead", eol=ctx.eol)
         if (rest := rest_of(self._shown.get(ctx.uri), ctx)) is not None:
             for stats in (self.stats, self.doc_stats[ctx.uri]):
                 stats.record_typed_through()
-            return True, Suggestion(text=rest, line=ctx.line, character=ctx.character, reason="typed-through")
+            return True, Suggestion(text=rest, line=ctx.line, character=ctx.character, reason="typed-through",
+                                    eol=ctx.eol)
         return False, None
 
     # --- ahead: the suggestion after accepting the one shown ------------------
@@ -648,6 +654,7 @@ async def _pipeline(
             total_ms=total_ms,
             window=result.window,
             alternatives=tuple(others),
+            eol=ctx.eol,
         )
     empty_reason = "" if suggestion is not None or result.reason == "cancelled" else (
         emptied_by or ("eos" if result.reason == "eos" else "stop rule" if result.reason == "stop" else result.reason))

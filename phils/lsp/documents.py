@@ -16,6 +16,7 @@ from pygls.workspace import TextDocument, Workspace
 # server's text then drifts from the editor's with every edit near them.
 _LSP_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
 _OTHER_BREAKS = re.compile("[\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+_BREAK = re.compile(r"\r\n?|\n")
 
 
 class LspTextDocument(TextDocument):
@@ -56,6 +57,9 @@ class CursorContext:
     line_prefix: str  # text before the cursor on its line
     line_suffix: str  # text after the cursor on its line, without the line break
     language_id: str | None = None
+    # The document's line break. Prefix and suffix always break lines with "\n" (what the model read most,
+    # what every filter splits on); a suggestion is sent with this one (a CRLF file stays CRLF).
+    eol: str = "\n"
 
     @property
     def single_line(self) -> bool:
@@ -96,12 +100,24 @@ def cursor_context(doc: TextDocument, line: int, character: int) -> CursorContex
         version=doc.version,
         line=line,
         character=character,
-        prefix=source[:offset],
-        suffix=source[offset:],
+        prefix=lf(source[:offset]),
+        suffix=lf(source[offset:]),
         line_prefix=line_prefix,
         line_suffix=content[len(line_prefix):],
         language_id=doc.language_id,
+        eol=line_break(source),
     )
+
+
+def lf(text: str) -> str:
+    """``text`` with every LSP line break ("\r\n", "\r", "\n") written "\n"."""
+    return _BREAK.sub("\n", text) if "\r" in text else text
+
+
+def line_break(source: str) -> str:
+    """The line break a document uses (its first one; "\n" in a document of one line)."""
+    found = _BREAK.search(source)
+    return found.group() if found else "\n"
 
 
 def accepted(ctx: CursorContext, text: str) -> CursorContext:
@@ -129,7 +145,7 @@ def with_item_accepted(ctx: CursorContext, start: int, end: int, text: str) -> C
 def with_surroundings(ctx: CursorContext, before: str, after: str, uri: str) -> CursorContext:
     """The context with the text the editor shows around the document (a notebook's other cells), as
     part of the document at ``uri`` (the notebook)."""
-    return replace(ctx, uri=uri, prefix=before + ctx.prefix, suffix=ctx.suffix + after)
+    return replace(ctx, uri=uri, prefix=lf(before) + ctx.prefix, suffix=ctx.suffix + lf(after))
 
 
 def _chars_for_units(text: str, units: int) -> int | None:

@@ -22,7 +22,7 @@ from .. import __version__
 from .completion import CompletionService, Suggestion
 from ..config import Settings, client_settings, merge
 from . import notebooks
-from .documents import use_lsp_line_breaks
+from .documents import lf, use_lsp_line_breaks
 from .project import ProjectIndex, path_of
 
 log = logging.getLogger(__name__)
@@ -241,7 +241,7 @@ class PhilsServer(LanguageServer):
         """The editor's text of the document at ``path`` if it is open (any thread may ask)."""
         for uri, doc in list(self.workspace.text_documents.items()):
             if path_of(uri) == path:
-                return doc.source
+                return lf(doc.source)
         return None
 
     def open_document(self, uri: str):
@@ -395,7 +395,8 @@ def _cursor_after(doc: Any, changes: Any) -> tuple[int, int] | None:
 
 def _inline_items(s: Suggestion, before: str, where: types.Range) -> list[types.InlineCompletionItem]:
     """The suggestion and its alternatives (the editor cycles through them), each after ``before`` over ``where``."""
-    return [types.InlineCompletionItem(insert_text=before + text, range=where) for text in (s.text, *s.alternatives)]
+    return [types.InlineCompletionItem(insert_text=before + s.in_document(text), range=where)
+            for text in (s.text, *s.alternatives)]
 
 
 def _completion_item(s: Suggestion) -> types.CompletionItem:
@@ -406,7 +407,7 @@ def _completion_item(s: Suggestion) -> types.CompletionItem:
         detail="phils",
         documentation=types.MarkupContent(kind=types.MarkupKind.PlainText, value=s.text),
         insert_text_format=types.InsertTextFormat.PlainText,
-        text_edit=types.TextEdit(range=_at_cursor(s), new_text=s.text),
+        text_edit=types.TextEdit(range=_at_cursor(s), new_text=s.in_document(s.text)),
         sort_text="0",
     )
 

@@ -66,6 +66,7 @@ local function ghost_text(item, buf, row, col, encoding)
   if type(text) ~= "string" or text == "" then
     return nil
   end
+  text = text:gsub("\r\n?", "\n") -- a CRLF document's suggestion: Neovim's lines have no "\r" (as vim.lsp.util does)
   local range = item.range
   if not range then
     return text
