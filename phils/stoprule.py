@@ -311,27 +311,71 @@ def code_chars(line: str, comment: str = "") -> Iterator[tuple[int, str]]:
 
 def lexed(line: str, comment: str = "") -> Iterator[tuple[int, str, str]]:
     """Each character of a line of code up to its comment (as ``code_chars`` reads them) with what it is:
-    "code", "string" (in a string literal, its opening quote too) or "close" (the quote that ends one)."""
+    "code", "string" (in a string literal, its opening quote too) or "close" (the quote that ends one).
+
+    The fields of Python's f-strings (``f"{name}"``) and of JavaScript's template literals (``${name}``, in
+    the ``//`` languages) are code, their braces too: a cursor at ``f"Hello, {|}"`` is in code, and the
+    ``}`` the model writes there closes what the rest of the line begins with.
+    """
     marker = comment or "#"
-    quote, escaped = "", False
-    for index, char in enumerate(line):
-        if quote:
+    backticks = comment == "//"
+    open_: list[list[Any]] = []  # innermost last: [quote, interpolates] a string, [None, depth] a field in one
+    escaped, index = False, -1
+    while index + 1 < len(line):
+        index += 1
+        char = line[index]
+        top = open_[-1] if open_ else None
+        if top is not None and top[0] is not None:  # in a string
+            quote, interpolates = top
             if escaped:
                 escaped = False
             elif char == "\\":
                 escaped = True
             elif char == quote:
-                quote = ""
+                open_.pop()
                 yield index, char, "close"
                 continue
+            elif interpolates and quote != "`" and char == "{" and line[index + 1:index + 2] == "{":
+                yield index, char, "string"  # `{{`: a brace of the f-string's text
+                index += 1
+                yield index, "{", "string"
+                continue
+            elif interpolates and char == "{" and (quote != "`" or line[index - 1] == "$" and not _escaped(line, index - 1)):
+                open_.append([None, 0])
+                yield index, char, "code"
+                continue
             yield index, char, "string"
-        elif char in "'\"":
-            quote = char
+        elif char in "'\"" or char == "`" and backticks:
+            open_.append([char, char == "`" or _f_string_prefix(line, index)])
             yield index, char, "string"
-        elif char == marker[0] and line.startswith(marker, index):
+        elif top is None and char == marker[0] and line.startswith(marker, index):
             return
         else:
+            if top is not None:  # in a field: its braces nest; the one that closes it returns to the string
+                if char == "{":
+                    top[1] += 1
+                elif char == "}":
+                    if top[1] == 0:
+                        open_.pop()
+                    else:
+                        top[1] -= 1
             yield index, char, "code"
+
+
+def _f_string_prefix(line: str, quote_at: int) -> bool:
+    """The quote at ``quote_at`` opens a Python f-string: ``f``, ``rf`` or ``fr`` (any case) right before it."""
+    start = quote_at
+    while start > 0 and (line[start - 1].isalnum() or line[start - 1] == "_"):
+        start -= 1
+    return line[start:quote_at].lower() in ("f", "rf", "fr")
+
+
+def _escaped(line: str, index: int) -> bool:
+    """The character at ``index`` follows an odd number of backslashes."""
+    run = 0
+    while index - run - 1 >= 0 and line[index - run - 1] == "\\":
+        run += 1
+    return run % 2 == 1
 
 
 # A line that ends with the same text over and over (`unittest.mock.mock_tools.mock_tools…`,

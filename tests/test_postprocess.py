@@ -532,3 +532,17 @@ def test_a_line_cut_short_ends_where_it_last_had_closed_what_it_opened():
         assert postprocess.closed_end(text, "#") == text
     # Lines above an unfinished one are whole: only a one-line answer is cut back.
     assert postprocess.closed_end("a = f(1)\nb = g(", "#") == "a = f(1)\nb = g("
+
+
+def test_in_an_f_string_field_the_answer_ends_where_it_closes_the_field():
+    # Seen with Qwen2.5-Coder 1.5B: `f"Hello, {|}"` + `name}! Welcome to our world!"` was emptied whole
+    # (the line it made is no Python), where `name` was the answer: a field's braces are code.
+    assert finish('def greet(name):\n    return f"Hello, {█}"\n', 'name}! Welcome to our world!"') == "name"
+    assert _finish_in("a.ts", "const greet = (user) => `Hello, ${█}!`;\n", "user.name}!`;") == "user.name"
+    # `{{` is a brace of the text; a field's own braces nest; the `#` of a field is no comment.
+    from phils.stoprule import at_code, code_chars
+
+    assert not at_code('x = f"{{')
+    assert at_code('x = f"{ {1: 2}[')
+    assert not at_code('x = "{')  # no f: a brace of the text
+    assert "".join(c for _, c in code_chars('s = f"{a:>{w}} {{b}}" + c  # d', "#")) == "s = f{a:>{w}} + c  "
