@@ -527,9 +527,15 @@ def test_a_line_cut_short_ends_where_it_last_had_closed_what_it_opened():
     # A string and a bracket opened before the answer (`print("hello `): the answer closes them.
     assert postprocess.closed_end('world"), len(x', "#", 'print("hello ') == 'world")'
     assert postprocess.closed_end('world"), len(x', "#") == 'world"), len(x'  # (read alone: never closed)
-    # Nothing left open, never closed, or past a comment: as it is.
-    for text in ("sum(x) + 1", "compute(a, b", '"unfinished', "x = 1  # see (note", 'f("""doc'):
+    # Nothing left open, or never closed: as it is.
+    for text in ("sum(x) + 1", "compute(a, b", '"unfinished', 'f("""doc'):
         assert postprocess.closed_end(text, "#") == text
+    # A comment the answer added after its code, cut mid-sentence, goes (Qwen2.5-Coder 1.5B in SQL);
+    # where the user is writing the comment, the answer is its words.
+    prose = "email = 'a@b.c' LIMIT 1; -- This query will return the first user with the specified email. -- The"
+    assert postprocess.closed_end(prose, "--", "SELECT name FROM users WHERE ") == "email = 'a@b.c' LIMIT 1;"
+    assert postprocess.closed_end("x = 1  # see (note", "#") == "x = 1"
+    assert postprocess.closed_end("mean of the (first", "#", "    # compute the ") == "mean of the (first"
     # Lines above an unfinished one are whole: only a one-line answer is cut back.
     assert postprocess.closed_end("a = f(1)\nb = g(", "#") == "a = f(1)\nb = g("
 

@@ -208,6 +208,8 @@ def closed_end(text: str, comment: str = "", before: str = "") -> str:
     """A one-line answer cut short, back to where it last had closed every bracket and string it opened
     (SQL's `... OR email LIKE '%@icloud.com' OR email LIKE '%@` ends after `'%@icloud.com'`); as it is
     where nothing is left open, or where it never had closed them (`compute(a, b`: the rest comes later).
+    A comment the answer added after its code and that the cut ends in goes (Qwen2.5-Coder 1.5B in SQL:
+    `email = 'a@b.c' LIMIT 1; -- This query will return the first user with ...`, to the token limit).
     ``before``: the cursor's line up to the answer (a string open there is the answer's to close)."""
     line = before + text
     if "\n" in text.strip() or '"""' in line or "'''" in line:
@@ -224,8 +226,8 @@ def closed_end(text: str, comment: str = "", before: str = "") -> str:
         elif kind == "code" and char in CLOSERS:
             depth = max(depth - 1, 0)  # (a bracket opened before the answer closes at 0)
             closed = index + 1 if depth == 0 else closed
-    if read < len(line):
-        return text  # it ends in a comment: nothing of it is left open
+    if read < len(line):  # it ends in a comment, cut mid-sentence: the code before it, if the answer wrote it
+        return line[len(before):read].rstrip() if read > len(before) and line[len(before):read].strip() else text
     if not in_string and depth == 0 or closed is None:
         return text
     return line[len(before):closed]
