@@ -403,7 +403,8 @@ def _explain(exc: Exception, settings: EngineSettings) -> str:
         )
     if "offline" in text.lower() or "local_files_only" in text or "couldn't connect" in text.lower():
         return (f"{settings.model} is not in the local model cache and the hub cannot be reached. Connect once to "
-                "download it, or set engine.model to a local directory or .gguf file (the gemma3 and smollm2 "
-                f"profiles use models installed from PyPI). ({text.splitlines()[0]})")
+                "download it, or set engine.model to a local directory or .gguf file (the qwen-coder, "
+                "qwen-coder-0.5b, gemma3 and smollm2 profiles use models installed from PyPI, the Qwen ones with "
+                f"scripts/setup.sh --qwen). ({text.splitlines()[0]})")
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     return f"cannot load {settings.model}: {first}"
