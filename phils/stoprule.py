@@ -120,6 +120,7 @@ def _stop_index(text: str, shape: Shape) -> int | None:
     first_indent = None  # the first written line's indentation, for ``statement``
     decorating = False  # the text began with decorators and their def has not come yet
     code_end = None  # where the last line of code written so far ends
+    in_fence = False  # prose: inside a Markdown code block the text opened
     # After code on the cursor's line, a suggestion that goes on with that line finishes its statement
     # (`os.path.` + `join(a, b)`, then no unrelated `def` below); one that starts on a new line is a block.
     statement = shape.statement or bool(shape.line_prefix.strip() and lines[0].strip())
@@ -135,7 +136,9 @@ def _stop_index(text: str, shape: Shape) -> int | None:
                 return max(offset - 1, 0) if number > 0 else 0
             if complete and written and _written_already(whole, shape):
                 return max(offset - 1, 0) if number > 0 else 0
-            if _next_section(whole, shape, blank_run_before, code_end) or (
+            if not shape.code and whole.lstrip().startswith(FENCE):
+                in_fence = not in_fence
+            if _next_section(whole, shape, blank_run_before, code_end, in_fence) or (
                     shape.one_definition and blank_run_before and code_end is not None and first_indent is not None
                     and indent_width(whole) == first_indent and (DEFINITION.match(whole) or whole.lstrip()[:1] == "@")):
                 # (and at a class's or the module's level, a def, class or decorator after a blank line: a
@@ -183,10 +186,16 @@ def is_comment(line: str, marker: str) -> bool:
     return bool(marker) and line.lstrip().startswith(marker)
 
 
-def _next_section(whole: str, shape: Shape, blanks_before: int, code_end: int | None) -> bool:
-    """``whole``, a line at the top level after a blank line and code, is a comment: the next step begins."""
+def _next_section(whole: str, shape: Shape, blanks_before: int, code_end: int | None, in_fence: bool = False) -> bool:
+    """``whole``, a line at the top level after a blank line and code, is a comment: the next step begins;
+    in prose, a Markdown heading outside a code block (Qwen2.5-Coder 1.5B, under `## Usage`: an example,
+    then `## API` with nothing under it)."""
+    heading = not shape.code and not in_fence and MARKDOWN_HEADING.match(whole) is not None
     return (code_end is not None and blanks_before > 0 and shape.min_indent == 0 and indent_width(whole) == 0
-            and is_comment(whole, shape.comment))
+            and (is_comment(whole, shape.comment) or heading))
+
+
+MARKDOWN_HEADING = re.compile(r"#{1,6} ")
 
 
 def leaves_open(text: str, comment: str = "") -> bool:

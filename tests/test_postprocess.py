@@ -195,6 +195,16 @@ def test_a_markdown_fence_ends_a_suggestion_in_code_but_not_in_markdown():
     assert fenced[: postprocess.stop_index(fenced, postprocess.shape_of(js))] == "const x = 1;"
 
 
+def test_in_markdown_the_next_heading_ends_a_suggestion_but_not_a_comment_in_its_code_block():
+    # Seen with Qwen2.5-Coder 1.5B under `## Usage`: an example, then `## API` with nothing under it.
+    marked = "# dates\n\nA small library for parsing dates.\n\n## Usage\n\n█\n"
+    example = "```python\nfrom dates import parse\n\n# a date from text\nparse('2021-04-15')\n```"
+    assert _finish_in("README.md", marked, example + "\n\n## API\n") == example
+    # A heading the user asks for (the first line) stays; so does a comment line in Python.
+    assert _finish_in("README.md", marked, "## Install\n\npip install dates") == "## Install\n\npip install dates"
+    assert _finish_in("t.py", "x = 1\n█", "y = 2\n\n# now\nz = 3") == "y = 2"  # (code: the next step begins)
+
+
 def test_a_line_that_nests_the_same_call_in_itself_goes_whole():
     # Seen with SmolLM2-135M in the middle of a line: `os.path.join(os.path.join(os.path.join(...` to the token limit.
     ctx = context("import os\npath = os.path.join(█, 'a')\n")
