@@ -126,8 +126,8 @@ def recommend(facts: dict[str, Any]) -> list[str]:
         advice.append("torch would use more threads than this process may run on: set engine.threads")
     if not any(m.startswith("microsoft/phi-2") for m in facts.get("hub_models", [])):
         advice.append("microsoft/phi-2 is not in the Hugging Face cache yet: the first start downloads 5.6 GB"
-                      + (" (but HF_HUB_OFFLINE is set: it cannot)" if facts.get("hub_offline") else
-                         " (but the hub cannot be reached from here: it cannot; the offline profiles below work)"
+                      + (" (but HF_HUB_OFFLINE is set, so it cannot)" if facts.get("hub_offline") else
+                         " (but the hub cannot be reached from here, so it cannot; the offline profiles below work)"
                          if facts.get("hub_reachable") is False else ""))
     if facts.get("hub_offline") or facts.get("hub_reachable") is False:
         installed = [name for name, ok in (facts.get("offline_profiles") or {}).items() if ok]
