@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from hypothesis import given, settings, strategies as st
 from pygls.workspace import TextDocument
 
 from phils.lsp import postprocess
@@ -562,3 +563,15 @@ def test_in_an_f_string_field_the_answer_ends_where_it_closes_the_field():
     assert at_code('x = f"{ {1: 2}[')
     assert not at_code('x = "{')  # no f: a brace of the text
     assert "".join(c for _, c in code_chars('s = f"{a:>{w}} {{b}}" + c  # d', "#")) == "s = f{a:>{w}} + c  "
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet='ab f$#{}[]()"\'`\\/ :', max_size=40), st.sampled_from(["#", "//", "--", ""]))
+def test_the_lexer_reads_any_line_in_order_and_stops_only_at_a_comment(line, comment):
+    from phils.stoprule import lexed
+
+    read = list(lexed(line, comment))
+    assert [index for index, _, _ in read] == list(range(len(read)))  # every character up to where it stops
+    assert all(line[index] == char for index, char, _ in read)
+    if len(read) < len(line):  # it stopped: at the language's comment marker
+        assert line.startswith(comment or "#", len(read))
