@@ -322,9 +322,10 @@ def lexed(line: str, comment: str = "") -> Iterator[tuple[int, str, str]]:
     """Each character of a line of code up to its comment (as ``code_chars`` reads them) with what it is:
     "code", "string" (in a string literal, its opening quote too) or "close" (the quote that ends one).
 
-    The fields of Python's f-strings (``f"{name}"``) and of JavaScript's template literals (``${name}``, in
-    the ``//`` languages) are code, their braces too: a cursor at ``f"Hello, {|}"`` is in code, and the
-    ``}`` the model writes there closes what the rest of the line begins with.
+    The fields of Python's f-strings (``f"{name}"``), and in the ``//`` languages of JavaScript's template
+    literals (``${name}``) and C#'s interpolated strings (``$"{name}"``), are code, their braces too: a
+    cursor at ``f"Hello, {|}"`` is in code, and the ``}`` the model writes there closes what the rest of
+    the line begins with.
     """
     marker = comment or "#"
     backticks = comment == "//"
@@ -355,7 +356,8 @@ def lexed(line: str, comment: str = "") -> Iterator[tuple[int, str, str]]:
                 continue
             yield index, char, "string"
         elif char in "'\"" or char == "`" and backticks:
-            open_.append([char, char == "`" or _f_string_prefix(line, index)])
+            open_.append([char, char == "`" or _f_string_prefix(line, index)
+                          or backticks and char == '"' and "$" in line[max(index - 2, 0):index]])  # C#'s $"…{x}…"
             yield index, char, "string"
         elif top is None and char == marker[0] and line.startswith(marker, index):
             return

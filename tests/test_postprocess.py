@@ -556,6 +556,7 @@ def test_in_an_f_string_field_the_answer_ends_where_it_closes_the_field():
     # (the line it made is no Python), where `name` was the answer: a field's braces are code.
     assert finish('def greet(name):\n    return f"Hello, {█}"\n', 'name}! Welcome to our world!"') == "name"
     assert _finish_in("a.ts", "const greet = (user) => `Hello, ${█}!`;\n", "user.name}!`;") == "user.name"
+    assert _finish_in("a.cs", 'class A {\n  string Greet(User u) => $"Hello, {█}!";\n}\n', 'u.Name}!";') == "u.Name"
     # `{{` is a brace of the text; a field's own braces nest; the `#` of a field is no comment.
     from phils.stoprule import at_code, code_chars
 
