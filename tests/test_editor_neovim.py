@@ -222,3 +222,38 @@ def test_moving_the_cursor_has_the_server_compute_the_suggestion_there(nvim, pyt
     before = server_stats()["ahead_computed"]
     nvim.command("normal! 1G$")
     wait_for(lambda: server_stats()["ahead_computed"] > before, 30, "the suggestion at the resting cursor")
+
+
+def test_in_a_crlf_file_suggestions_go_in_as_lines_and_the_file_stays_crlf(nvim, tmp_path):
+    path = tmp_path / "dos.py"
+    path.write_bytes(b"def add(a, b):\r\n    return\r\n")
+    nvim.command(f"edit {path}")
+    wait_for(lambda: "ready" in nvim.exec_lua("return require('phils').status_line()"), 90, "the server to be ready")
+    assert nvim.exec_lua("return vim.bo.fileformat") == "dos"  # (Neovim sends this buffer with CRLF)
+    nvim.command("normal! 2G")
+    nvim.input("A a")
+    shown = wait_for(lambda: ghost(nvim), what="ghost text")
+    nvim.input("<Tab>")
+    wait_for(lambda: nvim.current.buffer[1] == "    return a" + shown, 5, "the suggestion in the buffer")
+    # A suggestion of several lines comes with the document's line breaks (the server sends CRLF there):
+    # shown and inserted as lines, with no "\r" left in them.
+    nvim.exec_lua(
+        """
+        local client = vim.lsp.get_clients({ bufnr = 0, name = 'phils' })[1]
+        local real = client.request
+        client.request = function(self, method, params, handler, buf)
+          if method ~= 'textDocument/inlineCompletion' then return real(self, method, params, handler, buf) end
+          client.request = real  -- this once
+          vim.schedule(function() handler(nil, { items = { { insertText = '\\r\\n    x = 1\\r\\n    y = 2' } } }, {}) end)
+          return true, -1
+        end
+        require('phils.ghost').request_now(0)
+        """
+    )
+    assert wait_for(lambda: ghost(nvim), 5, "the crafted suggestion") == "\n    x = 1\n    y = 2"
+    nvim.input("<Tab>")
+    wait_for(lambda: len(nvim.current.buffer) >= 4, 5, "the lines in the buffer")
+    nvim.input("<Esc>")
+    nvim.command("write")
+    expected = f"def add(a, b):\r\n    return a{shown}\r\n    x = 1\r\n    y = 2\r\n".encode()
+    assert path.read_bytes() == expected
