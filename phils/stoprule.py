@@ -121,6 +121,7 @@ def _stop_index(text: str, shape: Shape) -> int | None:
     decorating = False  # the text began with decorators and their def has not come yet
     code_end = None  # where the last line of code written so far ends
     in_fence = False  # prose: inside a Markdown code block the text opened
+    one_import = False  # the text began with an import at the module's level
     # After code on the cursor's line, a suggestion that goes on with that line finishes its statement
     # (`os.path.` + `join(a, b)`, then no unrelated `def` below); one that starts on a new line is a block.
     statement = shape.statement or bool(shape.line_prefix.strip() and lines[0].strip())
@@ -138,6 +139,8 @@ def _stop_index(text: str, shape: Shape) -> int | None:
                 return max(offset - 1, 0) if number > 0 else 0
             if not shape.code and whole.lstrip().startswith(FENCE):
                 in_fence = not in_fence
+            if one_import and number > 0 and depth == 0 and code_end is not None:
+                return code_end  # (the import statement is closed: this line is the next statement)
             if _next_section(whole, shape, blank_run_before, code_end, in_fence) or (
                     shape.one_definition and blank_run_before and code_end is not None and first_indent is not None
                     and indent_width(whole) == first_indent and (DEFINITION.match(whole) or whole.lstrip()[:1] == "@")):
@@ -156,6 +159,9 @@ def _stop_index(text: str, shape: Shape) -> int | None:
                 return offset - 1
             if first_indent is None:
                 first_indent = indent_width(whole)
+                # An import at the module's level is a suggestion of its own (as Copilot shows them): the
+                # next one is computed when this one is accepted, where the model went on with a dozen.
+                one_import = shape.code and first_indent == 0 and IMPORT_LINE.match(whole) is not None
                 statement = statement or shape.one_definition and DEFINITION.match(whole) is not None
                 decorating = whole.lstrip().startswith("@")
             elif decorating and indent_width(whole) == first_indent and DEFINITION.match(whole):
@@ -179,6 +185,8 @@ def _stop_index(text: str, shape: Shape) -> int | None:
 
 
 DEFINITION = re.compile(r"\s*(async\s+def|def|class)\s")
+# An import, include or use line (Python, JavaScript, Java, Go, C and C++, Rust, PHP, C#).
+IMPORT_LINE = re.compile(r"(import|from\s+\S+\s+import|#\s*include|use|using)\s\S")
 
 
 def is_comment(line: str, marker: str) -> bool:

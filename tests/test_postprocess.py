@@ -258,10 +258,10 @@ def test_at_the_top_level_a_comment_after_a_blank_line_begins_the_next_step():
     assert _finish_in("t.py", "def f():\n    █", body) == body
     # A comment before any code, or one that is the whole suggestion, is what was asked for.
     assert _finish_in("t.py", "import os\n█", "\n# paths\nroot = os.getcwd()") == "# paths\nroot = os.getcwd()"
-    # Other languages by their own marker: `//` in JavaScript, while C's `#include` is code.
+    # Other languages by their own marker: `//` in JavaScript, while C's `#define` is code.
     js = "const a = 1;\nconsole.log(a);\n\n// then b\nconst b = 2;"
     assert _finish_in("a.js", "█", js) == "const a = 1;\nconsole.log(a);"
-    c = "#include <stdio.h>\n\n#include <stdlib.h>"
+    c = "#define A 1\n\n#define B 2"
     assert _finish_in("a.c", "█", c) == c
 
 
@@ -576,3 +576,22 @@ def test_the_lexer_reads_any_line_in_order_and_stops_only_at_a_comment(line, com
     assert all(line[index] == char for index, char, _ in read)
     if len(read) < len(line):  # it stopped: at the language's comment marker
         assert line.startswith(comment or "#", len(read))
+
+
+def test_an_import_at_the_modules_level_is_suggested_one_line_at_a_time():
+    # Seen with Qwen2.5-Coder 1.5B under `import os`: a dozen imports, scipy's among them, to the token limit.
+    imports = "import sys\nimport time\nimport numpy as np\nfrom scipy.optimize import minimize\n"
+    assert _finish_in("t.py", "import os\n█", imports) == "import sys"
+    assert _finish_in("t.py", "import os\nfrom █", "pathlib import Path\nimport re\n") == "pathlib import Path"
+    assert _finish_in("a.ts", "import fs from 'fs';\n█", "import path from 'path';\nimport os from 'os';\n") \
+        == "import path from 'path';"
+    assert _finish_in("a.c", "#include <stdio.h>\n█", "#include <stdlib.h>\n#include <string.h>\n") == "#include <stdlib.h>"
+    # Go's import block and a Python import in parentheses are one statement each; code that is no import
+    # goes on as before.
+    block = 'import (\n\t"fmt"\n\t"os"\n)'
+    assert _finish_in("a.go", "package main\n\n█", block + "\nimport \"io\"\n") == block
+    wrapped = "from os.path import (\n    join,\n    exists,\n)"
+    assert _finish_in("t.py", "import os\n█", wrapped + "\nimport re\n") == wrapped
+    assert _finish_in("t.py", "import os\n█", "x = 1\ny = 2") == "x = 1\ny = 2"
+    # In a function, imports are the body's statements: as before.
+    assert _finish_in("t.py", "def f():\n    █", "import os\n    import re\n    return os") == "import os\n    import re\n    return os"
