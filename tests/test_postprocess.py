@@ -595,3 +595,11 @@ def test_an_import_at_the_modules_level_is_suggested_one_line_at_a_time():
     assert _finish_in("t.py", "import os\n█", "x = 1\ny = 2") == "x = 1\ny = 2"
     # In a function, imports are the body's statements: as before.
     assert _finish_in("t.py", "def f():\n    █", "import os\n    import re\n    return os") == "import os\n    import re\n    return os"
+
+
+def test_a_space_typed_mid_line_is_not_doubled_by_the_suggestion():
+    # Seen with Qwen2.5-Coder 1.5B at a TypeScript file's first line: `import ` + ` { Component } from 'react';`.
+    assert _finish_in("a.ts", "import █", " { Component } from 'react';") == "{ Component } from 'react';"
+    assert finish("x = compute(a) █\n", " # the cached value") == " # the cached value"  # (an inline comment)
+    assert finish("def f():\n    █", "  return 1") == "  return 1"  # indentation is healed, not this rule's
+    assert finish("x = █", "1") == "1"

@@ -253,6 +253,17 @@ def drop_control_markers(text: str, ctx: CursorContext, shape: Shape) -> str:
     return text
 
 
+def drop_doubled_space(text: str, ctx: CursorContext, shape: Shape) -> str:
+    """After a space the user typed in a line of code, the text's own leading space would double it
+    (`import ` + ` { Component } from 'react';`: Qwen2.5-Coder 1.5B at a file's first line wrote the
+    healed space again, then its usual one); it goes, but before a comment (two spaces before an
+    inline comment are a style)."""
+    if not ctx.line_prefix.strip() or not ctx.line_prefix.endswith((" ", "\t")) or text[:1] not in (" ", "\t"):
+        return text
+    rest = text.lstrip(" \t")
+    return text if not rest or is_comment(rest, shape.comment) else rest
+
+
 def trim_trailing_whitespace(text: str, ctx: CursorContext, shape: Shape) -> str:
     """Whitespace at line ends goes, but the space the text puts before the rest of the cursor's line
     (`math.pi * |r` + `r * `) where that rest has none of its own."""
@@ -531,6 +542,7 @@ def drop_comments_at_end(text: str, ctx: CursorContext, shape: Shape) -> str:
 FILTERS: tuple[Callable[[str, CursorContext, Shape], str], ...] = (
     cut_at_stop,
     drop_control_markers,
+    drop_doubled_space,
     trim_trailing_whitespace,
     skip_leading_blank_lines,
     drop_overlap_with_line_suffix,
