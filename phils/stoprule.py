@@ -38,6 +38,9 @@ class Shape:
     # Python at the module's or a class's level (no def around): a suggestion that begins a def or class is
     # that one definition, ending where its body does, as a class's methods are written one at a time.
     one_definition: bool = False
+    # The document holds Chinese, Japanese or Korean text. Where it does not, a line of the text that does is
+    # the model's habit, not the user's (Qwen2.5-Coder 1.5B's `// 读取文件内容` in an English Go file).
+    cjk: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -64,6 +67,7 @@ class Shape:
                 closes_brackets=bool(data.get("closes_brackets", False)),
                 comment=str(data.get("comment", "")),
                 one_definition=bool(data.get("one_definition", False)),
+                cjk=bool(data.get("cjk", True)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"bad stop rule: {exc}") from None
@@ -103,6 +107,8 @@ def _stop_index(text: str, shape: Shape) -> int | None:
     if shape.single_line:
         cut = text.find("\n")
         line = text if cut < 0 else text[:cut]
+        if not shape.cjk and (foreign := _foreign_at(shape.line_prefix, line, shape.comment)) is not None:
+            return foreign
         closed = _reaches_line_suffix(shape.line_prefix, line, shape.line_suffix, shape.comment)
         if closed is not None:
             return closed
@@ -132,6 +138,9 @@ def _stop_index(text: str, shape: Shape) -> int | None:
                                  if complete or shape.closes_brackets else (depth, False))
         if whole.strip():
             blank_run_before, blank_run = blank_run, 0
+            if not shape.cjk and (foreign := _foreign_at(shape.line_prefix if number == 0 else "", line,
+                                                         shape.comment)) is not None:
+                return offset + foreign if foreign or number == 0 else max(offset - 1, 0)
             written = number > 0 or not shape.line_prefix.strip()  # not the user's own text
             if shape.code and written and whole.lstrip().startswith(FENCE):
                 return max(offset - 1, 0) if number > 0 else 0
@@ -185,6 +194,23 @@ def _stop_index(text: str, shape: Shape) -> int | None:
 
 
 DEFINITION = re.compile(r"\s*(async\s+def|def|class)\s")
+CJK = re.compile("[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uff00-\uffef]")
+
+
+def _foreign_at(before: str, line: str, comment: str) -> int | None:
+    """Where ``line`` (after ``before`` on its line) must end for holding CJK text the document does not:
+    before the comment that holds it when the line's own code comes first, else 0 (the line goes); None
+    where it holds none."""
+    found = CJK.search(line)
+    if found is None:
+        return None
+    whole = before + line
+    code_end = max((index + 1 for index, _, _ in lexed(whole, comment)), default=0)
+    if code_end < len(whole) and len(before) + found.start() >= code_end:  # in the line's comment
+        kept = whole[:code_end].rstrip()
+        if len(kept) > len(before) and kept[len(before):].strip():
+            return len(kept) - len(before)
+    return 0
 # An import, include or use line (Python, JavaScript, Java, Go, C and C++, Rust, PHP, C#).
 IMPORT_LINE = re.compile(r"(import|from\s+\S+\s+import|#\s*include|use|using)\s\S")
 

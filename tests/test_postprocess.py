@@ -603,3 +603,17 @@ def test_a_space_typed_mid_line_is_not_doubled_by_the_suggestion():
     assert finish("x = compute(a) █\n", " # the cached value") == " # the cached value"  # (an inline comment)
     assert finish("def f():\n    █", "  return 1") == "  return 1"  # indentation is healed, not this rule's
     assert finish("x = █", "1") == "1"
+
+
+def test_chinese_text_in_a_document_without_any_is_the_models_not_the_users():
+    # Seen with Qwen2.5-Coder 1.5B in an English Go file: `// 读取文件内容` (read the file's content) on a
+    # blank line, and `package 二叉树;` (binary tree) at an empty file's first line.
+    go = 'package main\n\nimport "os"\n\nfunc main() {\n\t█\n}\n'
+    assert _finish_in("a.go", go, "// 读取文件内容\n\tdata, _ := os.ReadFile(\"a\")") == ""
+    assert _finish_in("a.go", go, 'data, _ := os.ReadFile("a") // 读取\n\t_ = data') == 'data, _ := os.ReadFile("a")'
+    assert _finish_in("a.go", go, 'data, _ := os.ReadFile("a")\n\t// 打印\n\t_ = data') == 'data, _ := os.ReadFile("a")'
+    assert _finish_in("a.go", "package █\n", "二叉树;") == ""
+    # A document that writes Chinese itself gets it too.
+    zh = 'package main\n\n// 主程序\nfunc main() {\n\t█\n}\n'
+    assert _finish_in("a.go", zh, "// 读取文件内容") == "// 读取文件内容"
+    assert _finish_in("t.py", 'print("你好")\n█', 'print("再见")') == 'print("再见")'

@@ -16,8 +16,8 @@ import warnings
 from dataclasses import replace
 from typing import Callable
 
-from ..stoprule import (CLOSERS, OPENERS, SEPARATORS, Shape, at_code, code_chars, indent_width, is_comment,
-                        leaves_open, lexed, stop_index)
+from ..stoprule import (CJK, CLOSERS, OPENERS, SEPARATORS, Shape, at_code, code_chars, indent_width,
+                        is_comment, leaves_open, lexed, stop_index)
 from . import outline, unbound
 from .documents import CursorContext
 
@@ -57,6 +57,7 @@ def shape_of(ctx: CursorContext, multiline: bool = True, max_lines: int = 24, mi
         closes_brackets=pairs_brackets(ctx),
         comment=line_comment(ctx),
         one_definition=is_python(ctx) and outline.enclosing_def_indent(above, min_indent) is None,
+        cjk=CJK.search(ctx.prefix) is not None or CJK.search(ctx.suffix) is not None,
     )
 
 
