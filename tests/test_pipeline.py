@@ -163,7 +163,7 @@ def test_with_fim_a_new_line_keeps_the_prompt_up_to_the_middle_so_the_code_below
 
 def test_with_nothing_below_the_cursor_a_fim_model_gets_the_code_format_prompt():
     _, job = complete_fim('def f(x):\n    """Double x."""\n    █', "return 2 * x\n")
-    assert "<PRE>" not in job.prompt and job.prompt.startswith("def f(x):")
+    assert "<PRE>" not in job.prompt and job.prompt.endswith('def f(x):\n    """Double x."""\n    ')
 
 
 class LineByLineEngine(ScriptedEngine):
@@ -244,3 +244,21 @@ def test_in_a_crlf_file_the_prompt_reads_newlines_and_the_suggestion_is_sent_wit
 
     here = types.Range(start=types.Position(line=1, character=4), end=types.Position(line=1, character=4))
     assert _inline_items(suggestion, "", here)[0].insert_text == "for name in names:\r\n        print(name)"
+
+
+def test_a_file_just_begun_has_its_name_first_in_the_prompt():
+    """A line or two says little of a file's language (Qwen2.5-Coder wrote Java's `com.example.demo;`
+    after `package ` in main.go); its name, as a comment, says it. A longer file is its own evidence."""
+    from phils.lsp.completion import build_prompt
+
+    def prompt_of(uri: str, text: str, language: str) -> str:
+        lines = text.split("\n")
+        doc = TextDocument(uri, text, language_id=language)
+        ctx = cursor_context(doc, len(lines) - 1, len(lines[-1]))
+        return build_prompt(ScriptedEngine(""), ctx, Settings(), {}).text
+
+    assert prompt_of("file:///src/main.go", "package ", "go") == "// main.go\npackage "
+    assert prompt_of("file:///src/app.py", "import ", "python") == "# app.py\nimport "
+    assert prompt_of("file:///notes/todo.md", "- [ ] ", "markdown") == "- [ ] "  # (no comment to write it in)
+    long = "import os\n\n\ndef walk(root):\n    \"\"\"Every file under root, as paths relative to it.\"\"\"\n    "
+    assert prompt_of("file:///src/app.py", long, "python").startswith("import os\n")

@@ -15,6 +15,7 @@ import tokenize
 import warnings
 from dataclasses import replace
 from typing import Callable
+from urllib.parse import unquote
 
 from ..stoprule import (CJK, CLOSERS, OPENERS, SEPARATORS, Shape, at_code, code_chars, indent_width,
                         is_comment, leaves_open, lexed, stop_index)
@@ -123,6 +124,29 @@ def line_comment(ctx: CursorContext) -> str:
     if _language_in(ctx, DASH_COMMENT_LANGUAGES, DASH_COMMENT_SUFFIXES):
         return "--"
     return "//" if pairs_brackets(ctx) else ""
+
+
+# Languages whose line comment is `//` for certain (``line_comment`` also gives it to any other bracket language).
+SLASH_COMMENT_LANGUAGES = frozenset({"c", "cpp", "csharp", "java", "javascript", "javascriptreact", "typescript",
+                                     "typescriptreact", "go", "rust", "kotlin", "swift", "scala", "dart", "zig",
+                                     "objective-c", "objective-cpp", "groovy", "php", "solidity", "proto"})
+SLASH_COMMENT_SUFFIXES = (".c", ".h", ".cc", ".cpp", ".cxx", ".hpp", ".cs", ".java", ".js", ".jsx", ".mjs", ".cjs",
+                          ".ts", ".tsx", ".go", ".rs", ".kt", ".kts", ".swift", ".scala", ".dart", ".zig", ".m",
+                          ".groovy", ".php", ".sol", ".proto")
+
+
+def file_name_comment(ctx: CursorContext) -> str:
+    """A comment line naming the document's file (``// main.go``), in a language whose line comment is
+    known for certain; "" elsewhere (prose, markup, unknown languages)."""
+    name = unquote(ctx.uri.rstrip("/").rsplit("/", 1)[-1])
+    if not name or any(ch in name for ch in "\r\n"):
+        return ""
+    for marker, languages, suffixes in (("#", HASH_COMMENT_LANGUAGES, HASH_COMMENT_SUFFIXES),
+                                        ("--", DASH_COMMENT_LANGUAGES, DASH_COMMENT_SUFFIXES),
+                                        ("//", SLASH_COMMENT_LANGUAGES, SLASH_COMMENT_SUFFIXES)):
+        if _language_in(ctx, languages, suffixes):
+            return f"{marker} {name}\n"
+    return ""
 
 
 def _language_in(ctx: CursorContext, languages: frozenset[str] | set[str], suffixes: tuple[str, ...]) -> bool:
