@@ -144,6 +144,17 @@ async def test_completion_fallback_gives_the_same_suggestion_as_a_text_edit(tiny
         edit = listed.items[0].text_edit
         assert edit.new_text == ghost.items[0].insert_text
         assert edit.range.start == types.Position(line=9, character=4)
+        # Mid-name, the item covers what was typed of the name, as editors match labels against it
+        # (Helix, Sublime Text, Emacs would hide `urn a * b` after `ret`; `return a * b` matches).
+        open_doc(client, URI, SOURCE + "re😀t", version=2)
+        ghost = await inline(client, URI, 9, 9)
+        listed = await client.text_document_completion_async(types.CompletionParams(
+            text_document=types.TextDocumentIdentifier(uri=URI), position=types.Position(line=9, character=9)))
+        (item,) = listed.items
+        assert item.text_edit.range.start == types.Position(line=9, character=8)  # `t`: the word after the emoji
+        assert item.text_edit.range.end == types.Position(line=9, character=9)
+        assert item.text_edit.new_text == "t" + ghost.items[0].insert_text
+        assert item.label.startswith("t") and item.filter_text.startswith("t")
 
 
 async def test_progress_and_status_while_the_model_loads(tiny_model):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -22,7 +23,7 @@ from .. import __version__
 from .completion import CompletionService, Suggestion
 from ..config import Settings, client_settings, merge
 from . import notebooks
-from .documents import lf, use_lsp_line_breaks
+from .documents import cursor_context, lf, use_lsp_line_breaks
 from .project import ProjectIndex, path_of
 
 log = logging.getLogger(__name__)
@@ -330,7 +331,13 @@ def create_server(settings: Settings, warnings: list[str] | None = None) -> Phil
         if ls.shows_inline:  # the suggestion is the ghost text's
             return types.CompletionList(is_incomplete=False, items=[])
         suggestion = await _suggest(ls, params.text_document.uri, params.position)
-        return types.CompletionList(is_incomplete=True, items=[_completion_item(suggestion)] if suggestion else [])
+        if suggestion is None:
+            return types.CompletionList(is_incomplete=True, items=[])
+        doc = ls.open_document(params.text_document.uri)
+        ctx = cursor_context(doc, suggestion.line, suggestion.character) if doc is not None else None
+        word = WORD_BEFORE.search(ctx.line_prefix).group() if ctx is not None else ""
+        units = doc.position_codec.client_num_units(word) if word else 0
+        return types.CompletionList(is_incomplete=True, items=[_completion_item(suggestion, word, units)])
 
     @server.feature(STATS_REQUEST)
     async def stats(ls: PhilsServer, params: Any) -> dict[str, Any]:
@@ -399,15 +406,25 @@ def _inline_items(s: Suggestion, before: str, where: types.Range) -> list[types.
             for text in (s.text, *s.alternatives)]
 
 
-def _completion_item(s: Suggestion) -> types.CompletionItem:
-    first_line = s.text.strip().split("\n", 1)[0]
+WORD_BEFORE = re.compile(r"\w*$")
+
+
+def _completion_item(s: Suggestion, word: str = "", word_units: int = 0) -> types.CompletionItem:
+    """The suggestion as a completion item over ``word``, the part of a name typed before the cursor
+    (``word_units`` long in the client's columns): editors match an item's label against the word they see
+    typed (Helix, Sublime Text, Emacs), and `th.join(a, b)` after `os.pa` would match nothing there;
+    `path.join(a, b)` over `pa` does."""
+    first_line = word + (s.text.strip() if not word else s.text).split("\n", 1)[0]
+    start = types.Position(line=s.line, character=s.character - word_units)
     return types.CompletionItem(
         label=first_line[:80] or s.text.strip()[:80],
+        filter_text=first_line,
         kind=types.CompletionItemKind.Text,
         detail="phils",
         documentation=types.MarkupContent(kind=types.MarkupKind.PlainText, value=s.text),
         insert_text_format=types.InsertTextFormat.PlainText,
-        text_edit=types.TextEdit(range=_at_cursor(s), new_text=s.in_document(s.text)),
+        text_edit=types.TextEdit(range=types.Range(start=start, end=types.Position(line=s.line, character=s.character)),
+                                 new_text=word + s.in_document(s.text)),
         sort_text="0",
     )
 
