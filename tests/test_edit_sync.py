@@ -104,7 +104,7 @@ async def test_the_real_server_follows_random_edits(tiny_model):
                             "--set", "engine.max_new_tokens=4", "--set", "completion.warmup_ms=0") as client:
         for case in range(10):
             text = "import os\n" + "".join(rng.choice(PIECES) for _ in range(8))
-            uri = f"file:///edited{case}.py"
+            uri = f"file:///edited{case}/t.py"  # (the same file name: a short file's prompt begins with it)
             open_doc(client, uri, text)
             for version, (a, b, new) in enumerate(random_edits(rng, text, 30), start=2):
                 client.text_document_did_change(types.DidChangeTextDocumentParams(
@@ -114,7 +114,7 @@ async def test_the_real_server_follows_random_edits(tiny_model):
                         text=new)],
                 ))
                 text = text[:a] + new + text[b:]
-            fresh = f"file:///fresh{case}.py"
+            fresh = f"file:///fresh{case}/t.py"
             open_doc(client, fresh, text)
             end = position(text, len(text), "utf-16")
             edited_answer = await inline(client, uri, end.line, end.character)

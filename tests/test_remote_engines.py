@@ -175,6 +175,7 @@ def test_the_openai_adapter_works_against_phils_own_engine(tiny_model, tmp_path)
             server = front(f"engine.backend={backend}", f"engine.url=http://127.0.0.1:{port}",
                            f"engine.model={tiny_model}", "engine.api_key_env=PHILS_TEST_KEY",
                            "engine.ignore_stops=true", "engine.max_new_tokens=4",
+                           "completion.python_syntax=false",  # (the random model's words are no Python)
                            env={"PHILS_TEST_KEY": token})
             try:
                 server.initialize()
