@@ -195,6 +195,8 @@ def _stop_index(text: str, shape: Shape) -> int | None:
 
 DEFINITION = re.compile(r"\s*(async\s+def|def|class)\s")
 CJK = re.compile("[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uff00-\uffef]")
+# An import, include or use line (Python, JavaScript, Java, Go, C and C++, Rust, PHP, C#; not `use = 5`).
+IMPORT_LINE = re.compile(r"(import|from\s+\S+\s+import|#\s*include)\s+\S|(use|using)\s+\w")
 
 
 def _foreign_at(before: str, line: str, comment: str) -> int | None:
@@ -211,8 +213,6 @@ def _foreign_at(before: str, line: str, comment: str) -> int | None:
         if len(kept) > len(before) and kept[len(before):].strip():
             return len(kept) - len(before)
     return 0
-# An import, include or use line (Python, JavaScript, Java, Go, C and C++, Rust, PHP, C#).
-IMPORT_LINE = re.compile(r"(import|from\s+\S+\s+import|#\s*include|use|using)\s\S")
 
 
 def is_comment(line: str, marker: str) -> bool:

@@ -593,6 +593,8 @@ def test_an_import_at_the_modules_level_is_suggested_one_line_at_a_time():
     wrapped = "from os.path import (\n    join,\n    exists,\n)"
     assert _finish_in("t.py", "import os\n█", wrapped + "\nimport re\n") == wrapped
     assert _finish_in("t.py", "import os\n█", "x = 1\ny = 2") == "x = 1\ny = 2"
+    assert _finish_in("t.py", "import os\n█", "use = 1\nusing = 2") == "use = 1\nusing = 2"  # (names, not imports)
+    assert _finish_in("a.rs", "use std::io;\n█", "use std::fs;\nuse std::env;") == "use std::fs;"
     # In a function, imports are the body's statements: as before.
     assert _finish_in("t.py", "def f():\n    █", "import os\n    import re\n    return os") == "import os\n    import re\n    return os"
 
