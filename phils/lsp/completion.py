@@ -481,10 +481,9 @@ def opening_position(lines: list[str], budget_tokens: int) -> tuple[int, int]:
 
 
 # A document this short (characters, and fewer lines of text) is a file just begun: its prompt starts with
-# the file's name. On 8 one-line files
-# (Qwen2.5-Coder 1.5B int4) the name made 5 answers better and none worse (`package ` in main.go: `main`, was
-# `com.example.demo;`); at 400 characters it reached 13 of HumanEval's first 40 prompts (named
-# `HumanEval_19.py`) and cost 2 of them, so it stays below the shortest of them (115).
+# the file's name. On 8 one-line files (Qwen2.5-Coder 1.5B int4) the name made 5 answers better and none
+# worse (`package ` in main.go: `main`, was `com.example.demo;`); at 400 characters it reached 13 of
+# HumanEval's first 40 prompts (named `HumanEval_19.py`) and cost 2, so it stays below the shortest (115).
 NEW_FILE_CHARS, NEW_FILE_LINES = 100, 3
 MIDDLE_START = "\x1fmiddle"  # with the document's URI: the key of its FIM prompt's middle start in tail_starts
 FEWEST_CHARS_PER_TOKEN = 2  # code has more: a prompt of fewer characters than this many per token is short

@@ -331,13 +331,9 @@ def create_server(settings: Settings, warnings: list[str] | None = None) -> Phil
         if ls.shows_inline:  # the suggestion is the ghost text's
             return types.CompletionList(is_incomplete=False, items=[])
         suggestion = await _suggest(ls, params.text_document.uri, params.position)
-        if suggestion is None:
-            return types.CompletionList(is_incomplete=True, items=[])
-        doc = ls.open_document(params.text_document.uri)
-        ctx = cursor_context(doc, suggestion.line, suggestion.character) if doc is not None else None
-        word = WORD_BEFORE.search(ctx.line_prefix).group() if ctx is not None else ""
-        units = doc.position_codec.client_num_units(word) if word else 0
-        return types.CompletionList(is_incomplete=True, items=[_completion_item(suggestion, word, units)])
+        items = [_completion_item(suggestion, *_word_before(ls, params.text_document.uri, suggestion))] \
+            if suggestion else []
+        return types.CompletionList(is_incomplete=True, items=items)
 
     @server.feature(STATS_REQUEST)
     async def stats(ls: PhilsServer, params: Any) -> dict[str, Any]:
@@ -407,6 +403,14 @@ def _inline_items(s: Suggestion, before: str, where: types.Range) -> list[types.
 
 
 WORD_BEFORE = re.compile(r"\w*$")
+
+
+def _word_before(ls: PhilsServer, uri: str, s: Suggestion) -> tuple[str, int]:
+    """The part of a name typed before the suggestion's place, and its length in the client's columns."""
+    doc = ls.open_document(uri)
+    ctx = cursor_context(doc, s.line, s.character) if doc is not None else None
+    word = WORD_BEFORE.search(ctx.line_prefix).group() if ctx is not None else ""
+    return word, doc.position_codec.client_num_units(word) if word else 0
 
 
 def _completion_item(s: Suggestion, word: str = "", word_units: int = 0) -> types.CompletionItem:
