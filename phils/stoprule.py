@@ -389,6 +389,10 @@ def lexed(line: str, comment: str = "") -> Iterator[tuple[int, str, str]]:
                 yield index, char, "code"
                 continue
             yield index, char, "string"
+        elif char == "'" and backticks and (end := _lifetime_end(line, index)):
+            for at in range(index, end):  # Rust's `'a` in `<'a>`, `&'a str`: no quote (the rest of the line is code)
+                yield at, line[at], "code"
+            index = end - 1
         elif char in "'\"" or char == "`" and backticks:
             open_.append([char, char == "`" or _f_string_prefix(line, index)
                           or backticks and char == '"' and "$" in line[max(index - 2, 0):index]])  # C#'s $"…{x}…"
@@ -405,6 +409,25 @@ def lexed(line: str, comment: str = "") -> Iterator[tuple[int, str, str]]:
                     else:
                         top[1] -= 1
             yield index, char, "code"
+
+
+def _lifetime_end(line: str, quote_at: int) -> int:
+    """Where the Rust lifetime that the ``'`` at ``quote_at`` begins ends, or 0 where it begins a character or
+    string literal: a name after the quote and no quote after the name (`'a'` is a character), right after
+    `<` or `&` (`<'a>`, `&'static str`), or after `, `, `: ` or `+ ` with `>`, `,`, `;`, `{` or `)` next
+    (`<'a, 'b>`, `T: 'static,`), where JavaScript's strings (`f(x, 'two words')`) do not end their word."""
+    end = quote_at + 1
+    while end < len(line) and (line[end].isalnum() or line[end] == "_"):
+        end += 1
+    if end == quote_at + 1 or not (line[quote_at + 1].isalpha() or line[quote_at + 1] == "_"):
+        return 0
+    after = line[end:end + 1]
+    if after == "'":
+        return 0
+    if line[quote_at - 1:quote_at] in ("<", "&") and quote_at > 0:
+        return end
+    return end if line[max(quote_at - 2, 0):quote_at] in (", ", ": ", "+ ") and after in (">", ",", ";", "{", ")") \
+        else 0
 
 
 def _f_string_prefix(line: str, quote_at: int) -> bool:

@@ -619,3 +619,23 @@ def test_chinese_text_in_a_document_without_any_is_the_models_not_the_users():
     zh = 'package main\n\n// 主程序\nfunc main() {\n\t█\n}\n'
     assert _finish_in("a.go", zh, "// 读取文件内容") == "// 读取文件内容"
     assert _finish_in("t.py", 'print("你好")\n█', 'print("再见")') == 'print("再见")'
+
+
+def test_rust_lifetimes_are_no_quotes():
+    # An odd number of `'a` on a line read as quotes hid brackets: `fn first<'a>(s: &'a str) -> &'a str {`
+    # was emptied whole, and a struct with a lifetime lost its closing brace.
+    first = "fn first<'a>(s: &'a str) -> &'a str {\n    &s[..1]\n}"
+    assert _finish_in("a.rs", "use std::io;\n\n█", first) == first
+    parser = "struct Parser<'a> {\n    input: &'a str,\n    pos: usize,\n}"
+    assert _finish_in("a.rs", "use std::io;\n\n█", parser) == parser
+    both = "fn both<'a, 'b>(x: &'a str, y: &'b str) -> &'a str {\n    x\n}"
+    assert _finish_in("a.rs", "use std::io;\n\n█", both) == both
+    # Character literals and other languages' strings are still strings.
+    from phils.stoprule import code_chars
+
+    def code(line: str) -> str:
+        return "".join(c for _, c in code_chars(line, "//"))
+
+    assert code("where T: 'static, U: Copy {") == "where T: 'static, U: Copy {"
+    assert code("let c = '{';") == "let c = ;" and code("if (c<'a') {") == "if (c<) {"
+    assert code("f(x, 'two words', y)") == "f(x, , y)" and code("x = {key: 'value'};") == "x = {key: };"
