@@ -362,9 +362,9 @@ def lexed(line: str, comment: str = "") -> Iterator[tuple[int, str, str]]:
     the line begins with.
     """
     marker = comment or "#"
-    backticks = comment == "//"
+    braces = comment == "//"  # the C family: template literals, C#'s $"…", Rust's lifetimes
     open_: list[list[Any]] = []  # innermost last: [quote, interpolates] a string, [None, depth] a field in one
-    escaped, index = False, -1
+    escaped, dollar, index = False, -1, -1  # (dollar: where the last `$` of a string's own text was)
     while index + 1 < len(line):
         index += 1
         char = line[index]
@@ -375,6 +375,8 @@ def lexed(line: str, comment: str = "") -> Iterator[tuple[int, str, str]]:
                 escaped = False
             elif char == "\\":
                 escaped = True
+            elif char == "$":
+                dollar = index
             elif char == quote:
                 open_.pop()
                 yield index, char, "close"
@@ -384,18 +386,18 @@ def lexed(line: str, comment: str = "") -> Iterator[tuple[int, str, str]]:
                 index += 1
                 yield index, "{", "string"
                 continue
-            elif interpolates and char == "{" and (quote != "`" or line[index - 1] == "$" and not _escaped(line, index - 1)):
+            elif interpolates and char == "{" and (quote != "`" or dollar == index - 1):
                 open_.append([None, 0])
                 yield index, char, "code"
                 continue
             yield index, char, "string"
-        elif char == "'" and backticks and (end := _lifetime_end(line, index)):
+        elif char == "'" and braces and (end := _lifetime_end(line, index)):
             for at in range(index, end):  # Rust's `'a` in `<'a>`, `&'a str`: no quote (the rest of the line is code)
                 yield at, line[at], "code"
             index = end - 1
-        elif char in "'\"" or char == "`" and backticks:
+        elif char in "'\"" or char == "`" and braces:
             open_.append([char, char == "`" or _f_string_prefix(line, index)
-                          or backticks and char == '"' and "$" in line[max(index - 2, 0):index]])  # C#'s $"…{x}…"
+                          or braces and char == '"' and "$" in line[max(index - 2, 0):index]])  # C#'s $"…{x}…"
             yield index, char, "string"
         elif top is None and char == marker[0] and line.startswith(marker, index):
             return
@@ -436,14 +438,6 @@ def _f_string_prefix(line: str, quote_at: int) -> bool:
     while start > 0 and (line[start - 1].isalnum() or line[start - 1] == "_"):
         start -= 1
     return line[start:quote_at].lower() in ("f", "rf", "fr")
-
-
-def _escaped(line: str, index: int) -> bool:
-    """The character at ``index`` follows an odd number of backslashes."""
-    run = 0
-    while index - run - 1 >= 0 and line[index - run - 1] == "\\":
-        run += 1
-    return run % 2 == 1
 
 
 # A line that ends with the same text over and over (`unittest.mock.mock_tools.mock_tools…`,

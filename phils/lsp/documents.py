@@ -158,6 +158,12 @@ def _chars_for_units(text: str, units: int) -> int | None:
     return len(text) if count == units else None
 
 
+def line_prefix_at(doc: TextDocument, line: int, character: int) -> str:
+    """The text before client column ``character`` on ``line`` (its whole text where the column is past it)."""
+    lines = doc.lines
+    return _prefix_in_line(doc, lines[line].rstrip("\r\n"), character) if 0 <= line < len(lines) else ""
+
+
 def _prefix_in_line(doc: TextDocument, content: str, character: int) -> str:
     """The part of ``content`` before client column ``character``."""
     units = 0

@@ -119,11 +119,17 @@ DASH_COMMENT_SUFFIXES = (".sql", ".lua", ".hs", ".elm", ".adb", ".ads", ".vhd")
 
 def line_comment(ctx: CursorContext) -> str:
     """The document's line comment marker, or "" where it is not known (prose, unknown languages without brackets)."""
-    if _language_in(ctx, HASH_COMMENT_LANGUAGES, HASH_COMMENT_SUFFIXES):
-        return "#"
-    if _language_in(ctx, DASH_COMMENT_LANGUAGES, DASH_COMMENT_SUFFIXES):
-        return "--"
-    return "//" if pairs_brackets(ctx) else ""
+    return _known_comment(ctx) or ("//" if pairs_brackets(ctx) else "")
+
+
+def _known_comment(ctx: CursorContext) -> str:
+    """The line comment marker of the document's language where the language is one phils knows, else ""."""
+    for marker, languages, suffixes in (("#", HASH_COMMENT_LANGUAGES, HASH_COMMENT_SUFFIXES),
+                                        ("--", DASH_COMMENT_LANGUAGES, DASH_COMMENT_SUFFIXES),
+                                        ("//", SLASH_COMMENT_LANGUAGES, SLASH_COMMENT_SUFFIXES)):
+        if _language_in(ctx, languages, suffixes):
+            return marker
+    return ""
 
 
 # Languages whose line comment is `//` for certain (``line_comment`` also gives it to any other bracket language).
@@ -139,14 +145,8 @@ def file_name_comment(ctx: CursorContext) -> str:
     """A comment line naming the document's file (``// main.go``), in a language whose line comment is
     known for certain; "" elsewhere (prose, markup, unknown languages)."""
     name = unquote(ctx.uri.rstrip("/").rsplit("/", 1)[-1])
-    if not name or any(ch in name for ch in "\r\n"):
-        return ""
-    for marker, languages, suffixes in (("#", HASH_COMMENT_LANGUAGES, HASH_COMMENT_SUFFIXES),
-                                        ("--", DASH_COMMENT_LANGUAGES, DASH_COMMENT_SUFFIXES),
-                                        ("//", SLASH_COMMENT_LANGUAGES, SLASH_COMMENT_SUFFIXES)):
-        if _language_in(ctx, languages, suffixes):
-            return f"{marker} {name}\n"
-    return ""
+    marker = _known_comment(ctx)
+    return f"{marker} {name}\n" if marker and name and not any(ch in name for ch in "\r\n") else ""
 
 
 def _language_in(ctx: CursorContext, languages: frozenset[str] | set[str], suffixes: tuple[str, ...]) -> bool:

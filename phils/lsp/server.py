@@ -23,7 +23,7 @@ from .. import __version__
 from .completion import CompletionService, Suggestion
 from ..config import Settings, client_settings, merge
 from . import notebooks
-from .documents import cursor_context, lf, use_lsp_line_breaks
+from .documents import lf, line_prefix_at, use_lsp_line_breaks
 from .project import ProjectIndex, path_of
 
 log = logging.getLogger(__name__)
@@ -408,8 +408,7 @@ WORD_BEFORE = re.compile(r"\w*$")
 def _word_before(ls: PhilsServer, uri: str, s: Suggestion) -> tuple[str, int]:
     """The part of a name typed before the suggestion's place, and its length in the client's columns."""
     doc = ls.open_document(uri)
-    ctx = cursor_context(doc, s.line, s.character) if doc is not None else None
-    word = WORD_BEFORE.search(ctx.line_prefix).group() if ctx is not None else ""
+    word = WORD_BEFORE.search(line_prefix_at(doc, s.line, s.character)).group() if doc is not None else ""
     return word, doc.position_codec.client_num_units(word) if word else 0
 
 
