@@ -41,6 +41,10 @@ class Shape:
     # The document holds Chinese, Japanese or Korean text. Where it does not, a line of the text that does is
     # the model's habit, not the user's (Qwen2.5-Coder 1.5B's `// 读取文件内容` in an English Go file).
     cjk: bool = True
+    # Python in a class whose whole text is in the document (``lsp/members.py``): every name ``self.name`` may
+    # read. A line of the text that reads another (`self.is_empty()` in a Stack without one) ends it before
+    # that line. None: not known.
+    members: tuple[str, ...] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -68,6 +72,7 @@ class Shape:
                 comment=str(data.get("comment", "")),
                 one_definition=bool(data.get("one_definition", False)),
                 cjk=bool(data.get("cjk", True)),
+                members=None if data.get("members") is None else tuple(str(name) for name in data["members"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"bad stop rule: {exc}") from None
@@ -109,6 +114,9 @@ def _stop_index(text: str, shape: Shape) -> int | None:
         line = text if cut < 0 else text[:cut]
         if not shape.cjk and (foreign := _foreign_at(shape.line_prefix, line, shape.comment)) is not None:
             return foreign
+        if shape.members is not None and _invented_at(shape.line_prefix + line, len(shape.line_prefix),
+                                                      shape.members, set(), cut >= 0) is not None:
+            return 0
         closed = _reaches_line_suffix(shape.line_prefix, line, shape.line_suffix, shape.comment)
         if closed is not None:
             return closed
@@ -128,6 +136,8 @@ def _stop_index(text: str, shape: Shape) -> int | None:
     code_end = None  # where the last line of code written so far ends
     in_fence = False  # prose: inside a Markdown code block the text opened
     one_import = False  # the text began with an import at the module's level
+    bound: set[str] = set()  # names the text binds (for ``members``)
+    in_docstring = bool(shape.string_end)  # (a line in a triple-quoted string reads no attributes)
     # After code on the cursor's line, a suggestion that goes on with that line finishes its statement
     # (`os.path.` + `join(a, b)`, then no unrelated `def` below); one that starts on a new line is a block.
     statement = shape.statement or bool(shape.line_prefix.strip() and lines[0].strip())
@@ -146,6 +156,10 @@ def _stop_index(text: str, shape: Shape) -> int | None:
                 return max(offset - 1, 0) if number > 0 else 0
             if complete and written and _written_already(whole, shape):
                 return max(offset - 1, 0) if number > 0 else 0
+            if shape.members is not None and not in_docstring and _invented_at(
+                    whole, len(shape.line_prefix) if number == 0 else 0, shape.members, bound, complete) is not None:
+                return max(offset - 1, 0) if number > 0 else 0
+            in_docstring ^= _opens_docstring(whole)
             if not shape.code and whole.lstrip().startswith(FENCE):
                 in_fence = not in_fence
             if one_import and number > 0 and depth == 0 and code_end is not None:
@@ -194,6 +208,56 @@ def _stop_index(text: str, shape: Shape) -> int | None:
 
 
 DEFINITION = re.compile(r"\s*(async\s+def|def|class)\s")
+_SELF_ATTRIBUTE = re.compile(r"(?<![\w.])self\.([A-Za-z_]\w*)")
+_ASSIGNED = re.compile(r"\s*(?::[^=]*)?=(?!=)")
+_UNDECIDED = re.compile(r"\w*\s*(?::[^=]*)?=?")  # the line's end: the name, or its annotation, is still being written
+_BINDS = re.compile(r"\s*(?:(?:async\s+)?def\s+(\w+)|(\w+)\s*(?::[^=]*)?=(?!=))")
+
+
+def invented_member(text: str, shape: Shape | None) -> int | None:
+    """Where in ``text`` the first name begins that ``self.name`` reads and the class lacks (``Shape.members``),
+    or None: the place where another token may make the answer whole."""
+    if shape is None or shape.members is None:
+        return None
+    bound: set[str] = set()
+    in_docstring, offset, lines = bool(shape.string_end), 0, text.split("\n")
+    for number, line in enumerate(lines):
+        start = len(shape.line_prefix) if number == 0 else 0
+        whole = shape.line_prefix + line if number == 0 else line
+        if not in_docstring and (at := _invented_at(whole, start, shape.members, bound,
+                                                    number < len(lines) - 1)) is not None:
+            return offset + at - start
+        in_docstring ^= _opens_docstring(whole)
+        offset += len(line) + 1
+    return None
+
+
+def _opens_docstring(line: str) -> bool:
+    return (line.count('"""') + line.count("'''")) % 2 == 1
+
+
+def _invented_at(whole: str, start: int, members: tuple[str, ...], bound: set[str], complete: bool) -> int | None:
+    """Where in ``whole`` (its text's part begins at ``start``) a name begins that ``self.name`` reads and
+    neither the class (``members``) nor the text so far (``bound``, which this line's bindings join) has."""
+    if (binds := _BINDS.match(whole)) is not None:
+        bound.add(binds.group(1) or binds.group(2))
+    if "self." not in whole:
+        return None
+    chars = [" "] * len(whole)
+    for index, char, kind in lexed(whole):
+        if kind == "code":
+            chars[index] = char
+    code = "".join(chars)
+    invented = None
+    for match in _SELF_ATTRIBUTE.finditer(code):
+        name = match.group(1)
+        if _ASSIGNED.match(code, match.end()):
+            bound.add(name)
+        elif invented is None and not (
+                match.start(1) < start or not complete and _UNDECIDED.fullmatch(code, match.end()) or name in bound
+                or name.startswith("__") or name in members):
+            invented = match.start(1)
+    return invented
 CJK = re.compile("[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uff00-\uffef]")
 # An import, include or use line (Python, JavaScript, Java, Go, C and C++, Rust, PHP, C#; not `use = 5`).
 IMPORT_LINE = re.compile(r"(import|from\s+\S+\s+import|#\s*include)\s+\S|(use|using)\s+\w")

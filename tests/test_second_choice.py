@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -123,8 +125,8 @@ def test_an_answer_that_begins_below_the_cursors_line_gets_no_second_choice(load
     rows = [torch.randn(vocabulary, generator=torch.Generator().manual_seed(i)) for i in range(32)]
     below = engine.encode_plain("\nreturn total\n")
     here = engine.encode_plain("total += 1\n")
-    assert _places(engine, below, rows, "") == []
-    assert _places(engine, here, rows, "")  # the same kind of answer on the cursor's line has places
+    assert _places(engine, below, rows, "") == ([], [])
+    assert _places(engine, here, rows, "")[0]  # the same kind of answer on the cursor's line has places
 
 
 def test_an_explicit_request_gets_other_answers_each_with_another_first_line(loaded):
@@ -143,3 +145,34 @@ def test_an_explicit_request_gets_other_answers_each_with_another_first_line(loa
     # The cache holds the prompt as before: the next request reuses it and answers as a fresh engine.
     again = ask(engine, "doc", refusing("\x00"), candidates=1)
     assert again.reused_tokens > 0 and again.text == plain.text
+
+
+def test_where_the_answer_invents_an_attribute_the_tokens_there_that_begin_one_the_class_has_come_first(loaded):
+    """`return self.` + `is_empty()` in a Stack without it: the place to try another token is the name's first,
+    and the tokens tried there begin names the class has (``Shape.members``)."""
+    import re
+
+    from phils.engine.decoding.second_choice import _begins_member, _places
+    from phils.stoprule import Shape
+
+    engine = fresh(loaded)
+    prompt = "class Stack:\n    def peek(self):\n        return self."
+    ids = engine.encode(prompt)
+    with torch.inference_mode():
+        first = engine.loaded.model(input_ids=torch.tensor([ids])).logits[0, -1]
+    ranked = [engine.tokenizer.decode([token]) for token in first.topk(60).indices.tolist()]
+    words = [text for text in ranked[1:] if re.fullmatch(r"[A-Za-z_]\w*", text)]
+    assert len(words) > 8, "the tiny model ranks word tokens after `self.`"
+    members = tuple(sorted(words[4:]))  # (names the class has: none of the model's first few choices)
+    answer = engine.encode_plain("invented_name()\n")
+    rows = [first] + [torch.randn(len(engine.tokenizer), generator=torch.Generator().manual_seed(i))
+                      for i in range(len(answer))]
+    shape = Shape(single_line=False, min_indent=8, line_prefix="        return self.", max_lines=3, members=members)
+    least_certain, named = _places(engine, answer, rows, "", shape)
+    assert named and all(place.index == 0 for place in named)
+    assert {engine.tokenizer.decode([place.token]) for place in named} <= set(members)
+    assert _places(engine, answer, rows, "", replace(shape, members=None))[1] == []  # (a class not wholly known)
+    # A token may hold the `.` before the name, or go on past it.
+    assert _begins_member(".items", ".", ("items",)) and _begins_member("ite", "", ("items",))
+    assert _begins_member("items[", "", ("items",)) and not _begins_member("item(", "", ("items",))
+    assert not _begins_member(" items", "", ("items",))

@@ -20,6 +20,7 @@ from urllib.parse import unquote
 from ..stoprule import (CJK, CLOSERS, OPENERS, SEPARATORS, Shape, at_code, code_chars, indent_width,
                         is_comment, leaves_open, lexed, stop_index)
 from . import outline, unbound
+from .members import of_class_at_cursor
 from .documents import CursorContext
 
 
@@ -59,6 +60,7 @@ def shape_of(ctx: CursorContext, multiline: bool = True, max_lines: int = 24, mi
         comment=line_comment(ctx),
         one_definition=is_python(ctx) and outline.enclosing_def_indent(above, min_indent) is None,
         cjk=CJK.search(ctx.prefix) is not None or CJK.search(ctx.suffix) is not None,
+        members=of_class_at_cursor(ctx.prefix, ctx.suffix, min_indent) if is_python(ctx) else None,
     )
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from . import drafts, fitting, healing, second_choice
 from ...protocol import GenerationResult, near_key
+from ...stoprule import Shape
 from .branch import Branch
 from .prefix_cache import CachedPrefix, PrefixCache, common_prefix, crop
 from ..runtimes.runtime_torch import token_ids
@@ -62,6 +63,7 @@ class GenerationRequest:
     line_first: bool = False  # with skip_when_followed, mid-line: a first line that fits is the answer on its own
     near_prompt: str = ""  # the same request in a short window: answered from when it spares most of the prefill
     alternatives: int = 0  # up to this many other answers, best first, in result.alternatives
+    shape: Shape | None = None  # the stop rule's shape where a front sent one (second choice reads its members)
 
 
 def greedy(logits: Any) -> int:

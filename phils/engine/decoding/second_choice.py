@@ -18,12 +18,13 @@ its block as over) gets no second choice: there it says that nothing goes.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Iterator
 
 from ...protocol import GenerationResult
-from ...stoprule import leaves_open
+from ...stoprule import Shape, invented_member, leaves_open
 from .branch import Branch, add_counts
 from .prefix_cache import crop
 
@@ -37,6 +38,9 @@ RUNNER_UP_TOKENS = 8  # the next best token at a place is looked for among this 
 # unbounded, they made HumanEval through phils (which asks explicitly) 2.3x slower on Qwen2.5-Coder 1.5B int4
 # and 4.3x on Gemma 3 270M, every answer the same.
 ALTERNATIVES_MIN_S = 0.5
+MEMBER_TOKENS = 40  # where an answer invented an attribute, the tokens looked at there for one the class has
+MEMBER_TRIES = 2  # ... and how many of them are tried, before the least certain places
+WORD_START = re.compile(r"\w*")
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,9 @@ def _next_best(engine: "Engine", first_logits: Any, kv: Any, prompt_length: int,
     cache holds the prompt alone (cut back to ``prompt_length``)."""
     rows = engine._forward_keep(generated, kv, len(generated))
     logits_at = [first_logits, *rows[:-1]]  # logits_at[i] chose generated[i]
-    places = sorted(_places(engine, generated, logits_at, result.healed), key=lambda place: place.margin)[:limit]
+    found, named = _places(engine, generated, logits_at, result.healed, request.shape)
+    places = (sorted(named, key=lambda place: place.margin)[:MEMBER_TRIES]
+              + sorted(found, key=lambda place: place.margin))[:limit]
     for place in places:
         if _no_time(request) or not crop(kv, prompt_length + place.index):
             return
@@ -119,14 +125,18 @@ def _no_time(request: "GenerationRequest") -> bool:
     return request.cancel.is_set() or (request.deadline is not None and time.monotonic() >= request.deadline)
 
 
-def _places(engine: "Engine", generated: list[int], logits_at: list[Any], healed: str) -> list[_Place]:
+def _places(engine: "Engine", generated: list[int], logits_at: list[Any], healed: str,
+            shape: Shape | None = None) -> tuple[list[_Place], list[_Place]]:
     """The places in the rejected answer's first line of code where another token could go, each with the
-    best such token: past the healed text, from the token that starts the code to the one that ends its line."""
+    best such token: past the healed text, from the token that starts the code to the one that ends its line.
+    Second, where that line reads an attribute its class lacks (``self.is_empty()``; ``Shape.members``): the
+    tokens there that begin one it has."""
     torch = engine._torch
     rejected = engine.tokenizer.decode(generated, skip_special_tokens=True)[len(healed):]
     if "\n" in rejected[: len(rejected) - len(rejected.lstrip())]:
-        return []  # the model ended the cursor's line and wrote on below it (a block it takes as over): no line here
-    places = []
+        return [], []  # the model ended the cursor's line and wrote on below it (a block it takes as over): no line here
+    name_at = invented_member(rejected, shape)
+    places, named = [], []
     for index, token in enumerate(generated):
         before = engine.tokenizer.decode(generated[:index], skip_special_tokens=True)
         if len(before) < len(healed) or not before.startswith(healed):
@@ -135,6 +145,13 @@ def _places(engine: "Engine", generated: list[int], logits_at: list[Any], healed
         if written.strip() and "\n" in written.lstrip():
             break  # the first line of code has ended
         logprobs = torch.log_softmax(logits_at[index].float(), dim=-1)
+        if name_at is not None and shape is not None and shape.members and len(written) <= name_at and (
+                index + 1 == len(generated) or name_at < len(_decoded(engine, generated[:index + 1], healed))):
+            head = rejected[len(written):name_at]  # (the token's part before the name: `.` in a `.is` token)
+            for other in logprobs.topk(MEMBER_TOKENS).indices.tolist():
+                if other != token and _begins_member(
+                        engine.tokenizer.decode([other], skip_special_tokens=True), head, shape.members):
+                    named.append(_Place(index, other, float(logprobs[token] - logprobs[other])))
         for other in logprobs.topk(RUNNER_UP_TOKENS).indices.tolist():
             if other == token or other in engine.eos_ids:
                 continue
@@ -143,4 +160,22 @@ def _places(engine: "Engine", generated: list[int], logits_at: list[Any], healed
                 continue  # half a character, or still no code
             places.append(_Place(index, other, float(logprobs[token] - logprobs[other])))
             break
-    return places
+    return places, named
+
+
+def _decoded(engine: "Engine", tokens: list[int], healed: str) -> str:
+    return engine.tokenizer.decode(tokens, skip_special_tokens=True)[len(healed):]
+
+
+def _begins_member(text: str, head: str, members: tuple[str, ...]) -> bool:
+    """Whether a token's ``text``, in place of one that began with ``head`` and then an invented name, begins
+    a name of ``members`` (the whole name where the token goes on past it)."""
+    if not text.startswith(head):
+        return False
+    rest = text[len(head):]
+    word = WORD_START.match(rest).group(0)
+    if not word:
+        return False
+    if len(word) < len(rest):
+        return word in members
+    return any(member.startswith(word) for member in members)

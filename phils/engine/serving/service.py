@@ -273,6 +273,7 @@ def generation_request(job: EngineJob, cancel: CancelFlag) -> GenerationRequest:
         skip_when_followed=job.early_accept,
         near_prompt=job.near_prompt,
         alternatives=job.alternatives,
+        shape=job.shape,
         closes_brackets=bool(job.shape and job.shape.closes_brackets),
         comment=job.shape.comment if job.shape else "",
         # Code before the cursor on its line: the line being typed, closed and judged alone first.
