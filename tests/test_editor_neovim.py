@@ -257,3 +257,34 @@ def test_in_a_crlf_file_suggestions_go_in_as_lines_and_the_file_stays_crlf(nvim,
     nvim.command("write")
     expected = f"def add(a, b):\r\n    return a{shown}\r\n    x = 1\r\n    y = 2\r\n".encode()
     assert path.read_bytes() == expected
+
+
+def test_filetypes_star_attaches_every_files_buffer_but_not_help(nvim, tmp_path):
+    """`filetypes = { "*" }`: a Go file gets the server too (the default list has Python only); a help buffer
+    does not."""
+    attached = "return #vim.lsp.get_clients({ bufnr = 0, name = 'phils' })"
+    path = tmp_path / "main.go"
+    path.write_text("package main\n\nfunc add(a, b int) int {\n\treturn\n}\n")
+    nvim.command(f"edit {path}")
+    assert nvim.exec_lua("return vim.bo.filetype") == "go"
+    time.sleep(0.5)
+    assert nvim.exec_lua(attached) == 0  # (not with the default list)
+    nvim.exec_lua("local c = require('phils.config'); require('phils').setup(vim.tbl_extend('force', c.options, "
+                  "{ filetypes = { '*' } }))")
+    try:
+        nvim.command("bwipeout")
+        nvim.command(f"edit {path}")
+        wait_for(lambda: nvim.exec_lua(attached) == 1, 30, "the server on the Go file")
+        nvim.command("normal! 4G")
+        nvim.input("A a")
+        assert wait_for(lambda: ghost(nvim), what="ghost text in the Go file")
+        nvim.input("<Esc>")
+        nvim.command("help")
+        assert nvim.exec_lua("return vim.bo.buftype") == "help"
+        time.sleep(0.5)
+        assert nvim.exec_lua(attached) == 0
+        nvim.command("close")
+    finally:
+        nvim.exec_lua("local c = require('phils.config'); require('phils').setup(vim.tbl_extend('force', c.options, "
+                      "{ filetypes = { 'python' } }))")
+        nvim.command("bwipeout!")

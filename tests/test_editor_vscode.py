@@ -271,6 +271,30 @@ async def test_with_the_completion_list_open_vscode_shows_the_ghost_text_too(tmp
     assert seen["ghost"] == extended[len(TYPED.strip()):]
 
 
+GO_SOURCE = "package main\n\nfunc add(a, b int) int {\n\treturn"
+
+
+async def test_languages_star_gives_every_languages_files_ghost_text(tmp_path, tiny_model):
+    """`phils.languages: ["*"]`: a Go file gets ghost text too (the default list has Python only)."""
+    with running_code_server(tmp_path, ["--model", str(tiny_model), *SERVER_FLAGS], SOURCE, {"main.go": GO_SOURCE},
+                             user_settings={"phils.languages": ["*"]}) as (url, workspace, env):
+        run = subprocess.run(
+            [str(NODE_BIN / "node"), str(DRIVER), url, "main.go", str(ARTIFACTS / "vscode-go.png"),
+             str(tmp_path / "chromium")],
+            env=env, capture_output=True, text=True, timeout=400,
+        )
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    log = tmp_path / "server.log"
+    assert "error" not in seen, f"{seen}\n{run.stderr[-2000:]}\n{log.read_text()[-3000:] if log.exists() else ''}"
+    async with phils_server("--model", str(tiny_model), *SERVER_FLAGS) as client:
+        uri = "file:///workspace/main.go"
+        client.text_document_did_open(types.DidOpenTextDocumentParams(text_document=types.TextDocumentItem(
+            uri=uri, language_id="go", version=1, text=GO_SOURCE + TYPED)))
+        answer = await inline(client, uri, 3, len("\treturn" + TYPED))
+    assert seen["ghost"] == answer.items[0].insert_text
+    assert (workspace / "main.go").read_text() == GO_SOURCE + TYPED + answer.items[0].insert_text
+
+
 def test_vsix_declares_the_settings_the_server_reads():
     """The packaged manifest's settings and commands are the ones the docs name."""
     manifest = json.loads((ROOT / "editor-clients" / "vscode" / "package.json").read_text())

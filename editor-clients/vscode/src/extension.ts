@@ -25,7 +25,7 @@ function cursorMoved(editor: vscode.TextEditor | undefined, kind?: vscode.TextEd
   if (cursorTimer) clearTimeout(cursorTimer);
   if (!editor || kind === vscode.TextEditorSelectionChangeKind.Command) return;
   const languages = config().get<string[]>("languages", ["python"]);
-  if (!languages.includes(editor.document.languageId)) return;
+  if (!languages.includes("*") && !languages.includes(editor.document.languageId)) return;
   cursorTimer = setTimeout(() => {
     const position = editor.selection.active;
     if (!client?.isRunning() || !config().get<boolean>("enabled", true)) return;
@@ -65,7 +65,7 @@ function clientOptions(c: vscode.WorkspaceConfiguration): LanguageClientOptions 
   return {
     // Notebook cells too: the server asks for notebooks by their cells (LSP 3.17), so a cell's
     // prompt has the cells above it.
-    documentSelector: languages.flatMap((language) => [
+    documentSelector: (languages.includes("*") ? [undefined] : languages).flatMap((language) => [
       { scheme: "file", language },
       { scheme: "untitled", language },
       { scheme: "vscode-notebook-cell", language },

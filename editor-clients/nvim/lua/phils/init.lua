@@ -194,6 +194,16 @@ local function define_highlight()
   api.nvim_set_hl(0, "PhilsGhostText", { ctermfg = 244, fg = "#808080", italic = true, default = true })
 end
 
+--- Whether a buffer gets completions: its filetype is listed, or "*" is (then files only, not help,
+--- terminal or quickfix buffers).
+local function wanted(buf)
+  local filetype, filetypes = vim.bo[buf].filetype, config.options.filetypes
+  if vim.tbl_contains(filetypes, filetype) then
+    return true
+  end
+  return vim.tbl_contains(filetypes, "*") and filetype ~= "" and vim.bo[buf].buftype == ""
+end
+
 function M.setup(opts)
   config.set(opts)
   define_highlight()
@@ -201,8 +211,12 @@ function M.setup(opts)
   api.nvim_create_autocmd("ColorScheme", { group = group, callback = define_highlight })
   api.nvim_create_autocmd("FileType", {
     group = group,
-    pattern = config.options.filetypes,
-    callback = function(args) M.start(args.buf) end,
+    pattern = vim.tbl_contains(config.options.filetypes, "*") and "*" or config.options.filetypes,
+    callback = function(args)
+      if wanted(args.buf) then
+        M.start(args.buf)
+      end
+    end,
   })
   api.nvim_create_autocmd("LspAttach", { group = group, callback = on_attach })
   api.nvim_create_autocmd("LspDetach", { group = group, callback = on_detach })
@@ -213,7 +227,7 @@ function M.setup(opts)
     { desc = "Open the LSP log (the server's stderr lands there)" })
   -- Buffers opened before setup ran.
   for _, buf in ipairs(api.nvim_list_bufs()) do
-    if api.nvim_buf_is_loaded(buf) and vim.tbl_contains(config.options.filetypes, vim.bo[buf].filetype) then
+    if api.nvim_buf_is_loaded(buf) and wanted(buf) then
       M.start(buf)
     end
   end
