@@ -176,3 +176,23 @@ def test_where_the_answer_invents_an_attribute_the_tokens_there_that_begin_one_t
     assert _begins_member(".items", ".", ("items",)) and _begins_member("ite", "", ("items",))
     assert _begins_member("items[", "", ("items",)) and not _begins_member("item(", "", ("items",))
     assert not _begins_member(" items", "", ("items",))
+
+
+def test_the_invented_names_first_token_may_hold_the_healed_dot(loaded):
+    """Token healing rewrites the prompt's `.`: the token that begins the invented name then holds it
+    (`._x` for `self.` + `_x`), and the tokens tried there must hold it too."""
+    from phils.engine.decoding.second_choice import _places
+    from phils.stoprule import Shape
+
+    engine = fresh(loaded)
+    vocabulary = engine.tokenizer.get_vocab()
+    dot_name, dot_dunder = vocabulary["._"], vocabulary[".__"]  # (the tiny tokenizer's only `.` + name tokens)
+    answer = [dot_name] + engine.encode_plain("invented()\n")
+    first = torch.zeros(len(engine.tokenizer))
+    first[dot_name], first[dot_dunder] = 10.0, 5.0
+    rows = [first] + [torch.randn(len(engine.tokenizer), generator=torch.Generator().manual_seed(i))
+                      for i in range(len(answer))]
+    shape = Shape(single_line=False, min_indent=8, line_prefix="        return self.", max_lines=3,
+                  members=("__init__", "items"))
+    _, named = _places(engine, answer, rows, ".", shape)
+    assert [(place.index, place.token) for place in named] == [(0, dot_dunder)]

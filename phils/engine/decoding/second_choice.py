@@ -136,22 +136,26 @@ def _places(engine: "Engine", generated: list[int], logits_at: list[Any], healed
     if "\n" in rejected[: len(rejected) - len(rejected.lstrip())]:
         return [], []  # the model ended the cursor's line and wrote on below it (a block it takes as over): no line here
     name_at = invented_member(rejected, shape)
+    named_at = None if name_at is None or not shape or not shape.members else len(healed) + name_at
+    whole = healed + rejected
     places, named = [], []
     for index, token in enumerate(generated):
         before = engine.tokenizer.decode(generated[:index], skip_special_tokens=True)
+        if named_at is not None and len(before) <= named_at < len(
+                engine.tokenizer.decode(generated[:index + 1], skip_special_tokens=True)):
+            # The token that begins the invented name (healing's `.` before it may be in that token too).
+            logprobs = torch.log_softmax(logits_at[index].float(), dim=-1)
+            head = whole[len(before):named_at]
+            for other in logprobs.topk(MEMBER_TOKENS).indices.tolist():
+                if other != token and _begins_member(
+                        engine.tokenizer.decode([other], skip_special_tokens=True), head, shape.members):
+                    named.append(_Place(index, other, float(logprobs[token] - logprobs[other])))
         if len(before) < len(healed) or not before.startswith(healed):
             continue  # healing's text is still being spelled out: its tokens are not free
         written = before[len(healed):]
         if written.strip() and "\n" in written.lstrip():
             break  # the first line of code has ended
         logprobs = torch.log_softmax(logits_at[index].float(), dim=-1)
-        if name_at is not None and shape is not None and shape.members and len(written) <= name_at and (
-                index + 1 == len(generated) or name_at < len(_decoded(engine, generated[:index + 1], healed))):
-            head = rejected[len(written):name_at]  # (the token's part before the name: `.` in a `.is` token)
-            for other in logprobs.topk(MEMBER_TOKENS).indices.tolist():
-                if other != token and _begins_member(
-                        engine.tokenizer.decode([other], skip_special_tokens=True), head, shape.members):
-                    named.append(_Place(index, other, float(logprobs[token] - logprobs[other])))
         for other in logprobs.topk(RUNNER_UP_TOKENS).indices.tolist():
             if other == token or other in engine.eos_ids:
                 continue
@@ -161,10 +165,6 @@ def _places(engine: "Engine", generated: list[int], logits_at: list[Any], healed
             places.append(_Place(index, other, float(logprobs[token] - logprobs[other])))
             break
     return places, named
-
-
-def _decoded(engine: "Engine", tokens: list[int], healed: str) -> str:
-    return engine.tokenizer.decode(tokens, skip_special_tokens=True)[len(healed):]
 
 
 def _begins_member(text: str, head: str, members: tuple[str, ...]) -> bool:
