@@ -3,6 +3,7 @@ invention: the stop rule ends the suggestion before it, where the class is wholl
 
 from __future__ import annotations
 
+from hypothesis import given, settings, strategies as st
 from pygls.workspace import TextDocument
 
 from phils.lsp import postprocess
@@ -106,3 +107,16 @@ def test_an_attribute_being_annotated_or_assigned_is_not_judged_before_its_line_
         assert stop_index(partial, shape) is None, partial
     assert stop_index("self._buffer: bytes = b''\n", shape) is None
     assert stop_index("self._buffer.clear()", shape) == 0
+
+
+@given(st.text(alphabet="class Sdef(self):\n ._=x@,[]'\"#", max_size=120), st.integers(0, 12))
+@settings(max_examples=300, deadline=None)
+def test_any_text_gives_names_or_none_and_the_stop_rule_reads_any_answer_with_them(source, indent):
+    """Half-written code of any shape: no exception, and only names of the text or of builtin types."""
+    from phils.stoprule import Shape, stop_index
+
+    cut = len(source) // 2
+    found = of_class_at_cursor(source[:cut], source[cut:], indent)
+    assert found is None or all(name.isidentifier() for name in found)
+    shape = Shape(single_line=False, min_indent=indent, line_prefix="", max_lines=8, members=found or ())
+    assert stop_index(source, shape) is None or 0 <= stop_index(source, shape) <= len(source)
