@@ -120,3 +120,10 @@ def test_any_text_gives_names_or_none_and_the_stop_rule_reads_any_answer_with_th
     assert found is None or all(name.isidentifier() for name in found)
     shape = Shape(single_line=False, min_indent=indent, line_prefix="", max_lines=8, members=found or ())
     assert stop_index(source, shape) is None or 0 <= stop_index(source, shape) <= len(source)
+
+
+def test_a_name_at_the_very_end_of_the_answer_is_read_once_the_answer_is_final():
+    assert finish_in(STACK, "return self.size") == ""
+    assert finish_in(STACK, "top = self.items[-1]\n        return self.size") == "top = self.items[-1]"
+    assert finish_in(STACK, "return self.items") == "return self.items"
+    assert finish_in(STACK.replace("        █", "        return self.█"), "size") == ""

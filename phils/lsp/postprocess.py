@@ -18,7 +18,7 @@ from typing import Callable
 from urllib.parse import unquote
 
 from ..stoprule import (CJK, CLOSERS, OPENERS, SEPARATORS, Shape, at_code, code_chars, indent_width,
-                        is_comment, leaves_open, lexed, stop_index)
+                        invented_member, is_comment, leaves_open, lexed, stop_index)
 from . import outline, unbound
 from .members import of_class_at_cursor
 from .documents import CursorContext
@@ -265,7 +265,12 @@ def closed_end(text: str, comment: str = "", before: str = "") -> str:
 
 def cut_at_stop(text: str, ctx: CursorContext, shape: Shape) -> str:
     cut = stop_index(text, shape)
-    return text if cut is None else text[:cut]
+    text = text if cut is None else text[:cut]
+    # The text is final: a name at its very end is whole now (`return self.size`, which the stop rule, still
+    # waiting for what follows the name, let through).
+    if (at := invented_member(text + "\n", shape)) is not None:
+        text = text[:max(text.rfind("\n", 0, at), 0)]
+    return text
 
 
 CONTROL_MARKER = re.compile(r"<\|[A-Za-z_]+\|>")
