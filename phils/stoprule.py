@@ -45,6 +45,9 @@ class Shape:
     # read. A line of the text that reads another (`self.is_empty()` in a Stack without one) ends it before
     # that line. None: not known.
     members: tuple[str, ...] | None = None
+    # Prose (``code`` false) where Markdown's fences are content: Markdown, or a document holding one. Elsewhere
+    # (a commit message, plain text) a fence the text writes ends it: the model turning to code.
+    fences: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -73,6 +76,7 @@ class Shape:
                 one_definition=bool(data.get("one_definition", False)),
                 cjk=bool(data.get("cjk", True)),
                 members=None if data.get("members") is None else tuple(str(name) for name in data["members"]),
+                fences=bool(data.get("fences", True)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"bad stop rule: {exc}") from None
@@ -152,7 +156,7 @@ def _stop_index(text: str, shape: Shape) -> int | None:
                                                          shape.comment)) is not None:
                 return offset + foreign if foreign or number == 0 else max(offset - 1, 0)
             written = number > 0 or not shape.line_prefix.strip()  # not the user's own text
-            if shape.code and written and whole.lstrip().startswith(FENCE):
+            if (shape.code or not shape.fences) and written and whole.lstrip().startswith(FENCE):
                 return max(offset - 1, 0) if number > 0 else 0
             if complete and written and _written_already(whole, shape):
                 return max(offset - 1, 0) if number > 0 else 0

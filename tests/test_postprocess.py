@@ -639,3 +639,13 @@ def test_rust_lifetimes_are_no_quotes():
     assert code("where T: 'static, U: Copy {") == "where T: 'static, U: Copy {"
     assert code("let c = '{';") == "let c = ;" and code("if (c<'a') {") == "if (c<) {"
     assert code("f(x, 'two words', y)") == "f(x, , y)" and code("x = {key: 'value'};") == "x = {key: };"
+
+
+def test_a_fence_in_plain_text_is_the_model_turning_to_code():
+    # Seen with Qwen2.5-Coder 1.5B under a commit message's title: ```python, then a made-up script.
+    assert _finish_in("COMMIT_EDITMSG", "Fix a crash\n\n█", "```python\nimport requests\n```") == ""
+    assert _finish_in("notes.txt", "Notes\n\n█", "- release\n```python\nx = 1\n```") == "- release"
+    # Markdown writes fences, and so does a text file that has one.
+    block = "```sh\nnpm install -g phils\n```"
+    assert _finish_in("README.md", "## Install\n\n█", block) == block
+    assert _finish_in("notes.txt", "Run:\n```\nmake\n```\n\n█", block) == block

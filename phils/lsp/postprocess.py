@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import Callable
 from urllib.parse import unquote
 
-from ..stoprule import (CJK, CLOSERS, OPENERS, SEPARATORS, Shape, at_code, code_chars, indent_width,
+from ..stoprule import (CJK, CLOSERS, FENCE, OPENERS, SEPARATORS, Shape, at_code, code_chars, indent_width,
                         invented_member, is_comment, leaves_open, lexed, stop_index)
 from . import outline, unbound
 from .members import of_class_at_cursor
@@ -61,6 +61,8 @@ def shape_of(ctx: CursorContext, multiline: bool = True, max_lines: int = 24, mi
         one_definition=is_python(ctx) and outline.enclosing_def_indent(above, min_indent) is None,
         cjk=CJK.search(ctx.prefix) is not None or CJK.search(ctx.suffix) is not None,
         members=of_class_at_cursor(ctx.prefix, ctx.suffix, min_indent) if is_python(ctx) else None,
+        fences=(_language_in(ctx, MARKDOWN_LANGUAGES, MARKDOWN_SUFFIXES) or FENCE in ctx.prefix
+                or FENCE in ctx.suffix),
     )
 
 
@@ -85,8 +87,13 @@ def open_triple_quote(source: str) -> str:
 
 # Documents where a Markdown fence is content, not the model leaving the code.
 PROSE_LANGUAGES = frozenset({"markdown", "mdx", "plaintext", "text", "restructuredtext", "latex", "tex", "quarto",
-                             "rmd", "asciidoc", "org"})
-PROSE_SUFFIXES = (".md", ".markdown", ".mdx", ".txt", ".rst", ".tex", ".qmd", ".rmd", ".adoc", ".org")
+                             "rmd", "asciidoc", "org", "git-commit", "gitcommit"})
+PROSE_SUFFIXES = (".md", ".markdown", ".mdx", ".txt", ".rst", ".tex", ".qmd", ".rmd", ".adoc", ".org",
+                  "commit_editmsg")
+# Prose whose own syntax has Markdown's fences; in other prose (a commit message, plain text) a fence the text
+# writes is the model turning to code, unless the document has one itself.
+MARKDOWN_LANGUAGES = frozenset({"markdown", "mdx", "quarto", "rmd"})
+MARKDOWN_SUFFIXES = (".md", ".markdown", ".mdx", ".qmd", ".rmd")
 
 
 def is_python(ctx: CursorContext) -> bool:
