@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import threading
+from dataclasses import replace
 
 import pytest
 import torch
@@ -390,6 +391,23 @@ def test_mid_line_a_first_line_that_does_not_fit_is_judged_as_without_line_first
     assert resumed.new_tokens == whole.new_tokens
     typed = MID_LINE + "_x"
     assert cached.generate(request("a", typed)).text == uncached.generate(request("a", typed)).text
+
+
+def test_mid_line_a_first_line_that_opens_a_block_is_no_answer_alone_where_the_code_below_is_not_its_body(
+        loaded, monkeypatch):
+    """`if (this.` + `count > 0) {`: fitting the `}` below (the method's end), the line alone would take
+    that `}` for its own and leave the method unclosed. In brace languages it is written on and judged as
+    without line first, unless the code below is indented as its body (the shape allows one line)."""
+    score = fitting._Judge.score
+    monkeypatch.setattr(fitting._Judge, "score", lambda self, text, first_line_only=False, bound=None: (
+        score(self, text, first_line_only, bound)[0], True))
+    monkeypatch.setattr(fitting, "leaves_open", lambda text, comment="": "\n" not in text.strip())
+    braces = {"fit_suffix": SUFFIX, "candidates": 3, "line_first": True, "closes_brackets": True, "comment": "//"}
+    greedy = fresh(loaded).generate(request("p", MID_LINE))
+    body = fresh(loaded).generate(request("a", MID_LINE, shape=replace(BLOCK, max_lines=1), **braces))
+    assert body.text.rstrip() == line_ends(greedy.text)[0] and body.candidates == 1
+    below = fresh(loaded).generate(request("a", MID_LINE, shape=BLOCK, **braces))
+    assert below.text.rstrip() != body.text.rstrip() and below.new_tokens > body.new_tokens  # written on
 
 
 def test_the_engine_judges_the_line_first_only_where_code_precedes_the_cursor_on_its_line():

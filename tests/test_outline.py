@@ -43,3 +43,16 @@ def test_empty_body_indent_reads_only_the_end_of_a_huge_prefix():
     filler = "x = 1\n" * 2_000_000  # 12 MB before the function
     assert outline.empty_body_indent(filler + 'def f(a):\n    """Docstring."""\n') == "    "
     assert outline.empty_body_indent(filler + "y = 2\n") is None
+
+
+def test_a_header_ends_where_its_brackets_close_not_at_the_next_colon():
+    # A JavaScript class's header has no colon: read as a signature running on to the next `:`, the whole
+    # class went into the lines a suggestion may not write again, and Qwen2.5-Coder's
+    # `if (this.count > 0) {` / `this.count = 0;` / `}` in `reset()` lost its body (the constructor's line).
+    js = ["class Counter {", "  constructor() {", "    this.count = 0;", "  }", "", "  reset() {", "    if (this."]
+    assert list(outline.enclosing_headers(js).values()) == ["class Counter {"]
+    # A Python signature over several lines is still read whole.
+    py = ["def f(a,", "      b) -> int:", "    return"]
+    assert list(outline.enclosing_headers(py).values()) == py[:2]
+    commented = ["class A:  # a comment", "    x = 1", "", "    def f(self):", "        return"]
+    assert "    x = 1" not in outline.enclosing_headers(commented).values()

@@ -83,9 +83,10 @@ def header_block(lines: list[str], start: int) -> list[int]:
     first = start
     while first > 0 and (_DECORATOR.match(lines[first - 1]) or _COMMENT.match(lines[first - 1])):
         first -= 1
-    end = start
-    while end < len(lines) - 1 and not lines[end].rstrip().endswith(":"):
-        end += 1  # a signature over several lines
+    end, depth = start, _open_brackets(lines[start])
+    while depth > 0 and end < len(lines) - 1 and end - start < MAX_SIGNATURE_LINES:
+        end += 1  # a signature over several lines, to where its brackets close
+        depth += _open_brackets(lines[end])
     indices = list(range(first, end + 1))
     doc = end + 1
     if doc < len(lines) and lines[doc].lstrip().startswith(('"""', "'''", "#")):
@@ -100,6 +101,15 @@ def header_block(lines: list[str], start: int) -> list[int]:
             close += 1
         indices.extend(range(doc, min(close, len(lines) - 1) + 1))
     return indices
+
+
+MAX_SIGNATURE_LINES = 30
+
+
+def _open_brackets(line: str) -> int:
+    """The parentheses and square brackets ``line`` opens and does not close (a header's `{` is its body's)."""
+    code = line.split("#", 1)[0]
+    return code.count("(") + code.count("[") - code.count(")") - code.count("]")
 
 
 _WINDOW_CHARS = 32_000

@@ -100,7 +100,10 @@ def choose(engine: "Engine", logits: Any, kv: Any, prompt_length: int, request: 
             result.candidates = 0
             return
         timing["judge_ms"] = (time.monotonic() - clock) * 1000
-        if followed:
+        # (A line that opens a block, `if (x) {`, is no answer on its own where the code below is not its body:
+        # the `}` below closes the enclosing block, which would then have none.)
+        if followed and not (request.closes_brackets and leaves_open(result.text, request.comment)
+                             and (request.shape is None or request.shape.max_lines > 1)):
             result.candidates = 1
             timing["greedy_ms"] = (clock - started) * 1000
             _record(request, result.text, [{"text": result.text, "suffix": logprob, "origin": 0, "fits": True,
