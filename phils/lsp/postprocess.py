@@ -20,8 +20,8 @@ from urllib.parse import unquote
 from ..stoprule import (CJK, CLOSERS, FENCE, OPENERS, SEPARATORS, Shape, at_code, code_chars, indent_width,
                         invented_member, is_comment, leaves_open, lexed, stop_index)
 from . import outline, unbound
-from .members import of_class_at_cursor
 from .documents import CursorContext
+from .members import of_class_at_cursor
 
 
 def shape_of(ctx: CursorContext, multiline: bool = True, max_lines: int = 24, mid_block: str = "statement") -> Shape:
