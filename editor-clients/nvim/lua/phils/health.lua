@@ -23,7 +23,9 @@ function M.check()
   end
   local clients = vim.lsp.get_clients({ name = "phils" })
   if #clients == 0 then
-    health.warn("no phils server running (open a " .. table.concat(config.options.filetypes, "/") .. " file)")
+    local filetypes = config.options.filetypes
+    local which = vim.tbl_contains(filetypes, "*") and "" or (table.concat(filetypes, "/") .. " ")
+    health.warn("no phils server running (open a " .. which .. "file)")
   else
     local status = require("phils").status
     local report = status.state == "error" and health.error or health.ok
