@@ -140,8 +140,7 @@ def _stop_index(text: str, shape: Shape) -> int | None:
     code_end = None  # where the last line of code written so far ends
     in_fence = False  # prose: inside a Markdown code block the text opened
     one_import = False  # the text began with an import at the module's level
-    bound: set[str] = set()  # names the text binds (for ``members``)
-    in_docstring = bool(shape.string_end)  # (a line in a triple-quoted string reads no attributes)
+    invented = invented_member(text, shape)  # where the text reads an attribute its class lacks
     # After code on the cursor's line, a suggestion that goes on with that line finishes its statement
     # (`os.path.` + `join(a, b)`, then no unrelated `def` below); one that starts on a new line is a block.
     statement = shape.statement or bool(shape.line_prefix.strip() and lines[0].strip())
@@ -160,10 +159,8 @@ def _stop_index(text: str, shape: Shape) -> int | None:
                 return max(offset - 1, 0) if number > 0 else 0
             if complete and written and _written_already(whole, shape):
                 return max(offset - 1, 0) if number > 0 else 0
-            if shape.members is not None and not in_docstring and _invented_at(
-                    whole, len(shape.line_prefix) if number == 0 else 0, shape.members, bound, complete) is not None:
+            if invented is not None and offset <= invented <= offset + len(line):
                 return max(offset - 1, 0) if number > 0 else 0
-            in_docstring ^= _opens_docstring(whole)
             if not shape.code and whole.lstrip().startswith(FENCE):
                 in_fence = not in_fence
             if one_import and number > 0 and depth == 0 and code_end is not None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import builtins
 import re
 
-from .outline import indentation
+from .outline import indentation, signature_end
 
 MAX_NAMES = 5000  # a class bigger than this is not read (the names travel with every request)
 MAX_CHARS = 200_000  # of the document on each side of the cursor
@@ -82,12 +82,8 @@ def _first_parameter(lines: list[str], start: int) -> str:
 
 def _read_class(lines: list[str], start: int, names: set[str], depth: int) -> bool:
     """Add the class at ``start``'s words (and its bases') to ``names``; False where it is not all known."""
-    header, end = "", start
-    for end in range(start, min(start + 5, len(lines))):  # (a header may break its line between bases)
-        header += " " + lines[end].strip()
-        if lines[end].rstrip().endswith(":"):
-            break
-    match = _CLASS.match(header.strip())
+    end = signature_end(lines, start)  # (a header may break its line between bases)
+    match = _CLASS.match(" ".join(line.strip() for line in lines[start:end + 1]))
     if match is None or depth > MAX_BASE_DEPTH:
         return False
     above = start - 1

@@ -83,10 +83,7 @@ def header_block(lines: list[str], start: int) -> list[int]:
     first = start
     while first > 0 and (_DECORATOR.match(lines[first - 1]) or _COMMENT.match(lines[first - 1])):
         first -= 1
-    end, depth = start, _open_brackets(lines[start])
-    while depth > 0 and end < len(lines) - 1 and end - start < MAX_SIGNATURE_LINES:
-        end += 1  # a signature over several lines, to where its brackets close
-        depth += _open_brackets(lines[end])
+    end = signature_end(lines, start)
     indices = list(range(first, end + 1))
     doc = end + 1
     if doc < len(lines) and lines[doc].lstrip().startswith(('"""', "'''", "#")):
@@ -104,6 +101,16 @@ def header_block(lines: list[str], start: int) -> list[int]:
 
 
 MAX_SIGNATURE_LINES = 30
+
+
+def signature_end(lines: list[str], start: int) -> int:
+    """The last line of the def or class header at ``start``: a signature over several lines runs on to where
+    its brackets close."""
+    end, depth = start, _open_brackets(lines[start])
+    while depth > 0 and end < len(lines) - 1 and end - start < MAX_SIGNATURE_LINES:
+        end += 1
+        depth += _open_brackets(lines[end])
+    return end
 
 
 def _open_brackets(line: str) -> int:
